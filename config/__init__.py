@@ -1,0 +1,4 @@
+"""Herald project wiring: settings, URLs, ASGI, Celery app."""
+from config.celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,94 @@
+"""REST wiring shared by every app: the one error format, pagination, strict input serializers."""
+import math
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, serializers
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import set_rollback
+
+from config.errors import ApplicationError
+
+_DRF_CODES = {
+    exceptions.ParseError: "malformed_request",
+    exceptions.NotAuthenticated: "not_authenticated",
+    exceptions.AuthenticationFailed: "authentication_failed",
+    exceptions.PermissionDenied: "permission_denied",
+    exceptions.NotFound: "not_found",
+    exceptions.MethodNotAllowed: "method_not_allowed",
+    exceptions.NotAcceptable: "not_acceptable",
+    exceptions.UnsupportedMediaType: "unsupported_media_type",
+    exceptions.Throttled: "rate_limited",
+    exceptions.ValidationError: "validation_error",
+}
+
+
+def _payload(message: str, code: str, extra: dict | None = None) -> dict:
+    return {"message": message, "code": code, "extra": extra or {}}
+
+
+def exception_handler(exc, context):
+    """Every API error, whatever raised it, leaves as {"message", "code", "extra"}."""
+    headers = {}
+    if isinstance(exc, ApplicationError):
+        set_rollback()
+        if exc.status_code == 429 and "retry_after" in exc.extra:
+            headers["Retry-After"] = str(math.ceil(exc.extra["retry_after"]))
+        return Response(_payload(exc.message, exc.code, exc.extra), status=exc.status_code, headers=headers)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    elif isinstance(exc, DjangoValidationError):
+        exc = exceptions.ValidationError(detail=serializers.as_serializer_error(exc))
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a real bug: let Django log it and answer 500 (handler500 keeps the format)
+
+    set_rollback()
+    code = next((c for cls, c in _DRF_CODES.items() if isinstance(exc, cls)), "error")
+    specific = getattr(exc.detail, "code", None)
+    if isinstance(specific, str) and specific not in (exc.default_code, "invalid", "error"):
+        code = specific  # e.g. AuthenticationFailed(code="revoked_api_key")
+    if isinstance(exc, exceptions.ValidationError):
+        message = "Invalid input."
+        extra = {"fields": exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}}
+    else:
+        message = str(exc.detail)
+        extra = {}
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        extra["retry_after"] = exc.wait
+    if getattr(exc, "auth_header", None):
+        headers["WWW-Authenticate"] = exc.auth_header
+    if getattr(exc, "wait", None):
+        headers["Retry-After"] = str(math.ceil(exc.wait))
+    response = Response(_payload(message, code, extra), status=exc.status_code, headers=headers)
+    return response
+
+
+def json_404(request, exception=None):
+    return JsonResponse(_payload("Not found.", "not_found"), status=404)
+
+
+def json_500(request):
+    return JsonResponse(_payload("Internal server error.", "server_error"), status=500)
+
+
+class Pagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 200
+
+
+class StrictSerializer(serializers.Serializer):
+    """Input serializer that rejects unknown fields instead of silently dropping them."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                {"non_field_errors": ["Expected a JSON object."]}, code="invalid"
+            )
+        unknown = sorted(set(data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["Unknown field."] for name in unknown}, code="unknown_field")
+        return super().to_internal_value(data)

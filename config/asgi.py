@@ -1,0 +1,23 @@
+"""ASGI entry point: Django for HTTP, Channels for WebSockets at /ws/."""
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.urls import path  # noqa: E402
+
+from notifications.consumers import LiveConsumer  # noqa: E402
+from organizations.middleware import WebSocketAuthMiddleware  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": django_asgi_app,
+        "websocket": AllowedHostsOriginValidator(
+            WebSocketAuthMiddleware(URLRouter([path("ws/", LiveConsumer.as_asgi())]))
+        ),
+    }
+)

@@ -1,0 +1,23 @@
+"""Task routing: org-scoped tasks go to the org's partition queue, everything else by name."""
+import zlib
+
+from django.conf import settings
+
+MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "reports.tasks.purge", "reports.tasks.refresh")
+
+
+def org_partition(org_id: int) -> int:
+    """Stable across processes and hosts (unlike hash()): crc32 of the decimal id."""
+    return zlib.crc32(str(org_id).encode()) % settings.ORG_QUEUE_PARTITIONS
+
+
+def org_queue(org_id: int) -> str:
+    return f"org-{org_partition(org_id)}"
+
+
+def route_task(name, args, kwargs, options, task=None, **kw):
+    if kwargs and "org_id" in kwargs:
+        return {"queue": org_queue(int(kwargs["org_id"]))}
+    if name.startswith(MAINTENANCE_PREFIXES):
+        return {"queue": "maintenance"}
+    return {"queue": settings.CELERY_TASK_DEFAULT_QUEUE}

@@ -1,0 +1,21 @@
+"""Test settings: real Postgres and Redis, a Redis database of its own, fast hashing."""
+from config.settings.base import *  # noqa: F401,F403
+from config.settings.base import CACHES, CHANNEL_LAYERS, env
+
+# Tests use their own Redis database so `make run` data is never flushed by a test run.
+REDIS_URL = env("TEST_REDIS_URL") or REDIS_URL.rsplit("/", 1)[0] + "/9"  # noqa: F405
+CELERY_BROKER_URL = REDIS_URL
+CACHES["default"]["LOCATION"] = REDIS_URL
+CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [REDIS_URL]
+CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "herald-test:asgi"
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LOG_LEVEL = "WARNING"
+LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+LOGGING["handlers"]["stdout"]["formatter"] = "console"  # noqa: F405
+ALLOWED_HOSTS = ["*"]
+HERALD_ENCRYPTION_KEYS = ["dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}

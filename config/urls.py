@@ -1,0 +1,29 @@
+"""URL wiring: the live page, the REST API under /api/v1/, OpenAPI, admin, health and metrics."""
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import ops
+
+api_v1 = [
+    path("", include("organizations.urls")),
+    path("", include("trackers.urls")),
+    path("", include("notifications.urls")),
+]
+
+urlpatterns = [
+    path("", include("trackers.pages")),
+    path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("healthz", ops.healthz, name="healthz"),
+    path("readyz", ops.readyz, name="readyz"),
+    path("metrics", ops.metrics, name="metrics"),
+]
+
+handler404 = "config.api.json_404"
+handler500 = "config.api.json_500"

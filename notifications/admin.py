@@ -1,0 +1,50 @@
+from django.contrib import admin, messages
+from django.utils import timezone
+
+from notifications.models import Delivery, DeliveryStream, Notification
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    list_display = ("title", "recipient", "organization", "seq", "kind", "created_at", "read_at")
+    list_filter = ("kind", ("read_at", admin.EmptyFieldListFilter))
+    search_fields = ("title", "recipient__username")
+    list_select_related = ("recipient", "organization")
+    raw_id_fields = ("recipient", "organization", "event")
+    ordering = ("-id",)
+
+
+@admin.register(DeliveryStream)
+class DeliveryStreamAdmin(admin.ModelAdmin):
+    list_display = ("organization", "channel", "destination", "delivered_seq", "head_attempts", "held",
+                    "next_attempt_at", "updated_at")
+    list_filter = ("channel", "held", "on_dead_letter")
+    search_fields = ("organization__name", "destination")
+    list_select_related = ("organization",)
+    readonly_fields = ("delivered_seq", "head_attempts", "head_since", "updated_at")
+    actions = ["release_hold"]
+
+    @admin.action(description="Release hold and resume delivery")
+    def release_hold(self, request, queryset):
+        from notifications.services import stream_kick
+
+        for stream in queryset.filter(held=True):
+            DeliveryStream.objects.filter(pk=stream.pk).update(held=False, updated_at=timezone.now())
+            stream_kick(org_id=stream.organization_id, channel=stream.channel, force=True)
+        messages.success(request, "Streams resumed.")
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ("organization", "channel", "first_seq", "last_seq", "status", "attempts", "created_at",
+                    "sent_at", "late", "short_error")
+    list_filter = ("status", "channel", "late")
+    search_fields = ("organization__name", "last_error", "provider_ref")
+    list_select_related = ("organization",)
+    readonly_fields = ("stream", "first_seq", "last_seq", "attempts", "created_at", "sent_at", "last_error",
+                       "provider_ref")
+    ordering = ("-id",)
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return (obj.last_error or "")[:80]

@@ -1,0 +1,36 @@
+"""Prometheus metrics of the delivery pipeline (aggregated across processes in multiprocess mode)."""
+import logging
+
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+logger = logging.getLogger("herald.metrics")
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300)
+
+EVENTS_TOTAL = Counter("herald_tracker_events_total", "Tracker events committed", ["action"])
+DELIVERIES = Counter("herald_deliveries_total", "Deliveries by channel and outcome", ["channel", "outcome"])
+LATENCY = Histogram("herald_event_delivery_seconds", "Event commit to delivery, per channel", ["channel"],
+                    buckets=LATENCY_BUCKETS)
+DEAD_LETTERS = Counter("herald_dead_letters_total", "Deliveries that became dead letters", ["channel"])
+LIMITER = Counter("herald_ratelimit_decisions_total", "Rate limiter grants and waits by scope", ["scope", "outcome"])
+PROVIDER_429 = Counter("herald_provider_429_total", "429 responses seen from providers", ["provider"])
+BATCH_SIZE = Histogram("herald_coalesced_batch_size", "Events per provider request", ["channel"],
+                       buckets=(1, 2, 3, 5, 10, 20, 50, 100))
+SWEEPER_KICKS = Counter("herald_sweeper_kicks_total", "Streams re-kicked by the sweeper")
+
+
+class BacklogCollector:
+    """Undelivered events per channel, read from Postgres at scrape time."""
+
+    def collect(self):
+        from notifications.services import backlog_by_channel
+
+        family = GaugeMetricFamily("herald_delivery_backlog", "Events not yet delivered, per channel",
+                                   labels=["channel"])
+        try:
+            for channel, backlog in backlog_by_channel().items():
+                family.add_metric([channel], float(backlog))
+        except Exception:  # a scrape must not fail because Postgres is briefly away
+            logger.warning("backlog metric unavailable", exc_info=True)
+        yield family

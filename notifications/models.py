@@ -1,0 +1,110 @@
+"""Notifications (one per recipient), delivery streams (the ordering fence) and delivery records."""
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from organizations.models import Organization
+
+
+class Channel(models.TextChoices):
+    INAPP = "inapp", "In-app + WebSocket"
+    SLACK = "slack", "Slack"
+    EMAIL = "email", "Email"
+
+
+class Notification(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    event = models.ForeignKey("trackers.TrackerEvent", on_delete=models.CASCADE, null=True, blank=True,
+                              related_name="notifications")
+    seq = models.BigIntegerField(null=True, blank=True)
+    kind = models.CharField(max_length=64)
+    title = models.CharField(max_length=255)
+    body = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField()
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            # Makes the in-app fan-out idempotent: a redelivered batch inserts nothing twice.
+            models.UniqueConstraint(fields=["recipient", "event"], condition=Q(event__isnull=False),
+                                    name="notification_unique_recipient_event"),
+        ]
+        indexes = [
+            models.Index(fields=["recipient", "-id"], name="notif_recipient_recent"),
+            models.Index(fields=["recipient"], condition=Q(read_at__isnull=True), name="notif_recipient_unread"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient_id}: {self.title}"
+
+
+class DeliveryStream(models.Model):
+    """The cursor of one (organization, channel, destination): the ordering fence.
+
+    A worker sends only while it holds this row's lock (SELECT ... FOR UPDATE SKIP LOCKED, so a
+    killed worker's lock dies with its connection), sends strictly the events after
+    `delivered_seq`, and advances the cursor in the same transaction that records the outcome.
+    """
+
+    class OnDeadLetter(models.TextChoices):
+        SKIP = "skip", "Record and move on"
+        HOLD = "hold", "Hold the stream"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="delivery_streams")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    destination = models.CharField(max_length=120, blank=True, default="")
+    delivered_seq = models.BigIntegerField(default=0)
+    head_attempts = models.PositiveIntegerField(default=0)
+    head_since = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    on_dead_letter = models.CharField(max_length=8, choices=OnDeadLetter.choices, default=OnDeadLetter.SKIP)
+    held = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "channel", "destination"], name="stream_unique"),
+            models.CheckConstraint(condition=Q(delivered_seq__gte=0), name="stream_seq_nonnegative"),
+            models.CheckConstraint(condition=Q(channel__in=["inapp", "slack", "email"]), name="stream_channel_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.channel}/{self.destination or '-'} @{self.delivered_seq}"
+
+
+class Delivery(models.Model):
+    """One message to an external destination, covering events first_seq..last_seq (coalesced when >1)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        DEAD = "dead", "Dead letter"
+        DISCARDED = "discarded", "Discarded"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    stream = models.ForeignKey(DeliveryStream, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    late = models.BooleanField(default=False)
+    provider_ref = models.CharField(max_length=120, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(last_seq__gte=models.F("first_seq")), name="delivery_range_valid"),
+            models.CheckConstraint(condition=Q(status__in=["pending", "sent", "dead", "discarded"]),
+                                   name="delivery_status_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["stream", "first_seq"]),
+            models.Index(fields=["status", "created_at"], condition=Q(status="dead"), name="delivery_dead"),
+        ]
+        verbose_name_plural = "deliveries"

@@ -1,0 +1,109 @@
+"""One rate limiter for every provider: GCRA in a single Redis Lua script, several scopes at once.
+
+A request names the scopes it needs (e.g. Slack global + Slack channel #ops); the script either
+grants all of them together or grants none and says how long to wait. A provider's 429 with
+Retry-After pauses a scope for every worker by pushing its theoretical arrival time forward.
+Scopes are declared in settings.HERALD_RATE_LIMITS: {name: {"rate": per_second, "burst": n}};
+a new provider declares its scopes there, with no new limiter code.
+"""
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local wait = 0
+local blocker = 0
+local new_tats = {}
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if allow_at > now and allow_at - now > wait then
+    wait = allow_at - now
+    blocker = i
+  end
+  new_tats[i] = new_tat
+end
+if wait > 0 then return {0, wait, blocker} end
+for i = 1, n do
+  redis.call('SET', KEYS[i], new_tats[i], 'PX', math.max(1, math.ceil((new_tats[i] - now) / 1000)) + 1000)
+end
+return {1, 0, 0}
+"""
+
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local pause = tonumber(ARGV[3])
+local target = now + pause + (burst - 1) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if target > tat then
+  redis.call('SET', KEYS[1], target, 'PX', math.ceil((target - now) / 1000) + 1000)
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A named limit applied to one key, e.g. Scope("slack.channel", "C123")."""
+
+    name: str
+    key: str = ""
+
+    @property
+    def redis_key(self) -> str:
+        return f"herald:rl:{self.name}:{self.key}"
+
+    @property
+    def config(self) -> tuple[float, int]:
+        spec = settings.HERALD_RATE_LIMITS[self.name]
+        return float(spec["rate"]), int(spec.get("burst", 1))
+
+    def interval_us(self) -> int:
+        rate, _ = self.config
+        return max(1, int(round(1_000_000 / rate)))
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    wait: float  # seconds until the blocking scope would allow
+    blocked_by: Scope | None = None
+
+
+class RateLimiter:
+    def __init__(self, client: redis.Redis | None = None):
+        self._client = client
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+        return self._client
+
+    def acquire(self, scopes: list[Scope]) -> Decision:
+        """Take one request from every scope, or from none; never blocks."""
+        args: list[int] = []
+        for scope in scopes:
+            args += [scope.interval_us(), scope.config[1]]
+        allowed, wait_us, blocker = self.client.eval(_ACQUIRE, len(scopes), *[s.redis_key for s in scopes], *args)
+        if allowed:
+            return Decision(True, 0.0)
+        return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
+
+    def pause(self, scope: Scope, seconds: float) -> None:
+        """Nobody gets this scope for `seconds` (a provider's Retry-After)."""
+        self.client.eval(_PAUSE, 1, scope.redis_key, scope.interval_us(), scope.config[1], int(seconds * 1_000_000))
+
+
+limiter = RateLimiter()

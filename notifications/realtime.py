@@ -1,0 +1,46 @@
+"""Publishing to WebSocket groups from sync code (workers, services) over the Channels layer.
+
+Each process keeps one event loop on a background thread so the channel layer's Redis pool stays
+warm; async_to_sync would build a new loop and connection per call.
+"""
+import asyncio
+import os
+import threading
+
+from channels.layers import get_channel_layer
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_loop_pid: int | None = None
+
+
+def _get_loop() -> asyncio.AbstractEventLoop:
+    global _loop, _loop_pid
+    with _lock:
+        if _loop is None or _loop_pid != os.getpid():  # after a fork, start afresh
+            _loop = asyncio.new_event_loop()
+            _loop_pid = os.getpid()
+            threading.Thread(target=_loop.run_forever, name="herald-realtime", daemon=True).start()
+        return _loop
+
+
+async def _send_all(messages: list[tuple[str, dict]]) -> None:
+    layer = get_channel_layer()
+    for group, message in messages:  # sequential: order within a group is the order given
+        await layer.group_send(group, message)
+
+
+def publish(messages: list[tuple[str, dict]], timeout: float = 10.0) -> None:
+    """Send (group, message) pairs in order; raises if the channel layer is unreachable."""
+    if not messages:
+        return
+    future = asyncio.run_coroutine_threadsafe(_send_all(messages), _get_loop())
+    future.result(timeout=timeout)
+
+
+def org_group(org_id: int) -> str:
+    return f"org.{org_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"

@@ -1,0 +1,353 @@
+"""Delivery of tracker events: kicking streams on commit and draining one stream under its fence.
+
+The ordering rule (DESIGN.md): for each (organization, destination) events arrive in seq order.
+`stream_deliver` holds the stream row's lock (FOR UPDATE SKIP LOCKED) for the whole send, sends
+only the events right after the cursor, and advances the cursor in the transaction that records
+the outcome. A failure leaves the head in place; nothing behind it can overtake it.
+"""
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import redis
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from notifications import metrics, realtime
+from notifications.channels import PermanentFailure, RateLimitedFailure, TransientFailure
+from notifications.channels import slack as slack_channel
+from notifications.events import tracker_event_message
+from notifications.models import Channel, Delivery, DeliveryStream
+from notifications.ratelimit import Scope, limiter
+from organizations import secrets
+from organizations.models import SlackIntegration
+from organizations.services import slack_token
+from trackers.models import TrackerEvent
+
+logger = logging.getLogger("herald.delivery")
+
+KICK_TTL_SECONDS = 60
+_redis: redis.Redis | None = None
+
+
+def _redis_client() -> redis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+    return _redis
+
+
+def _kick_key(org_id: int, channel: str) -> str:
+    return f"herald:kick:{org_id}:{channel}"
+
+
+def stream_kick(*, org_id: int, channel: str, force: bool = False) -> bool:
+    """Enqueue a drain of the stream unless one is already queued (at most one waiting per stream).
+
+    The drain clears the flag before it reads, so an event committed after that read sets the flag
+    again and gets its own drain; one committed before is seen by the read."""
+    from notifications.tasks import deliver_stream
+
+    try:
+        fresh = _redis_client().set(_kick_key(org_id, channel), 1, nx=True, ex=KICK_TTL_SECONDS)
+    except redis.RedisError:
+        logger.warning("kick flag unavailable; enqueueing anyway", extra={"org_id": org_id})
+        fresh = True
+    if fresh or force:
+        deliver_stream.apply_async(kwargs={"org_id": org_id, "channel": channel})
+    return bool(fresh or force)
+
+
+def stream_kick_clear(*, org_id: int, channel: str) -> None:
+    try:
+        _redis_client().delete(_kick_key(org_id, channel))
+    except redis.RedisError:
+        pass
+
+
+def tracker_event_committed(*, event: TrackerEvent) -> None:
+    """Runs on commit of a start/stop: wake every stream of the organization."""
+    metrics.EVENTS_TOTAL.labels(action=event.action).inc()
+    stream_kick(org_id=event.organization_id, channel=Channel.INAPP)
+    if SlackIntegration.objects.filter(organization_id=event.organization_id, enabled=True).exists():
+        stream_kick(org_id=event.organization_id, channel=Channel.SLACK)
+
+
+def stream_ensure(*, org_id: int, channel: str, destination: str = "", start_at_current: bool = False) -> None:
+    """Create the stream if missing. A stream added later (Slack configured today) starts at the
+    organization's current seq rather than replaying its whole history."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO notifications_deliverystream
+                (organization_id, channel, destination, delivered_seq, head_attempts, last_error,
+                 on_dead_letter, held, updated_at)
+            SELECT o.id, %s, %s, CASE WHEN %s THEN o.last_event_seq ELSE 0 END, 0, '', 'skip', false, now()
+            FROM organizations_organization o WHERE o.id = %s
+            ON CONFLICT (organization_id, channel, destination) DO NOTHING
+            """,
+            [channel, destination, start_at_current, org_id],
+        )
+
+
+@transaction.atomic
+def slack_integration_set(*, organization, channel: str, token: str) -> SlackIntegration:
+    """Store the channel and the encrypted token; Slack delivery starts with the next event."""
+    integration, _ = SlackIntegration.objects.update_or_create(
+        organization=organization,
+        defaults={"channel": channel, "token_encrypted": secrets.encrypt(token), "enabled": True},
+    )
+    stream_ensure(org_id=organization.id, channel=Channel.SLACK, start_at_current=True)
+    return integration
+
+
+@dataclass
+class DrainResult:
+    kind: str  # delivered | idle | busy | wait | held | missing
+    count: int = 0
+    wait: float = 0.0
+
+
+def _backoff(attempts: int) -> float:
+    ceiling = min(settings.DELIVERY_BACKOFF_MAX, settings.DELIVERY_BACKOFF_BASE * (2 ** max(0, attempts - 1)))
+    return random.uniform(ceiling / 2, ceiling)  # "equal jitter": never less than half the step
+
+
+def _pending(stream: DeliveryStream, limit: int) -> list[TrackerEvent]:
+    return list(
+        TrackerEvent.objects.filter(organization_id=stream.organization_id, seq__gt=stream.delivered_seq)
+        .select_related("tracker")
+        .order_by("seq")[:limit]
+    )
+
+
+def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> DrainResult:
+    """Deliver the next run of events of one stream, if this worker can take its lock."""
+    with transaction.atomic():
+        stream = (
+            DeliveryStream.objects.select_for_update(skip_locked=True)
+            .filter(organization_id=org_id, channel=channel, destination=destination)
+            .first()
+        )
+        if stream is None:
+            exists = DeliveryStream.objects.filter(organization_id=org_id, channel=channel,
+                                                   destination=destination).exists()
+            if exists:
+                return DrainResult("busy")
+            if channel != Channel.INAPP:
+                return DrainResult("missing")
+            stream_ensure(org_id=org_id, channel=channel, destination=destination)
+            return DrainResult("busy")  # caller retries at once and finds it
+        if stream.held:
+            return DrainResult("held")
+        now = timezone.now()
+        if stream.next_attempt_at and stream.next_attempt_at > now:
+            return DrainResult("wait", wait=(stream.next_attempt_at - now).total_seconds())
+        if channel == Channel.INAPP:
+            return _deliver_inapp(stream)
+        if channel == Channel.SLACK:
+            return _deliver_slack(stream, now)
+        raise ValueError(f"unknown channel {channel}")
+
+
+# --- in-app + WebSocket ------------------------------------------------------------------------
+
+_FANOUT_SQL = """
+INSERT INTO notifications_notification
+    (organization_id, recipient_id, event_id, seq, kind, title, body, data, created_at, read_at)
+SELECT e.organization_id, m.user_id, e.id, e.seq, 'tracker.event',
+       CASE WHEN e.action = 'start' THEN COALESCE(NULLIF(e.actor_name, ''), 'Someone') || ' started ' || t.name
+            ELSE COALESCE(NULLIF(e.actor_name, ''), 'Someone') || ' stopped ' || t.name END,
+       '',
+       jsonb_build_object('tracker_id', e.tracker_id, 'action', e.action, 'seq', e.seq),
+       now(), NULL
+FROM trackers_trackerevent e
+JOIN trackers_tracker t ON t.id = e.tracker_id
+JOIN organizations_membership m ON m.organization_id = e.organization_id
+WHERE e.organization_id = %s AND e.seq > %s AND e.seq <= %s
+ORDER BY e.seq, m.user_id
+ON CONFLICT (recipient_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
+RETURNING id, recipient_id, seq
+"""
+
+
+def _deliver_inapp(stream: DeliveryStream) -> DrainResult:
+    events = _pending(stream, settings.DELIVERY_BATCH_MAX)
+    if not events:
+        return DrainResult("idle")
+    first, last = events[0].seq, events[-1].seq
+    with connection.cursor() as cursor:
+        cursor.execute(_FANOUT_SQL, [stream.organization_id, first - 1, last])
+        rows = cursor.fetchall()
+    by_seq: dict[int, dict[int, int]] = {}
+    for notification_id, recipient_id, seq in rows:
+        by_seq.setdefault(seq, {})[recipient_id] = notification_id
+    group = realtime.org_group(stream.organization_id)
+    messages = [
+        (group, tracker_event_message(
+            org_id=e.organization_id, seq=e.seq, event_id=e.id, tracker_id=e.tracker_id,
+            tracker_name=e.tracker.name, action=e.action, actor=e.actor_name, occurred_at=e.occurred_at,
+            notifications=by_seq.get(e.seq, {}),
+        ))
+        for e in events
+    ]
+    # Published while the stream lock is held, so the next batch cannot overtake this one. A crash
+    # between publish and commit re-publishes the batch once; clients drop seqs they have seen.
+    realtime.publish(messages)
+    DeliveryStream.objects.filter(pk=stream.pk).update(
+        delivered_seq=last, head_attempts=0, head_since=None, last_error="", updated_at=timezone.now()
+    )
+    now = timezone.now()
+    metrics.DELIVERIES.labels(channel="inapp", outcome="sent").inc(len(rows))
+    metrics.DELIVERIES.labels(channel="websocket", outcome="sent").inc(len(events))
+    for e in events:
+        metrics.LATENCY.labels(channel="inapp").observe((now - e.occurred_at).total_seconds())
+    return DrainResult("delivered", count=len(events))
+
+
+# --- Slack -----------------------------------------------------------------------------------
+
+def _dead_letter(stream: DeliveryStream, delivery: Delivery, reason: str) -> None:
+    delivery.status, delivery.last_error = Delivery.Status.DEAD, reason
+    delivery.save(update_fields=["status", "last_error", "attempts"])
+    metrics.DEAD_LETTERS.labels(channel=stream.channel).inc()
+    logger.warning("dead letter", extra={"org_id": stream.organization_id, "channel": stream.channel,
+                                         "first_seq": delivery.first_seq, "last_seq": delivery.last_seq,
+                                         "reason": reason})
+    if stream.on_dead_letter == DeliveryStream.OnDeadLetter.HOLD:
+        DeliveryStream.objects.filter(pk=stream.pk).update(held=True, last_error=reason, updated_at=timezone.now())
+    else:
+        DeliveryStream.objects.filter(pk=stream.pk).update(
+            delivered_seq=delivery.last_seq, head_attempts=0, head_since=None, next_attempt_at=None,
+            last_error=reason, updated_at=timezone.now(),
+        )
+
+
+def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
+    integration = SlackIntegration.objects.filter(organization_id=stream.organization_id).first()
+    if integration is None or not integration.enabled:
+        return DrainResult("idle")
+    # The head delivery, if an earlier attempt failed, is retried first and keeps its range.
+    head = Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING).order_by("first_seq").first()
+    if head is not None:
+        events = list(TrackerEvent.objects.filter(
+            organization_id=stream.organization_id, seq__gte=head.first_seq, seq__lte=head.last_seq,
+        ).select_related("tracker").order_by("seq"))
+    else:
+        events = _pending(stream, settings.DELIVERY_BATCH_MAX)
+        if not events:
+            return DrainResult("idle")
+    decision = limiter.acquire([Scope("slack.global"), Scope("slack.channel", integration.channel)])
+    if not decision.allowed:
+        metrics.LIMITER.labels(scope=decision.blocked_by.name, outcome="wait").inc()
+        # No attempt spent; while we wait, more events may join this run (coalescing).
+        return DrainResult("wait", wait=decision.wait)
+    metrics.LIMITER.labels(scope="slack", outcome="grant").inc()
+    if head is None:
+        head = Delivery.objects.create(organization_id=stream.organization_id, stream=stream, channel=Channel.SLACK,
+                                       first_seq=events[0].seq, last_seq=events[-1].seq)
+    head.attempts += 1
+    message = slack_channel.build_message(org_id=stream.organization_id, events=events)
+    try:
+        ts = slack_channel.send(token=slack_token(integration=integration), channel=integration.channel,
+                                message=message)
+    except RateLimitedFailure as exc:
+        limiter.pause(Scope("slack.channel", integration.channel), exc.retry_after)
+        metrics.PROVIDER_429.labels(provider="slack").inc()
+        head.last_error = str(exc)
+        head.save(update_fields=["attempts", "last_error"])
+        DeliveryStream.objects.filter(pk=stream.pk).update(
+            last_error=str(exc), head_since=stream.head_since or now, updated_at=timezone.now())
+        return DrainResult("wait", wait=exc.retry_after)
+    except PermanentFailure as exc:
+        _dead_letter(stream, head, str(exc))
+        return DrainResult("delivered", count=0)
+    except TransientFailure as exc:
+        metrics.DELIVERIES.labels(channel="slack", outcome="retry").inc()
+        if head.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
+            _dead_letter(stream, head, f"gave up after {head.attempts} attempts: {exc}")
+            return DrainResult("delivered", count=0)
+        delay = _backoff(head.attempts)
+        head.last_error = str(exc)
+        head.save(update_fields=["attempts", "last_error"])
+        DeliveryStream.objects.filter(pk=stream.pk).update(
+            head_attempts=head.attempts, head_since=stream.head_since or now, last_error=str(exc),
+            next_attempt_at=timezone.now() + timedelta(seconds=delay), updated_at=timezone.now())
+        return DrainResult("wait", wait=delay)
+    sent_at = timezone.now()
+    head.status, head.sent_at, head.provider_ref, head.last_error = Delivery.Status.SENT, sent_at, ts, ""
+    head.save(update_fields=["status", "sent_at", "provider_ref", "last_error", "attempts"])
+    DeliveryStream.objects.filter(pk=stream.pk).update(
+        delivered_seq=head.last_seq, head_attempts=0, head_since=None, next_attempt_at=None, last_error="",
+        updated_at=sent_at)
+    metrics.DELIVERIES.labels(channel="slack", outcome="sent").inc()
+    metrics.BATCH_SIZE.labels(channel="slack").observe(len(events))
+    for e in events:
+        metrics.LATENCY.labels(channel="slack").observe((sent_at - e.occurred_at).total_seconds())
+    return DrainResult("delivered", count=len(events))
+
+
+# --- sweeper ---------------------------------------------------------------------------------
+
+def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7, limit: int = 1000) -> list[tuple[int, str]]:
+    """Streams behind their organization's seq and untouched for `older_than` seconds. Only
+    organizations with an event in the lookback window are read (index org_recent_activity), so a
+    sweep costs what the active organizations cost, not what the whole database holds."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT s.organization_id, s.channel
+            FROM organizations_organization o
+            JOIN notifications_deliverystream s ON s.organization_id = o.id
+            WHERE o.last_event_at > now() - make_interval(secs => %s)
+              AND s.delivered_seq < o.last_event_seq
+              AND NOT s.held
+              AND s.updated_at < now() - make_interval(secs => %s)
+              AND (s.next_attempt_at IS NULL OR s.next_attempt_at < now() - make_interval(secs => %s))
+            ORDER BY s.updated_at
+            LIMIT %s
+            """,
+            [lookback_hours * 3600, older_than, older_than, limit],
+        )
+        return cursor.fetchall()
+
+
+def streams_sweep() -> int:
+    stalled = streams_stalled(older_than=settings.DELIVERY_STALL_SECONDS)
+    for org_id, channel in stalled:
+        stream_kick(org_id=org_id, channel=channel, force=True)
+    if stalled:
+        logger.info("sweeper re-kicked stalled streams", extra={"count": len(stalled)})
+    metrics.SWEEPER_KICKS.inc(len(stalled))
+    return len(stalled)
+
+
+def stream_drain(*, org_id: int, channel: str, budget_seconds: float = 5.0) -> DrainResult:
+    """Drain as much as the budget allows; the result says what to do next (retry, wait, stop)."""
+    stream_kick_clear(org_id=org_id, channel=channel)
+    deadline = time.monotonic() + budget_seconds
+    total = 0
+    while True:
+        result = stream_deliver(org_id=org_id, channel=channel)
+        total += result.count
+        if result.kind == "delivered" and time.monotonic() < deadline:
+            continue
+        if result.kind == "delivered":
+            return DrainResult("more", count=total)
+        result.count = total
+        return result
+
+
+def backlog_by_channel() -> dict[str, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """SELECT s.channel, COALESCE(SUM(o.last_event_seq - s.delivered_seq), 0)
+               FROM organizations_organization o JOIN notifications_deliverystream s ON s.organization_id = o.id
+               WHERE o.last_event_at > now() - interval '7 days'
+                 AND s.delivered_seq < o.last_event_seq GROUP BY s.channel"""
+        )
+        return dict(cursor.fetchall())
+

@@ -1,0 +1,67 @@
+"""Reads of tenant data. Access helpers answer 404 (never 403) for another organization's objects.
+
+A principal is either a User (session or user token) or an ApiKeyPrincipal (org API key), which
+sees exactly one organization with the admin role.
+"""
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+
+from config.errors import Forbidden, NotFound
+from organizations.models import ApiKey, Membership, Organization, User
+
+
+@dataclass(frozen=True)
+class ApiKeyPrincipal:
+    """What `Authorization: Bearer <org key>` authenticates as."""
+
+    api_key: ApiKey
+    is_authenticated: bool = True
+    is_active: bool = True
+    is_staff: bool = False
+    is_superuser: bool = False
+    pk: None = None
+    id: None = None
+
+    @property
+    def organization_id(self) -> int:
+        return self.api_key.organization_id
+
+    def __str__(self) -> str:
+        return f"api-key:{self.api_key.prefix}"
+
+
+def organization_list_for_user(*, user) -> QuerySet[Organization]:
+    if isinstance(user, ApiKeyPrincipal):
+        return Organization.objects.filter(id=user.organization_id)
+    return Organization.objects.filter(memberships__user=user).order_by("id")
+
+
+def role_in_organization(*, user, organization_id: int) -> str | None:
+    if isinstance(user, ApiKeyPrincipal):
+        return Membership.Role.ADMIN if user.organization_id == organization_id else None
+    return (
+        Membership.objects.filter(user=user, organization_id=organization_id).values_list("role", flat=True).first()
+    )
+
+
+def organization_get_for_user(*, user, id: int, admin: bool = False) -> Organization:
+    """The organization if `user` belongs to it (404 otherwise); `admin=True` also needs owner/admin (403)."""
+    organization = organization_list_for_user(user=user).filter(id=id).first()
+    if organization is None:
+        raise NotFound("Organization not found.", code="organization_not_found")
+    if admin and role_in_organization(user=user, organization_id=organization.id) not in Membership.ADMIN_ROLES:
+        raise Forbidden("Only owners and admins can do this.", code="admin_required")
+    return organization
+
+
+def membership_list(*, organization: Organization) -> QuerySet[Membership]:
+    return Membership.objects.filter(organization=organization).select_related("user").order_by("id")
+
+
+def member_user_ids(*, organization_id: int) -> list[int]:
+    return list(Membership.objects.filter(organization_id=organization_id).values_list("user_id", flat=True))
+
+
+def user_get_by_email(*, email: str) -> User | None:
+    return User.objects.filter(email__iexact=email, is_active=True).first()

@@ -1,0 +1,15 @@
+from django.urls import path
+
+from organizations import apis
+
+urlpatterns = [
+    path("auth/register", apis.RegisterApi.as_view(), name="auth-register"),
+    path("auth/token", apis.TokenApi.as_view(), name="auth-token"),
+    path("me", apis.MeApi.as_view(), name="me"),
+    path("orgs/", apis.OrganizationListCreateApi.as_view(), name="org-list"),
+    path("orgs/<int:org_id>/", apis.OrganizationDetailApi.as_view(), name="org-detail"),
+    path("orgs/<int:org_id>/members/", apis.MembershipListCreateApi.as_view(), name="org-members"),
+    path("orgs/<int:org_id>/slack", apis.SlackSettingsApi.as_view(), name="org-slack"),
+    path("orgs/<int:org_id>/api-keys/", apis.ApiKeyListCreateApi.as_view(), name="org-api-keys"),
+    path("orgs/<int:org_id>/api-keys/<int:key_id>/revoke", apis.ApiKeyRevokeApi.as_view(), name="org-api-key-revoke"),
+]

@@ -1,0 +1,1 @@
+"""Admin for reports (roadmap step 5)."""

@@ -1,0 +1,1 @@
+"""Async reports, search log and activity log (roadmap step 5)."""

@@ -1,0 +1,36 @@
+from django.contrib import admin
+
+from trackers.models import TimeEntry, Tracker, TrackerEvent
+
+
+@admin.register(Tracker)
+class TrackerAdmin(admin.ModelAdmin):
+    list_display = ("name", "organization", "is_running", "started_at", "started_by")
+    list_filter = ("is_running",)
+    search_fields = ("name", "organization__name")
+    list_select_related = ("organization", "started_by")
+    raw_id_fields = ("organization", "started_by")
+
+
+@admin.register(TrackerEvent)
+class TrackerEventAdmin(admin.ModelAdmin):
+    list_display = ("organization", "seq", "action", "tracker", "actor_name", "occurred_at")
+    list_filter = ("action",)
+    search_fields = ("organization__name", "actor_name", "tracker__name")
+    list_select_related = ("organization", "tracker")
+    ordering = ("-id",)
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the event log is append-only
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(TimeEntry)
+class TimeEntryAdmin(admin.ModelAdmin):
+    list_display = ("tracker", "organization", "started_by", "started_at", "stopped_at", "duration")
+    list_filter = ("stopped_at",)
+    search_fields = ("tracker__name", "organization__name", "started_by__username")
+    list_select_related = ("tracker", "organization", "started_by")
+    raw_id_fields = ("organization", "tracker", "started_by", "stopped_by")
