@@ -1,0 +1,67 @@
+"""Run several Daphne processes on one listening socket (`--fd`), so the web tier uses every core.
+
+Daphne runs Django's sync views on one thread per process; one process per core is how it scales
+on a host. This parent binds the socket once, hands the descriptor to N children, restarts a child
+that dies, and stops them all on SIGINT/SIGTERM.
+
+    python -m config.serve --host 127.0.0.1 --port 8000 --processes 2
+"""
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default=os.environ.get("HERALD_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("HERALD_PORT", "8000")))
+    parser.add_argument("--processes", type=int, default=int(os.environ.get("WEB_PROCESSES", "2")))
+    args = parser.parse_args()
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    fd = sock.fileno()
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "daphne", "--fd", str(fd), "--proxy-headers",
+             "-v", os.environ.get("WEB_VERBOSITY", "1"), "config.asgi:application"],
+            pass_fds=(fd,),
+        )
+
+    children = [spawn() for _ in range(max(1, args.processes))]
+    print(f"web: {len(children)} Daphne processes on http://{args.host}:{args.port}", flush=True)
+    stopping = False
+
+    def stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping:
+        time.sleep(0.5)
+        for i, child in enumerate(children):
+            if child.poll() is not None and not stopping:
+                print(f"web: daphne {child.pid} exited ({child.returncode}); restarting", flush=True)
+                children[i] = spawn()
+    for child in children:
+        try:
+            child.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
