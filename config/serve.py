@@ -29,11 +29,15 @@ def main() -> int:
     sock.set_inheritable(True)
     fd = sock.fileno()
 
+    # Daphne runs each request's sync code on its own thread: bound DB connections with a pool.
+    child_env = dict(os.environ)
+    child_env.setdefault("DB_POOL", "true")
+
     def spawn() -> subprocess.Popen:
         return subprocess.Popen(
             [sys.executable, "-m", "daphne", "--fd", str(fd), "--proxy-headers",
              "-v", os.environ.get("WEB_VERBOSITY", "1"), "config.asgi:application"],
-            pass_fds=(fd,),
+            pass_fds=(fd,), env=child_env,
         )
 
     children = [spawn() for _ in range(max(1, args.processes))]

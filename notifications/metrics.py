@@ -1,7 +1,7 @@
 """Prometheus metrics of the delivery pipeline (aggregated across processes in multiprocess mode)."""
 import logging
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 logger = logging.getLogger("herald.metrics")
@@ -34,3 +34,6 @@ class BacklogCollector:
         except Exception:  # a scrape must not fail because Postgres is briefly away
             logger.warning("backlog metric unavailable", exc_info=True)
         yield family
+
+BREAKER_STATE = Gauge("herald_breaker_state", "Circuit breaker state per provider (0 closed, 1 half-open, 2 open)",
+                      ["provider"], multiprocess_mode="livemax")

@@ -38,6 +38,55 @@ end
 return {1, 0, 0}
 """
 
+# Fair variant: KEYS = scope keys..., queue zset, seen zset. ARGV = interval/burst pairs..., member,
+# stale_us, lookahead. Waiters join a queue ordered by when they first waited; only the first
+# `lookahead` of them may take a grant, so a newcomer cannot snipe a slot from an organization that
+# has waited longer. Waiters that stop polling for stale_us are dropped from the queue.
+_ACQUIRE_FAIR = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS - 2
+local q, seen = KEYS[n + 1], KEYS[n + 2]
+local member = ARGV[2 * n + 1]
+local stale = tonumber(ARGV[2 * n + 2])
+local lookahead = tonumber(ARGV[2 * n + 3])
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do
+  redis.call('ZREM', q, m)
+  redis.call('ZREM', seen, m)
+end
+redis.call('ZADD', q, 'NX', now, member)
+redis.call('ZADD', seen, now, member)
+redis.call('PEXPIRE', q, math.ceil(stale / 1000) * 4)
+redis.call('PEXPIRE', seen, math.ceil(stale / 1000) * 4)
+local rank = redis.call('ZRANK', q, member)
+if rank >= lookahead then
+  return {0, (rank - lookahead + 1) * tonumber(ARGV[1]), -1, rank}
+end
+local wait = 0
+local blocker = 0
+local new_tats = {}
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - burst * interval
+  if allow_at > now and allow_at - now > wait then
+    wait = allow_at - now
+    blocker = i
+  end
+  new_tats[i] = new_tat
+end
+if wait > 0 then return {0, wait, blocker, rank} end
+for i = 1, n do
+  redis.call('SET', KEYS[i], new_tats[i], 'PX', math.max(1, math.ceil((new_tats[i] - now) / 1000)) + 1000)
+end
+redis.call('ZREM', q, member)
+redis.call('ZREM', seen, member)
+return {1, 0, 0, rank}
+"""
+
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -100,6 +149,25 @@ class RateLimiter:
         if allowed:
             return Decision(True, 0.0)
         return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
+
+    def acquire_fair(self, scopes: list[Scope], *, member: str, stale: float = 3.0,
+                     lookahead: int = 1) -> Decision:
+        """Like acquire, but callers waiting on scopes[0] (the shared one, e.g. a provider's global
+        limit) are served in the order they started waiting. A caller told to wait must come back
+        within `stale` seconds to keep its place (the wait it is given is never longer than half of
+        that); a waiter that vanished (killed worker) is dropped after `stale` seconds."""
+        args: list[int] = []
+        for scope in scopes:
+            args += [scope.interval_us(), scope.config[1]]
+        queue = scopes[0].redis_key + ":queue"
+        allowed, wait_us, blocker, _rank = self.client.eval(
+            _ACQUIRE_FAIR, len(scopes) + 2, *[s.redis_key for s in scopes], queue, queue + ":seen",
+            *args, member, int(stale * 1_000_000), lookahead,
+        )
+        if allowed:
+            return Decision(True, 0.0)
+        blocked_by = scopes[0] if blocker == -1 else scopes[blocker - 1]
+        return Decision(False, min(wait_us / 1_000_000, stale / 2), blocked_by)
 
     def pause(self, scope: Scope, seconds: float) -> None:
         """Nobody gets this scope for `seconds` (a provider's Retry-After)."""

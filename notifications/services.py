@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from notifications import metrics, realtime
+from notifications.breaker import CircuitBreaker
 from notifications.channels import PermanentFailure, RateLimitedFailure, TransientFailure
 from notifications.channels import slack as slack_channel
 from notifications.events import tracker_event_message
@@ -40,11 +41,11 @@ def _redis_client() -> redis.Redis:
     return _redis
 
 
-def _kick_key(org_id: int, channel: str) -> str:
-    return f"herald:kick:{org_id}:{channel}"
+def _kick_key(org_id: int, channel: str, destination: str = "") -> str:
+    return f"herald:kick:{org_id}:{channel}:{destination}"
 
 
-def stream_kick(*, org_id: int, channel: str, force: bool = False) -> bool:
+def stream_kick(*, org_id: int, channel: str, destination: str = "", force: bool = False) -> bool:
     """Enqueue a drain of the stream unless one is already queued (at most one waiting per stream).
 
     The drain clears the flag before it reads, so an event committed after that read sets the flag
@@ -52,18 +53,21 @@ def stream_kick(*, org_id: int, channel: str, force: bool = False) -> bool:
     from notifications.tasks import deliver_stream
 
     try:
-        fresh = _redis_client().set(_kick_key(org_id, channel), 1, nx=True, ex=KICK_TTL_SECONDS)
+        fresh = _redis_client().set(_kick_key(org_id, channel, destination), 1, nx=True, ex=KICK_TTL_SECONDS)
     except redis.RedisError:
         logger.warning("kick flag unavailable; enqueueing anyway", extra={"org_id": org_id})
         fresh = True
     if fresh or force:
-        deliver_stream.apply_async(kwargs={"org_id": org_id, "channel": channel})
+        kwargs = {"org_id": org_id, "channel": channel}
+        if destination:
+            kwargs["destination"] = destination
+        deliver_stream.apply_async(kwargs=kwargs)
     return bool(fresh or force)
 
 
-def stream_kick_clear(*, org_id: int, channel: str) -> None:
+def stream_kick_clear(*, org_id: int, channel: str, destination: str = "") -> None:
     try:
-        _redis_client().delete(_kick_key(org_id, channel))
+        _redis_client().delete(_kick_key(org_id, channel, destination))
     except redis.RedisError:
         pass
 
@@ -74,6 +78,10 @@ def tracker_event_committed(*, event: TrackerEvent) -> None:
     stream_kick(org_id=event.organization_id, channel=Channel.INAPP)
     if SlackIntegration.objects.filter(organization_id=event.organization_id, enabled=True).exists():
         stream_kick(org_id=event.organization_id, channel=Channel.SLACK)
+    for destination in DeliveryStream.objects.filter(
+        organization_id=event.organization_id, channel=Channel.EMAIL
+    ).values_list("destination", flat=True):
+        stream_kick(org_id=event.organization_id, channel=Channel.EMAIL, destination=destination)
 
 
 def stream_ensure(*, org_id: int, channel: str, destination: str = "", start_at_current: bool = False) -> None:
@@ -150,6 +158,10 @@ def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> Drain
             return _deliver_inapp(stream)
         if channel == Channel.SLACK:
             return _deliver_slack(stream, now)
+        if channel == Channel.EMAIL:
+            from notifications.email import deliver_email_stream
+
+            return deliver_email_stream(stream=stream, now=now)
         raise ValueError(f"unknown channel {channel}")
 
 
@@ -240,7 +252,13 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
         events = _pending(stream, settings.DELIVERY_BATCH_MAX)
         if not events:
             return DrainResult("idle")
-    decision = limiter.acquire([Scope("slack.global"), Scope("slack.channel", integration.channel)])
+    breaker = CircuitBreaker("slack")
+    gate = breaker.allow()
+    if not gate.allowed:  # provider failing: wait without spending an attempt
+        metrics.DELIVERIES.labels(channel="slack", outcome="breaker_wait").inc()
+        return DrainResult("wait", wait=max(0.05, gate.wait))
+    decision = limiter.acquire_fair([Scope("slack.global"), Scope("slack.channel", integration.channel)],
+                                    member=f"{stream.organization_id}:{integration.channel}")
     if not decision.allowed:
         metrics.LIMITER.labels(scope=decision.blocked_by.name, outcome="wait").inc()
         # No attempt spent; while we wait, more events may join this run (coalescing).
@@ -263,9 +281,11 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
             last_error=str(exc), head_since=stream.head_since or now, updated_at=timezone.now())
         return DrainResult("wait", wait=exc.retry_after)
     except PermanentFailure as exc:
+        breaker.record(ok=True)  # the provider answered; this destination is what is wrong
         _dead_letter(stream, head, str(exc))
         return DrainResult("delivered", count=0)
     except TransientFailure as exc:
+        breaker.record(ok=False)
         metrics.DELIVERIES.labels(channel="slack", outcome="retry").inc()
         if head.attempts >= settings.DELIVERY_MAX_ATTEMPTS:
             _dead_letter(stream, head, f"gave up after {head.attempts} attempts: {exc}")
@@ -277,6 +297,7 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
             head_attempts=head.attempts, head_since=stream.head_since or now, last_error=str(exc),
             next_attempt_at=timezone.now() + timedelta(seconds=delay), updated_at=timezone.now())
         return DrainResult("wait", wait=delay)
+    breaker.record(ok=True)
     sent_at = timezone.now()
     head.status, head.sent_at, head.provider_ref, head.last_error = Delivery.Status.SENT, sent_at, ts, ""
     head.save(update_fields=["status", "sent_at", "provider_ref", "last_error", "attempts"])
@@ -292,14 +313,15 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
 
 # --- sweeper ---------------------------------------------------------------------------------
 
-def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7, limit: int = 1000) -> list[tuple[int, str]]:
+def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7,
+                    limit: int = 1000) -> list[tuple[int, str, str]]:
     """Streams behind their organization's seq and untouched for `older_than` seconds. Only
     organizations with an event in the lookback window are read (index org_recent_activity), so a
     sweep costs what the active organizations cost, not what the whole database holds."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT s.organization_id, s.channel
+            SELECT s.organization_id, s.channel, s.destination
             FROM organizations_organization o
             JOIN notifications_deliverystream s ON s.organization_id = o.id
             WHERE o.last_event_at > now() - make_interval(secs => %s)
@@ -317,21 +339,21 @@ def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7, limit:
 
 def streams_sweep() -> int:
     stalled = streams_stalled(older_than=settings.DELIVERY_STALL_SECONDS)
-    for org_id, channel in stalled:
-        stream_kick(org_id=org_id, channel=channel, force=True)
+    for org_id, channel, destination in stalled:
+        stream_kick(org_id=org_id, channel=channel, destination=destination, force=True)
     if stalled:
         logger.info("sweeper re-kicked stalled streams", extra={"count": len(stalled)})
     metrics.SWEEPER_KICKS.inc(len(stalled))
     return len(stalled)
 
 
-def stream_drain(*, org_id: int, channel: str, budget_seconds: float = 5.0) -> DrainResult:
+def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_seconds: float = 5.0) -> DrainResult:
     """Drain as much as the budget allows; the result says what to do next (retry, wait, stop)."""
-    stream_kick_clear(org_id=org_id, channel=channel)
+    stream_kick_clear(org_id=org_id, channel=channel, destination=destination)
     deadline = time.monotonic() + budget_seconds
     total = 0
     while True:
-        result = stream_deliver(org_id=org_id, channel=channel)
+        result = stream_deliver(org_id=org_id, channel=channel, destination=destination)
         total += result.count
         if result.kind == "delivered" and time.monotonic() < deadline:
             continue

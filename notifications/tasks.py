@@ -16,15 +16,18 @@ BUSY_RETRY_SECONDS = 0.2
 
 @shared_task(name="notifications.tasks.deliver_stream", acks_late=True, time_limit=120, soft_time_limit=100,
              autoretry_for=(OperationalError,), retry_backoff=True, max_retries=None)
-def deliver_stream(*, org_id: int, channel: str) -> str:
-    result = services.stream_drain(org_id=org_id, channel=channel)
+def deliver_stream(*, org_id: int, channel: str, destination: str = "") -> str:
+    result = services.stream_drain(org_id=org_id, channel=channel, destination=destination)
+    again = {"org_id": org_id, "channel": channel}
+    if destination:
+        again["destination"] = destination
     if result.kind == "more":
-        deliver_stream.apply_async(kwargs={"org_id": org_id, "channel": channel})
+        deliver_stream.apply_async(kwargs=again)
     elif result.kind == "busy":
         # Another worker holds the stream; it may have read the pending set before our event.
-        deliver_stream.apply_async(kwargs={"org_id": org_id, "channel": channel}, countdown=BUSY_RETRY_SECONDS)
+        deliver_stream.apply_async(kwargs=again, countdown=BUSY_RETRY_SECONDS)
     elif result.kind == "wait":
-        deliver_stream.apply_async(kwargs={"org_id": org_id, "channel": channel}, countdown=max(0.05, result.wait))
+        deliver_stream.apply_async(kwargs=again, countdown=max(0.05, result.wait))
     return result.kind
 
 

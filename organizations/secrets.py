@@ -2,6 +2,7 @@
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -45,7 +46,7 @@ def new_key(kind: str) -> tuple[str, str, str]:
 def split_key(kind: str, key: str) -> str | None:
     """The prefix of a well-formed key of this kind, else None."""
     parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != kind or len(parts[1]) != 8:
+    if len(parts) != 3 or parts[0] != kind or not re.fullmatch(r"[0-9a-f]{8}", parts[1]):
         return None
     return parts[1]
 

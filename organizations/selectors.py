@@ -33,7 +33,7 @@ class ApiKeyPrincipal:
 
 def organization_list_for_user(*, user) -> QuerySet[Organization]:
     if isinstance(user, ApiKeyPrincipal):
-        return Organization.objects.filter(id=user.organization_id)
+        return Organization.objects.filter(id=user.organization_id).order_by("id")
     return Organization.objects.filter(memberships__user=user).order_by("id")
 
 

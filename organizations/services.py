@@ -27,7 +27,7 @@ def user_register(*, username: str, email: str, password: str) -> tuple[User, st
     """Create a user and a first API token. Returns (user, token shown once)."""
     if User.objects.filter(username__iexact=username).exists():
         raise Conflict("That username is taken.", code="username_taken")
-    if user_get_by_email(email=email) is not None:
+    if User.objects.filter(email__iexact=email).exists():
         raise Conflict("An account with that email exists.", code="email_taken")
     candidate = User(username=username, email=email)
     try:
@@ -100,10 +100,18 @@ def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slu
         raise Conflict("That slug is taken.", code="slug_taken")
     organization = Organization(name=name, time_zone=time_zone, slug=slug or _unique_slug(name))
     try:
-        organization.full_clean()
+        organization.full_clean(validate_unique=False)
     except ValidationError as exc:
         raise ApplicationError("Invalid input.", code="validation_error", extra={"fields": exc.message_dict}) from exc
-    organization.save()
+    for attempt in range(5):  # two organizations of the same name created at once race for the slug
+        try:
+            with transaction.atomic():
+                organization.save()
+            break
+        except IntegrityError as exc:
+            if slug or attempt == 4:
+                raise Conflict("That slug is taken.", code="slug_taken") from exc
+            organization.slug = _unique_slug(name)
     Membership.objects.create(organization=organization, user=creator, role=Membership.Role.OWNER)
     tracker_create(organization=organization, name="Main tracker")
     return organization

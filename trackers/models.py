@@ -58,7 +58,7 @@ class TrackerEvent(models.Model):
 class TimeEntry(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="time_entries")
     tracker = models.ForeignKey(Tracker, on_delete=models.CASCADE, related_name="entries")
-    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True,
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")
     stopped_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")

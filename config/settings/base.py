@@ -91,8 +91,22 @@ TEMPLATES = [
 # `python -m config.backing` resolves these (env, then local servers, then embedded) before
 # any process starts; settings only read the result.
 DATABASE_URL = env("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald")
-DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))}
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL)}
+# Under ASGI every request runs its sync code on its own thread, so persistent per-thread
+# connections pile up; psycopg's pool (Django 5.1+) bounds them per process instead. The web
+# launcher (config/serve.py) turns it on; Celery workers are one thread per process and keep
+# persistent connections (a pool's threads would not survive the prefork fork).
+DB_POOL_MAX_SIZE = env_int("DB_POOL_MAX_SIZE", 16)
+if env_bool("DB_POOL", False):
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env_int("DB_POOL_MIN_SIZE", 1),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": env_float("DB_POOL_TIMEOUT", 10.0),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -152,7 +166,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
     "EXCEPTION_HANDLER": "config.api.exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
@@ -213,7 +227,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
-        "celery": {"level": LOG_LEVEL},
+        "celery": {"level": env("CELERY_LOG_LEVEL", "INFO")},  # keeps the worker's "ready" line
         "herald": {"level": LOG_LEVEL},
     },
 }
@@ -244,4 +258,11 @@ DELIVERY_STALL_SECONDS = env_float("DELIVERY_STALL_SECONDS", 10.0)
 CELERY_BEAT_SCHEDULE["notifications.sweep_streams"] = {
     "task": "notifications.tasks.sweep_streams",
     "schedule": env_float("SWEEP_INTERVAL_SECONDS", 5.0),
+}
+
+# Circuit breakers per provider (notifications.breaker); keys override the defaults there.
+HERALD_BREAKERS = {
+    "slack": {"window": env_float("SLACK_BREAKER_WINDOW", 30.0), "min_calls": env_int("SLACK_BREAKER_MIN_CALLS", 10),
+              "failure_ratio": env_float("SLACK_BREAKER_RATIO", 0.5),
+              "open_seconds": env_float("SLACK_BREAKER_OPEN_SECONDS", 5.0)},
 }

@@ -9,10 +9,15 @@ CACHES["default"]["LOCATION"] = REDIS_URL
 CHANNEL_LAYERS["default"]["CONFIG"]["hosts"] = [REDIS_URL]
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = "herald-test:asgi"
 
+# The test process itself is single-threaded; processes the tests start read DB_POOL themselves.
+DATABASES["default"].get("OPTIONS", {}).pop("pool", None)  # noqa: F405
+DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOG_LEVEL = "WARNING"
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 LOGGING["handlers"]["stdout"]["formatter"] = "console"  # noqa: F405
+LOGGING["loggers"]["herald"]["level"] = "WARNING"  # noqa: F405
 ALLOWED_HOSTS = ["*"]
 HERALD_ENCRYPTION_KEYS = ["dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="]
 STORAGES = {
