@@ -24,6 +24,19 @@ class DeliveryStreamAdmin(admin.ModelAdmin):
     readonly_fields = ("delivered_seq", "head_attempts", "head_since", "updated_at")
     actions = ["release_hold"]
 
+    def changelist_view(self, request, extra_context=None):
+        from django.conf import settings
+
+        from notifications.breaker import CircuitBreaker
+
+        breakers = []
+        for name in settings.HERALD_BREAKERS:
+            try:
+                breakers.append({"name": name, **CircuitBreaker(name).state()})
+            except Exception as exc:  # Redis down: say so rather than fail the page
+                breakers.append({"name": name, "state": f"unknown ({exc.__class__.__name__})"})
+        return super().changelist_view(request, {**(extra_context or {}), "breakers": breakers})
+
     @admin.action(description="Release hold and resume delivery")
     def release_hold(self, request, queryset):
         from notifications.services import stream_kick
@@ -44,6 +57,27 @@ class DeliveryAdmin(admin.ModelAdmin):
     readonly_fields = ("stream", "first_seq", "last_seq", "attempts", "created_at", "sent_at", "last_error",
                        "provider_ref")
     ordering = ("-id",)
+    actions = ["requeue", "discard"]
+
+    @admin.action(description="Requeue selected dead letters (sent late, or resumes a held stream)")
+    def requeue(self, request, queryset):
+        from notifications.services import delivery_requeue
+
+        done = 0
+        for delivery in queryset.filter(status=Delivery.Status.DEAD):
+            delivery_requeue(delivery=delivery)
+            done += 1
+        messages.success(request, f"{done} dead letter(s) requeued.")
+
+    @admin.action(description="Discard selected dead letters")
+    def discard(self, request, queryset):
+        from notifications.services import delivery_discard
+
+        done = 0
+        for delivery in queryset.filter(status=Delivery.Status.DEAD):
+            delivery_discard(delivery=delivery)
+            done += 1
+        messages.success(request, f"{done} dead letter(s) discarded.")
 
     @admin.display(description="last error")
     def short_error(self, obj):

@@ -243,7 +243,8 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
     if integration is None or not integration.enabled:
         return DrainResult("idle")
     # The head delivery, if an earlier attempt failed, is retried first and keeps its range.
-    head = Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING).order_by("first_seq").first()
+    head = (Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING, late=False)
+            .order_by("first_seq").first())
     if head is not None:
         events = list(TrackerEvent.objects.filter(
             organization_id=stream.organization_id, seq__gte=head.first_seq, seq__lte=head.last_seq,
@@ -373,3 +374,90 @@ def backlog_by_channel() -> dict[str, int]:
         )
         return dict(cursor.fetchall())
 
+
+
+# --- dead letters ----------------------------------------------------------------------------
+
+@transaction.atomic
+def delivery_requeue(*, delivery: Delivery) -> Delivery:
+    """Send a dead letter again. On a held stream it is still the head: the stream resumes in order.
+    On a stream that moved on, it goes out late (marked so), without moving the cursor back."""
+    delivery = Delivery.objects.select_for_update().get(pk=delivery.pk)
+    if delivery.status != Delivery.Status.DEAD:
+        from config.errors import Conflict
+
+        raise Conflict("Only dead letters can be requeued.", code="not_dead_letter")
+    stream = DeliveryStream.objects.select_for_update().get(pk=delivery.stream_id)
+    delivery.attempts, delivery.last_error = 0, ""
+    if stream.held and stream.delivered_seq < delivery.first_seq:
+        delivery.status = Delivery.Status.PENDING
+        delivery.save(update_fields=["status", "attempts", "last_error"])
+        DeliveryStream.objects.filter(pk=stream.pk).update(held=False, head_attempts=0, next_attempt_at=None,
+                                                           updated_at=timezone.now())
+        transaction.on_commit(lambda: stream_kick(org_id=stream.organization_id, channel=stream.channel,
+                                                  destination=stream.destination, force=True))
+    else:
+        from notifications.tasks import send_late_delivery
+
+        delivery.status, delivery.late = Delivery.Status.PENDING, True
+        delivery.save(update_fields=["status", "attempts", "last_error", "late"])
+        transaction.on_commit(lambda: send_late_delivery.apply_async(kwargs={"delivery_id": delivery.pk}))
+    return delivery
+
+
+@transaction.atomic
+def delivery_discard(*, delivery: Delivery) -> Delivery:
+    """Give up on a dead letter for good (it stays recorded as discarded)."""
+    if delivery.status == Delivery.Status.DEAD:
+        delivery.status = Delivery.Status.DISCARDED
+        delivery.save(update_fields=["status"])
+        stream = DeliveryStream.objects.select_for_update().get(pk=delivery.stream_id)
+        if stream.held and stream.delivered_seq < delivery.first_seq:  # skip it and resume
+            DeliveryStream.objects.filter(pk=stream.pk).update(
+                held=False, delivered_seq=delivery.last_seq, head_attempts=0, next_attempt_at=None,
+                updated_at=timezone.now())
+            transaction.on_commit(lambda: stream_kick(org_id=stream.organization_id, channel=stream.channel,
+                                                      destination=stream.destination, force=True))
+    return delivery
+
+
+def late_delivery_send(*, delivery_id: int) -> DrainResult:
+    """Send a requeued dead letter out of band, holding the stream's lock so it never interleaves
+    with a regular send; the cursor is not touched."""
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id, late=True,
+                                                               status=Delivery.Status.PENDING).first()
+        if delivery is None:
+            return DrainResult("idle")
+        stream = DeliveryStream.objects.select_for_update(skip_locked=True).filter(pk=delivery.stream_id).first()
+        if stream is None:
+            return DrainResult("busy")
+        if delivery.channel != Channel.SLACK:
+            return DrainResult("idle")
+        integration = SlackIntegration.objects.filter(organization_id=stream.organization_id).first()
+        if integration is None:
+            return DrainResult("idle")
+        decision = limiter.acquire([Scope("slack.global"), Scope("slack.channel", integration.channel)])
+        if not decision.allowed:
+            return DrainResult("wait", wait=decision.wait)
+        events = list(TrackerEvent.objects.filter(
+            organization_id=stream.organization_id, seq__gte=delivery.first_seq, seq__lte=delivery.last_seq,
+        ).select_related("tracker").order_by("seq"))
+        message = slack_channel.build_message(org_id=stream.organization_id, events=events)
+        message["text"] = "(late) " + message["text"]
+        message["metadata"]["event_payload"]["late"] = True
+        delivery.attempts += 1
+        try:
+            delivery.provider_ref = slack_channel.send(token=slack_token(integration=integration),
+                                                       channel=integration.channel, message=message)
+        except RateLimitedFailure as exc:
+            limiter.pause(Scope("slack.channel", integration.channel), exc.retry_after)
+            delivery.save(update_fields=["attempts"])
+            return DrainResult("wait", wait=exc.retry_after)
+        except (TransientFailure, PermanentFailure) as exc:
+            delivery.status, delivery.last_error = Delivery.Status.DEAD, f"late send failed: {exc}"
+            delivery.save(update_fields=["status", "last_error", "attempts"])
+            return DrainResult("delivered")
+        delivery.status, delivery.sent_at = Delivery.Status.SENT, timezone.now()
+        delivery.save(update_fields=["status", "sent_at", "provider_ref", "attempts"])
+        return DrainResult("delivered", count=len(events))

@@ -34,3 +34,12 @@ def deliver_stream(*, org_id: int, channel: str, destination: str = "") -> str:
 @shared_task(name="notifications.tasks.sweep_streams", acks_late=True, time_limit=60)
 def sweep_streams() -> int:
     return services.streams_sweep()
+
+
+@shared_task(name="notifications.tasks.send_late_delivery", acks_late=True, time_limit=60)
+def send_late_delivery(*, delivery_id: int) -> str:
+    result = services.late_delivery_send(delivery_id=delivery_id)
+    if result.kind in ("busy", "wait"):
+        send_late_delivery.apply_async(kwargs={"delivery_id": delivery_id},
+                                       countdown=max(BUSY_RETRY_SECONDS, result.wait))
+    return result.kind
