@@ -39,9 +39,10 @@ return {1, 0, 0}
 """
 
 # Fair variant: KEYS = scope keys..., queue zset, seen zset. ARGV = interval/burst pairs..., member,
-# stale_us, lookahead. Waiters join a queue ordered by when they first waited; only the first
-# `lookahead` of them may take a grant, so a newcomer cannot snipe a slot from an organization that
-# has waited longer. Waiters that stop polling for stale_us are dropped from the queue.
+# stale_us, lookahead, grace_us. Waiters join a queue ordered by when they first waited; only the
+# first `lookahead` of them may take a grant, and the one at rank r only once the slot has been free
+# for r * grace, so the longest waiter gets first claim and a late head wastes at most a little.
+# Waiters that stop polling for stale_us are dropped from the queue.
 _ACQUIRE_FAIR = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -50,6 +51,7 @@ local q, seen = KEYS[n + 1], KEYS[n + 2]
 local member = ARGV[2 * n + 1]
 local stale = tonumber(ARGV[2 * n + 2])
 local lookahead = tonumber(ARGV[2 * n + 3])
+local grace = tonumber(ARGV[2 * n + 4])
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do
   redis.call('ZREM', q, m)
   redis.call('ZREM', seen, m)
@@ -59,8 +61,8 @@ redis.call('ZADD', seen, now, member)
 redis.call('PEXPIRE', q, math.ceil(stale / 1000) * 4)
 redis.call('PEXPIRE', seen, math.ceil(stale / 1000) * 4)
 local rank = redis.call('ZRANK', q, member)
-if rank >= lookahead then
-  return {0, (rank - lookahead + 1) * tonumber(ARGV[1]), -1, rank}
+if rank >= lookahead then  -- come back about when its turn is due, not every slot
+  return {0, rank * tonumber(ARGV[1]), -1, rank}
 end
 local wait = 0
 local blocker = 0
@@ -72,13 +74,17 @@ for i = 1, n do
   if tat < now then tat = now end
   local new_tat = tat + interval
   local allow_at = new_tat - burst * interval
+  if i == 1 then allow_at = allow_at + rank * grace end  -- the head gets first claim on a free slot
   if allow_at > now and allow_at - now > wait then
     wait = allow_at - now
     blocker = i
   end
   new_tats[i] = new_tat
 end
-if wait > 0 then return {0, wait, blocker, rank} end
+if wait > 0 then
+  if blocker == 1 then wait = wait + rank * tonumber(ARGV[1]) end  -- the slots ahead go to lower ranks
+  return {0, wait, blocker, rank}
+end
 for i = 1, n do
   redis.call('SET', KEYS[i], new_tats[i], 'PX', math.max(1, math.ceil((new_tats[i] - now) / 1000)) + 1000)
 end
@@ -115,8 +121,11 @@ class Scope:
 
     @property
     def config(self) -> tuple[float, int]:
+        """(rate actually granted, burst). The rate keeps RATE_LIMIT_HEADROOM below the provider's
+        figure so network jitter between our grant and the provider's clock never looks like a breach."""
         spec = settings.HERALD_RATE_LIMITS[self.name]
-        return float(spec["rate"]), int(spec.get("burst", 1))
+        headroom = float(spec.get("headroom", settings.RATE_LIMIT_HEADROOM))
+        return float(spec["rate"]) * (1.0 - headroom), int(spec.get("burst", 1))
 
     def interval_us(self) -> int:
         rate, _ = self.config
@@ -150,8 +159,8 @@ class RateLimiter:
             return Decision(True, 0.0)
         return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
 
-    def acquire_fair(self, scopes: list[Scope], *, member: str, stale: float = 3.0,
-                     lookahead: int = 1) -> Decision:
+    def acquire_fair(self, scopes: list[Scope], *, member: str, stale: float = 10.0,
+                     lookahead: int = 4, grace: float | None = None) -> Decision:
         """Like acquire, but callers waiting on scopes[0] (the shared one, e.g. a provider's global
         limit) are served in the order they started waiting. A caller told to wait must come back
         within `stale` seconds to keep its place (the wait it is given is never longer than half of
@@ -163,6 +172,7 @@ class RateLimiter:
         allowed, wait_us, blocker, _rank = self.client.eval(
             _ACQUIRE_FAIR, len(scopes) + 2, *[s.redis_key for s in scopes], queue, queue + ":seen",
             *args, member, int(stale * 1_000_000), lookahead,
+            int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
         )
         if allowed:
             return Decision(True, 0.0)

@@ -45,15 +45,35 @@ def _kick_key(org_id: int, channel: str, destination: str = "") -> str:
     return f"herald:kick:{org_id}:{channel}:{destination}"
 
 
+# KEYS: kick flag, retry token. 1 = enqueue a drain; 0 = one is already queued; 2 = a retry chain is
+# waiting and will see the event (the flag tells it so when it releases the token, atomically).
+_KICK = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], 1, 'EX', ARGV[1])
+  return 2
+end
+if redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then return 1 end
+return 0
+"""
+# KEYS: retry token, kick flag. Releases the token; 1 if a kick arrived meanwhile (drain again).
+_RELEASE = """
+redis.call('DEL', KEYS[1])
+return redis.call('EXISTS', KEYS[2])
+"""
+
+
 def stream_kick(*, org_id: int, channel: str, destination: str = "", force: bool = False) -> bool:
-    """Enqueue a drain of the stream unless one is already queued (at most one waiting per stream).
+    """Enqueue a drain of the stream unless one is already queued or a retry chain is waiting.
 
     The drain clears the flag before it reads, so an event committed after that read sets the flag
-    again and gets its own drain; one committed before is seen by the read."""
+    again and gets its own drain; one committed before is seen by the read. While a retry chain
+    holds the token, a kick only sets the flag: the chain sees the event on its next poll, and if
+    it goes idle first, releasing the token reports the flag and it drains once more."""
     from notifications.tasks import deliver_stream
 
+    key = _kick_key(org_id, channel, destination)
     try:
-        fresh = _redis_client().set(_kick_key(org_id, channel, destination), 1, nx=True, ex=KICK_TTL_SECONDS)
+        fresh = _redis_client().eval(_KICK, 2, key, key + ":retry", KICK_TTL_SECONDS) == 1
     except redis.RedisError:
         logger.warning("kick flag unavailable; enqueueing anyway", extra={"org_id": org_id})
         fresh = True
@@ -70,6 +90,24 @@ def stream_kick_clear(*, org_id: int, channel: str, destination: str = "") -> No
         _redis_client().delete(_kick_key(org_id, channel, destination))
     except redis.RedisError:
         pass
+
+
+def stream_retry_token(*, org_id: int, channel: str, destination: str = "", delay: float | None,
+                       owner: bool) -> bool:
+    """At most one delayed-retry chain per stream. A drain that must wait claims the token (NX) and
+    schedules the retry; other drains (kicks that arrived meanwhile) stop, since that retry will see
+    their events too. The chain that owns the token refreshes it while it keeps waiting and releases
+    it (delay=None) when the stream is idle. The TTL outlives a lost retry only briefly."""
+    key = _kick_key(org_id, channel, destination) + ":retry"
+    try:
+        if delay is None:  # idle: release; True means a kick arrived meanwhile and must be served
+            if owner:
+                return bool(_redis_client().eval(_RELEASE, 2, key, _kick_key(org_id, channel, destination)))
+            return False
+        ttl_ms = int(delay * 1000) + 5000
+        return bool(_redis_client().set(key, 1, px=ttl_ms, nx=not owner))
+    except redis.RedisError:
+        return True
 
 
 def tracker_event_committed(*, event: TrackerEvent) -> None:
@@ -132,8 +170,52 @@ def _pending(stream: DeliveryStream, limit: int) -> list[TrackerEvent]:
     )
 
 
+_GATE_SQL = """
+SELECT s.delivered_seq, o.last_event_seq, s.next_attempt_at, s.held, i.channel, i.enabled
+FROM notifications_deliverystream s
+JOIN organizations_organization o ON o.id = s.organization_id
+LEFT JOIN organizations_slackintegration i ON i.organization_id = s.organization_id
+WHERE s.organization_id = %s AND s.channel = 'slack' AND s.destination = ''
+"""
+
+
+def _slack_gate(org_id: int) -> DrainResult | None:
+    """The cheap part of a Slack send, before any lock or event is loaded: is there work, is the
+    stream backing off, is the breaker open, does the limiter grant a slot? Waiting streams poll
+    this often, so it is one indexed read and two Redis scripts. None means: slot granted, send."""
+    with connection.cursor() as cursor:
+        cursor.execute(_GATE_SQL, [org_id])
+        row = cursor.fetchone()
+    if row is None:
+        return DrainResult("missing")
+    delivered, last, next_attempt_at, held, slack_channel_name, enabled = row
+    if held:
+        return DrainResult("held")
+    if delivered >= last or not slack_channel_name or not enabled:
+        return DrainResult("idle")
+    now = timezone.now()
+    if next_attempt_at and next_attempt_at > now:
+        return DrainResult("wait", wait=(next_attempt_at - now).total_seconds())
+    gate = CircuitBreaker("slack").allow()
+    if not gate.allowed:  # provider failing: wait without spending an attempt
+        metrics.DELIVERIES.labels(channel="slack", outcome="breaker_wait").inc()
+        return DrainResult("wait", wait=max(0.05, gate.wait))
+    decision = limiter.acquire_fair([Scope("slack.global"), Scope("slack.channel", slack_channel_name)],
+                                    member=f"{org_id}:{slack_channel_name}")
+    if not decision.allowed:
+        metrics.LIMITER.labels(scope=decision.blocked_by.name, outcome="wait").inc()
+        # No attempt spent; while we wait, more events may join this run (coalescing).
+        return DrainResult("wait", wait=decision.wait)
+    metrics.LIMITER.labels(scope="slack", outcome="grant").inc()
+    return None
+
+
 def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> DrainResult:
     """Deliver the next run of events of one stream, if this worker can take its lock."""
+    if channel == Channel.SLACK:
+        gated = _slack_gate(org_id)
+        if gated is not None:
+            return gated
     with transaction.atomic():
         stream = (
             DeliveryStream.objects.select_for_update(skip_locked=True)
@@ -253,18 +335,8 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
         events = _pending(stream, settings.DELIVERY_BATCH_MAX)
         if not events:
             return DrainResult("idle")
+    # _slack_gate has granted the slot (breaker closed or probing, limiter passed) before the lock.
     breaker = CircuitBreaker("slack")
-    gate = breaker.allow()
-    if not gate.allowed:  # provider failing: wait without spending an attempt
-        metrics.DELIVERIES.labels(channel="slack", outcome="breaker_wait").inc()
-        return DrainResult("wait", wait=max(0.05, gate.wait))
-    decision = limiter.acquire_fair([Scope("slack.global"), Scope("slack.channel", integration.channel)],
-                                    member=f"{stream.organization_id}:{integration.channel}")
-    if not decision.allowed:
-        metrics.LIMITER.labels(scope=decision.blocked_by.name, outcome="wait").inc()
-        # No attempt spent; while we wait, more events may join this run (coalescing).
-        return DrainResult("wait", wait=decision.wait)
-    metrics.LIMITER.labels(scope="slack", outcome="grant").inc()
     if head is None:
         head = Delivery.objects.create(organization_id=stream.organization_id, stream=stream, channel=Channel.SLACK,
                                        first_seq=events[0].seq, last_seq=events[-1].seq)

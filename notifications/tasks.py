@@ -16,18 +16,23 @@ BUSY_RETRY_SECONDS = 0.2
 
 @shared_task(name="notifications.tasks.deliver_stream", acks_late=True, time_limit=120, soft_time_limit=100,
              autoretry_for=(OperationalError,), retry_backoff=True, max_retries=None)
-def deliver_stream(*, org_id: int, channel: str, destination: str = "") -> str:
+def deliver_stream(*, org_id: int, channel: str, destination: str = "", retry: bool = False) -> str:
+    """retry=True marks the stream's one delayed-retry chain (see services.stream_retry_token)."""
     result = services.stream_drain(org_id=org_id, channel=channel, destination=destination)
     again = {"org_id": org_id, "channel": channel}
     if destination:
         again["destination"] = destination
-    if result.kind == "more":
-        deliver_stream.apply_async(kwargs=again)
-    elif result.kind == "busy":
-        # Another worker holds the stream; it may have read the pending set before our event.
-        deliver_stream.apply_async(kwargs=again, countdown=BUSY_RETRY_SECONDS)
-    elif result.kind == "wait":
-        deliver_stream.apply_async(kwargs=again, countdown=max(0.05, result.wait))
+    token = {"org_id": org_id, "channel": channel, "destination": destination, "owner": retry}
+    if result.kind == "more":  # budget used up with work left: continue at once, same role
+        deliver_stream.apply_async(kwargs={**again, "retry": retry})
+    elif result.kind in ("busy", "wait"):
+        # busy: another worker holds the stream and may have read the pending set before our event.
+        # wait: backoff, limiter or breaker.
+        delay = BUSY_RETRY_SECONDS if result.kind == "busy" else max(0.05, result.wait)
+        if services.stream_retry_token(**token, delay=delay):
+            deliver_stream.apply_async(kwargs={**again, "retry": True}, countdown=delay)
+    elif services.stream_retry_token(**token, delay=None):
+        deliver_stream.apply_async(kwargs=again)  # an event arrived while this chain was waiting
     return result.kind
 
 
@@ -43,3 +48,31 @@ def send_late_delivery(*, delivery_id: int) -> str:
         send_late_delivery.apply_async(kwargs={"delivery_id": delivery_id},
                                        countdown=max(BUSY_RETRY_SECONDS, result.wait))
     return result.kind
+
+
+# --- email (notifications.email) ---------------------------------------------------------------
+
+@shared_task(name="notifications.tasks.drain_outbound_email", acks_late=True, time_limit=120, soft_time_limit=100,
+             autoretry_for=(OperationalError,), retry_backoff=True, max_retries=None)
+def drain_outbound_email(*, lane: int = 0) -> str:
+    """One drain lane of account emails (default queue). Reschedules itself while there is work;
+    a lane's lease in Redis keeps at most one task per lane in flight."""
+    from notifications import email
+
+    result = email.outbound_drain()
+    if result.kind == "more":
+        email.outbound_lane_renew(lane=lane)
+        drain_outbound_email.apply_async(kwargs={"lane": lane})
+    elif result.kind == "wait":
+        email.outbound_lane_renew(lane=lane)
+        drain_outbound_email.apply_async(kwargs={"lane": lane}, countdown=max(0.05, result.wait))
+    else:
+        email.outbound_lane_release(lane=lane)
+    return result.kind
+
+
+@shared_task(name="notifications.tasks.sweep_email", acks_late=True, time_limit=60)
+def sweep_email() -> int:
+    from notifications import email
+
+    return email.email_sweep()

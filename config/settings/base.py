@@ -240,6 +240,7 @@ PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
 # Rate-limit scopes (notifications.ratelimit): requests per second and burst, per scope key.
 SLACK_API_URL = env("SLACK_API_URL", "https://slack.com/api/")
 SLACK_TIMEOUT = env_float("SLACK_TIMEOUT", 5.0)
+RATE_LIMIT_HEADROOM = env_float("RATE_LIMIT_HEADROOM", 0.02)
 HERALD_RATE_LIMITS = {
     # Slack's limit is global across every organization Herald serves.
     "slack.global": {"rate": env_float("SLACK_GLOBAL_PER_MINUTE", 1000) / 60.0,
@@ -265,4 +266,44 @@ HERALD_BREAKERS = {
     "slack": {"window": env_float("SLACK_BREAKER_WINDOW", 30.0), "min_calls": env_int("SLACK_BREAKER_MIN_CALLS", 10),
               "failure_ratio": env_float("SLACK_BREAKER_RATIO", 0.5),
               "open_seconds": env_float("SLACK_BREAKER_OPEN_SECONDS", 5.0)},
+}
+
+# --- Email (notifications.email, notifications.channels.email) ---------------------------------
+# Two SMTP providers: mail goes to the primary; when its breaker is open or it fails with a
+# connection error, a timeout or a 4xx, the same message goes to the secondary.
+EMAIL_PRIMARY_HOST = env("EMAIL_PRIMARY_HOST", "127.0.0.1")
+EMAIL_PRIMARY_PORT = env_int("EMAIL_PRIMARY_PORT", 25)
+EMAIL_PRIMARY_USER = env("EMAIL_PRIMARY_USER", "")
+EMAIL_PRIMARY_PASSWORD = env("EMAIL_PRIMARY_PASSWORD", "")
+EMAIL_SECONDARY_HOST = env("EMAIL_SECONDARY_HOST", "127.0.0.1")
+EMAIL_SECONDARY_PORT = env_int("EMAIL_SECONDARY_PORT", 2525)
+EMAIL_SECONDARY_USER = env("EMAIL_SECONDARY_USER", "")
+EMAIL_SECONDARY_PASSWORD = env("EMAIL_SECONDARY_PASSWORD", "")
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0)  # seconds, every socket operation of an SMTP call
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)  # STARTTLS on both providers
+EMAIL_FROM = env("EMAIL_FROM", "Herald <herald@localhost>")
+DEFAULT_FROM_EMAIL = EMAIL_FROM
+# A digest lists at most this many events; the rest are summarized ("… and N more").
+EMAIL_DIGEST_MAX_LINES = env_int("EMAIL_DIGEST_MAX_LINES", 50)
+# A per-recipient wait longer than this parks the email as a recorded deferral (sent as a digest
+# when the limit frees); a shorter one is an ordinary wait.
+EMAIL_DEFER_MIN_SECONDS = env_float("EMAIL_DEFER_MIN_SECONDS", 60.0)
+EMAIL_MAX_ATTEMPTS = env_int("EMAIL_MAX_ATTEMPTS", 8)  # account emails (OutboundEmail) before a dead letter
+EMAIL_OUTBOUND_LANES = env_int("EMAIL_OUTBOUND_LANES", 2)  # drain tasks in flight at once for OutboundEmail
+EMAIL_OUTBOUND_LEASE_SECONDS = env_float("EMAIL_OUTBOUND_LEASE_SECONDS", 120.0)
+HERALD_RATE_LIMITS["email.api"] = {  # the provider's API limit, shared by every worker and email kind
+    "rate": env_float("EMAIL_API_PER_MINUTE", 200) / 60.0, "burst": env_int("EMAIL_API_BURST", 1)}
+HERALD_RATE_LIMITS["email.recipient"] = {  # per user, across organizations and email kinds
+    "rate": env_float("EMAIL_PER_RECIPIENT_PER_DAY", 10) / 86400.0,
+    "burst": env_int("EMAIL_PER_RECIPIENT_PER_DAY", 10),
+    "headroom": 0.0}  # a count per day, not a provider clock: no jitter margin
+for _provider in ("primary", "secondary"):
+    HERALD_BREAKERS[f"smtp-{_provider}"] = {
+        "window": env_float("EMAIL_BREAKER_WINDOW", 30.0), "min_calls": env_int("EMAIL_BREAKER_MIN_CALLS", 3),
+        "failure_ratio": env_float("EMAIL_BREAKER_RATIO", 0.5),
+        "open_seconds": env_float("EMAIL_BREAKER_OPEN_SECONDS", 5.0),
+        "max_open_seconds": env_float("EMAIL_BREAKER_MAX_OPEN_SECONDS", 60.0)}
+CELERY_BEAT_SCHEDULE["notifications.sweep_email"] = {
+    "task": "notifications.tasks.sweep_email",
+    "schedule": env_float("EMAIL_SWEEP_INTERVAL_SECONDS", 30.0),
 }
