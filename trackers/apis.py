@@ -28,6 +28,7 @@ class EventOutput(serializers.Serializer):
     seq = serializers.IntegerField()
     event_id = serializers.IntegerField(source="id")
     tracker_id = serializers.IntegerField()
+    tracker_name = serializers.CharField(source="tracker.name")
     action = serializers.CharField()
     actor = serializers.CharField(source="actor_name")
     occurred_at = serializers.DateTimeField()

@@ -23,7 +23,8 @@ def tracker_get_for_user(*, user, id: int) -> Tracker:
 
 
 def event_list(*, organization_id: int, after_seq: int = 0) -> QuerySet[TrackerEvent]:
-    return TrackerEvent.objects.filter(organization_id=organization_id, seq__gt=after_seq).order_by("seq")
+    return (TrackerEvent.objects.filter(organization_id=organization_id, seq__gt=after_seq)
+            .select_related("tracker").order_by("seq"))
 
 
 def event_range(*, organization_id: int, first_seq: int, last_seq: int) -> list[TrackerEvent]:
