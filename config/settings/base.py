@@ -122,7 +122,7 @@ CACHES = {
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "config.channel_layer.ServerClockRedisChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": "herald:asgi",

@@ -123,7 +123,8 @@ def test_start_then_stop(auth_client, org_with_members, main_tracker):
     assert body["event"] == {**body["event"], "org_id": org_with_members.org.id, "seq": 1,
                              "tracker_id": main_tracker.id, "action": "start",
                              "actor": org_with_members.member.username}
-    assert set(body["event"]) == {"org_id", "seq", "event_id", "tracker_id", "tracker_name", "action", "actor", "occurred_at"}
+    assert set(body["event"]) == {"org_id", "seq", "event_id", "tracker_id", "tracker_name", "action", "actor",
+                                  "occurred_at"}
     entry = TimeEntry.objects.get(tracker=main_tracker)
     assert entry.stopped_at is None and entry.started_by == org_with_members.member
 
