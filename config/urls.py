@@ -10,6 +10,7 @@ api_v1 = [
     path("", include("organizations.urls")),
     path("", include("trackers.urls")),
     path("", include("notifications.urls")),
+    path("", include("notifications.preferences_urls")),
 ]
 
 urlpatterns = [

@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from notifications.models import Delivery, DeliveryStream, Notification
+from notifications.models import (Delivery, DeliveryStream, EmailDeferral, Notification, NotificationPreference,
+                                  OutboundEmail)
 
 
 @admin.register(Notification)
@@ -82,3 +83,44 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.display(description="last error")
     def short_error(self, obj):
         return (obj.last_error or "")[:80]
+
+
+@admin.register(NotificationPreference)
+class NotificationPreferenceAdmin(admin.ModelAdmin):
+    list_display = ("user", "organization", "channel", "category", "enabled", "updated_at")
+    list_filter = ("channel", "category", "enabled")
+    search_fields = ("user__username", "user__email", "organization__name")
+    list_select_related = ("user", "organization")
+    raw_id_fields = ("user", "organization")
+
+
+@admin.register(OutboundEmail)
+class OutboundEmailAdmin(admin.ModelAdmin):
+    list_display = ("kind", "to_email", "status", "attempts", "created_at", "next_attempt_at", "sent_at",
+                    "provider_ref")
+    list_filter = ("status", "kind")
+    search_fields = ("to_email", "user__username", "subject", "last_error")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    readonly_fields = ("attempts", "created_at", "sent_at", "last_error", "provider_ref")
+    ordering = ("-id",)
+    actions = ["requeue"]
+
+    @admin.action(description="Requeue selected dead emails")
+    def requeue(self, request, queryset):
+        from notifications.email import outbound_kick
+
+        done = queryset.filter(status=OutboundEmail.Status.DEAD).update(
+            status=OutboundEmail.Status.PENDING, attempts=0, next_attempt_at=timezone.now())
+        outbound_kick()
+        messages.success(request, f"{done} email(s) requeued.")
+
+
+@admin.register(EmailDeferral)
+class EmailDeferralAdmin(admin.ModelAdmin):
+    list_display = ("user", "category", "reason", "deferred_at", "release_at", "released_at")
+    list_filter = ("category", "reason", ("released_at", admin.EmptyFieldListFilter))
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("user",)
+    raw_id_fields = ("user", "delivery", "outbound")
+    ordering = ("-id",)

@@ -37,3 +37,13 @@ class BacklogCollector:
 
 BREAKER_STATE = Gauge("herald_breaker_state", "Circuit breaker state per provider (0 closed, 1 half-open, 2 open)",
                       ["provider"], multiprocess_mode="livemax")
+
+# --- email (notifications.email, notifications.channels.email) ---
+EMAIL_SENT = Counter("herald_email_sent_total", "Emails accepted by an SMTP provider", ["provider"])
+EMAIL_PROVIDER_FAILURES = Counter("herald_email_provider_failures_total",
+                                  "SMTP calls that failed transiently (connection, timeout, 4xx)", ["provider"])
+EMAIL_FAILOVERS = Counter("herald_email_failovers_total", "Emails sent by the secondary SMTP provider")
+EMAIL_DEFERRED = Counter("herald_email_deferred_total", "Emails held back by the per-recipient daily limit",
+                         ["category"])
+EMAIL_OUTBOUND = Counter("herald_email_outbound_total", "Account emails (OutboundEmail) by kind and outcome",
+                         ["kind", "outcome"])

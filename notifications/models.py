@@ -108,3 +108,121 @@ class Delivery(models.Model):
             models.Index(fields=["status", "created_at"], condition=Q(status="dead"), name="delivery_dead"),
         ]
         verbose_name_plural = "deliveries"
+
+
+# --- email ---------------------------------------------------------------------------------------
+# Preferences, the durable outbox of account emails, and the record of emails held back by the
+# per-recipient daily limit. Owned by notifications.email / notifications.preferences.
+
+
+class PreferenceCategory(models.TextChoices):
+    TRACKER_EVENT = "tracker_event", "Tracker starts and stops"
+    PROFILE_UPDATED = "profile_updated", "Profile change confirmations"
+
+
+class NotificationPreference(models.Model):
+    """A member's explicit choice for one (channel, category), per organization or, with
+    organization NULL, for every organization. No row means the category's default
+    (notifications.preferences.DEFAULTS: tracker emails are off)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, null=True, blank=True,
+                                     related_name="+")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    category = models.CharField(max_length=32, choices=PreferenceCategory.choices)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "organization", "channel", "category"],
+                                    condition=Q(organization__isnull=False), name="preference_unique_org"),
+            models.UniqueConstraint(fields=["user", "channel", "category"],
+                                    condition=Q(organization__isnull=True), name="preference_unique_global"),
+            models.CheckConstraint(condition=Q(channel__in=["inapp", "slack", "email"]),
+                                   name="preference_channel_valid"),
+            models.CheckConstraint(condition=Q(category__in=["tracker_event", "profile_updated"]),
+                                   name="preference_category_valid"),
+        ]
+
+    def __str__(self) -> str:
+        scope = self.organization_id or "all"
+        return f"{self.user_id}/{scope}/{self.channel}/{self.category}={'on' if self.enabled else 'off'}"
+
+
+class OutboundEmail(models.Model):
+    """An account email (e.g. a profile change confirmation) waiting in Postgres until the email
+    API limit grants it a slot. Drained FOR UPDATE SKIP LOCKED by any number of workers."""
+
+    class Kind(models.TextChoices):
+        PROFILE_UPDATED = "profile_updated", "Profile updated"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DEFERRED = "deferred", "Deferred (recipient daily limit)"
+        SENT = "sent", "Sent"
+        DEAD = "dead", "Dead letter"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="outbound_emails")
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    to_email = models.EmailField(max_length=254)
+    subject = models.CharField(max_length=255)
+    body_text = models.TextField()
+    body_html = models.TextField(blank=True)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    next_attempt_at = models.DateTimeField()  # set by the service; deferrals and backoff push it on
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    provider_ref = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["pending", "deferred", "sent", "dead"]),
+                                   name="outbound_status_valid"),
+            models.CheckConstraint(condition=Q(kind__in=["profile_updated"]), name="outbound_kind_valid"),
+        ]
+        indexes = [
+            # The drain: due rows, oldest first.
+            models.Index(fields=["next_attempt_at", "id"], condition=Q(status__in=["pending", "deferred"]),
+                         name="outbound_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.to_email} ({self.status})"
+
+
+class EmailDeferral(models.Model):
+    """An email held back by the per-recipient daily limit: recorded, and sent when the limit frees
+    (tracker events as one digest covering everything deferred). Open while released_at is NULL."""
+
+    class Reason(models.TextChoices):
+        RECIPIENT_DAILY_LIMIT = "recipient_daily_limit", "Recipient daily limit"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    category = models.CharField(max_length=32, choices=PreferenceCategory.choices)
+    reason = models.CharField(max_length=32, choices=Reason.choices, default=Reason.RECIPIENT_DAILY_LIMIT)
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    outbound = models.ForeignKey(OutboundEmail, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    deferred_at = models.DateTimeField(auto_now_add=True)
+    release_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(delivery__isnull=False, outbound__isnull=True)
+                           | Q(delivery__isnull=True, outbound__isnull=False)),
+                name="deferral_one_target"),
+            models.UniqueConstraint(fields=["delivery"], condition=Q(released_at__isnull=True),
+                                    name="deferral_open_delivery"),
+            models.UniqueConstraint(fields=["outbound"], condition=Q(released_at__isnull=True),
+                                    name="deferral_open_outbound"),
+        ]
+        indexes = [
+            models.Index(fields=["release_at"], condition=Q(released_at__isnull=True), name="deferral_open_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category} for {self.user_id} until {self.release_at:%Y-%m-%d %H:%M} ({self.reason})"

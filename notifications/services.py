@@ -504,6 +504,10 @@ def late_delivery_send(*, delivery_id: int) -> DrainResult:
         stream = DeliveryStream.objects.select_for_update(skip_locked=True).filter(pk=delivery.stream_id).first()
         if stream is None:
             return DrainResult("busy")
+        if delivery.channel == Channel.EMAIL:
+            from notifications.email import email_late_send
+
+            return email_late_send(delivery=delivery, stream=stream)
         if delivery.channel != Channel.SLACK:
             return DrainResult("idle")
         integration = SlackIntegration.objects.filter(organization_id=stream.organization_id).first()

@@ -64,8 +64,9 @@ def drain_outbound_email(*, lane: int = 0) -> str:
         email.outbound_lane_renew(lane=lane)
         drain_outbound_email.apply_async(kwargs={"lane": lane})
     elif result.kind == "wait":
-        email.outbound_lane_renew(lane=lane)
-        drain_outbound_email.apply_async(kwargs={"lane": lane}, countdown=max(0.05, result.wait))
+        delay = max(0.05, result.wait)
+        email.outbound_lane_renew(lane=lane, delay=delay)
+        drain_outbound_email.apply_async(kwargs={"lane": lane}, countdown=delay)
     else:
         email.outbound_lane_release(lane=lane)
     return result.kind

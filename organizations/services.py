@@ -71,6 +71,7 @@ def user_update(*, user: User, data: dict) -> User:
     email = data.get("email")
     if email and User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
         raise Conflict("An account with that email exists.", code="email_taken")
+    changed = [f for f in fields if getattr(user, f) != data[f]]
     for field in fields:
         setattr(user, field, data[field])
     try:
@@ -79,6 +80,11 @@ def user_update(*, user: User, data: dict) -> User:
         raise ApplicationError("Invalid input.", code="validation_error", extra={"fields": exc.message_dict}) from exc
     if fields:
         user.save(update_fields=fields)
+    if changed:
+        from notifications.email import profile_updated_email_queue  # notifications depend on organizations
+
+        # Queued in this transaction (durable with the change); the send is kicked on commit.
+        profile_updated_email_queue(user=user, changed=changed)
     return user
 
 
@@ -128,7 +134,12 @@ def membership_create(*, organization: Organization, email: str, role: str) -> M
         raise Conflict("That user is already a member.", code="membership_exists")
     try:
         with transaction.atomic():
-            return Membership.objects.create(organization=organization, user=user, role=role)
+            membership = Membership.objects.create(organization=organization, user=user, role=role)
+            from notifications.preferences import email_streams_sync  # notifications depend on organizations
+
+            # A member who had opted in to tracker emails everywhere gets this org's email stream.
+            email_streams_sync(user=user, organization_ids=[organization.id])
+            return membership
     except IntegrityError as exc:
         raise Conflict("That user is already a member.", code="membership_exists") from exc
 

@@ -1,8 +1,11 @@
-"""Factories for notifications, delivery streams and delivery records."""
+"""Factories for notifications, delivery streams, delivery records, preferences and emails."""
+from datetime import timedelta
+
 import factory
 from django.utils import timezone
 
-from notifications.models import Channel, Delivery, DeliveryStream, Notification
+from notifications.models import (Channel, Delivery, DeliveryStream, EmailDeferral, Notification,
+                                  NotificationPreference, OutboundEmail, PreferenceCategory)
 from tests.organizations.factories import OrganizationFactory, UserFactory
 
 
@@ -42,3 +45,36 @@ class DeliveryFactory(factory.django.DjangoModelFactory):
     first_seq = 1
     last_seq = factory.SelfAttribute("first_seq")
     status = Delivery.Status.PENDING
+
+
+class NotificationPreferenceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = NotificationPreference
+
+    user = factory.SubFactory(UserFactory)
+    organization = None
+    channel = Channel.EMAIL
+    category = PreferenceCategory.TRACKER_EVENT
+    enabled = True
+
+
+class OutboundEmailFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = OutboundEmail
+
+    user = factory.SubFactory(UserFactory)
+    kind = OutboundEmail.Kind.PROFILE_UPDATED
+    to_email = factory.SelfAttribute("user.email")
+    subject = "Your profile was updated"
+    body_text = "Your profile was updated."
+    next_attempt_at = factory.LazyFunction(timezone.now)
+
+
+class EmailDeferralFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = EmailDeferral
+
+    outbound = factory.SubFactory(OutboundEmailFactory, status=OutboundEmail.Status.DEFERRED)
+    user = factory.SelfAttribute("outbound.user")
+    category = PreferenceCategory.PROFILE_UPDATED
+    release_at = factory.LazyFunction(lambda: timezone.now() + timedelta(days=1))
