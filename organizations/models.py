@@ -1,4 +1,5 @@
 """Identity and tenancy: users, organizations, memberships, org API keys and Slack settings."""
+import functools
 import zoneinfo
 
 from django.contrib.auth.models import AbstractUser
@@ -7,8 +8,14 @@ from django.db import models
 from django.db.models import Q
 
 
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    # available_timezones() walks the tz database on disk (~30 ms): once per process is enough.
+    return frozenset(zoneinfo.available_timezones())
+
+
 def validate_time_zone(value: str) -> None:
-    if value not in zoneinfo.available_timezones():
+    if value not in _time_zones():
         raise ValidationError(f"Unknown time zone: {value!r}.", code="invalid_time_zone")
 
 
