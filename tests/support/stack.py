@@ -63,9 +63,14 @@ def database_url(settings_dict: dict | None = None) -> str:
     user = quote(settings_dict.get("USER") or "", safe="")
     password = quote(settings_dict.get("PASSWORD") or "", safe="")
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
-    host = settings_dict.get("HOST") or "127.0.0.1"
+    host = settings_dict.get("HOST") or (settings_dict.get("OPTIONS") or {}).get("host") or "127.0.0.1"
     port = settings_dict.get("PORT") or "5432"
-    return f"postgres://{auth}{host}:{port}/{settings_dict['NAME']}"
+    name = quote(settings_dict["NAME"], safe="")
+    if host.startswith("/"):  # a unix socket directory (the embedded server): as config.backing spells it
+        if host == host.lower():
+            return f"postgres://{auth}{quote(host, safe='')}:{port}/{name}"
+        return f"postgres://{auth}/{name}?host={quote(host, safe='/')}&port={port}"
+    return f"postgres://{auth}{host}:{port}/{name}"
 
 
 def child_env(*, slack_url: str | None = None, overrides: dict | None = None) -> dict[str, str]:
