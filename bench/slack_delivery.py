@@ -161,6 +161,9 @@ def main() -> None:
     finally:
         procs.stop_all()
 
+    import json
+
+    (logdir / "messages.json").write_text(json.dumps(messages))
     result = {"accepted": generated}
     sl = analyse_slack(result, messages)
     with connection.cursor() as cur:

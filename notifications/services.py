@@ -388,7 +388,9 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
 
 def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7,
                     limit: int = 1000) -> list[tuple[int, str, str]]:
-    """Streams behind their organization's seq and untouched for `older_than` seconds. Only
+    """Streams whose next event has waited `older_than` seconds and that were untouched that long
+    (a stream that was idle for hours and just got an event is not stalled; its kick is on the
+    way). Only
     organizations with an event in the lookback window are read (index org_recent_activity), so a
     sweep costs what the active organizations cost, not what the whole database holds."""
     with connection.cursor() as cursor:
@@ -402,10 +404,13 @@ def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7,
               AND NOT s.held
               AND s.updated_at < now() - make_interval(secs => %s)
               AND (s.next_attempt_at IS NULL OR s.next_attempt_at < now() - make_interval(secs => %s))
+              AND EXISTS (SELECT 1 FROM trackers_trackerevent e
+                          WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1
+                            AND e.occurred_at < now() - make_interval(secs => %s))
             ORDER BY s.updated_at
             LIMIT %s
             """,
-            [lookback_hours * 3600, older_than, older_than, limit],
+            [lookback_hours * 3600, older_than, older_than, older_than, limit],
         )
         return cursor.fetchall()
 
