@@ -72,6 +72,9 @@ def main() -> None:
     import django
 
     django.setup()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     import redis
     from django.core.management import call_command
     from django.db import connection, transaction

@@ -108,7 +108,7 @@ async def run_load(args, seeded, web: str, ws_base: str):
             next_at = t_start + random.uniform(0, 1 / per_org_rate)
             while True:
                 now = time.monotonic()
-                if next_at > t_end:
+                if next_at > t_end or now > t_end:  # the run lasts --duration, however far behind
                     return
                 if next_at > now:
                     await asyncio.sleep(next_at - now)
@@ -220,6 +220,9 @@ def main() -> None:
     import django
 
     django.setup()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
     import redis
     from django.core.management import call_command
     from django.db import connection

@@ -113,13 +113,20 @@ def stream_retry_token(*, org_id: int, channel: str, destination: str = "", dela
 def tracker_event_committed(*, event: TrackerEvent) -> None:
     """Runs on commit of a start/stop: wake every stream of the organization."""
     metrics.EVENTS_TOTAL.labels(action=event.action).inc()
-    stream_kick(org_id=event.organization_id, channel=Channel.INAPP)
-    if SlackIntegration.objects.filter(organization_id=event.organization_id, enabled=True).exists():
-        stream_kick(org_id=event.organization_id, channel=Channel.SLACK)
-    for destination in DeliveryStream.objects.filter(
-        organization_id=event.organization_id, channel=Channel.EMAIL
-    ).values_list("destination", flat=True):
-        stream_kick(org_id=event.organization_id, channel=Channel.EMAIL, destination=destination)
+    org_id = event.organization_id
+    stream_kick(org_id=org_id, channel=Channel.INAPP)
+    with connection.cursor() as cursor:  # one round trip: is Slack on, which members get email
+        cursor.execute(
+            """SELECT EXISTS (SELECT 1 FROM organizations_slackintegration
+                              WHERE organization_id = %s AND enabled),
+                      ARRAY (SELECT destination FROM notifications_deliverystream
+                             WHERE organization_id = %s AND channel = 'email')""",
+            [org_id, org_id])
+        slack_on, email_destinations = cursor.fetchone()
+    if slack_on:
+        stream_kick(org_id=org_id, channel=Channel.SLACK)
+    for destination in email_destinations:
+        stream_kick(org_id=org_id, channel=Channel.EMAIL, destination=destination)
 
 
 def stream_ensure(*, org_id: int, channel: str, destination: str = "", start_at_current: bool = False) -> None:
