@@ -1,7 +1,10 @@
 """The one WebSocket endpoint, /ws/: authenticate, join the member's groups, forward messages.
 
 Groups: `org.<id>` for every organization the user belongs to, `user.<id>` for their own stream.
-The consumer never writes; it only forwards what services publish."""
+The consumer never writes; it only forwards what services publish. When a membership is added or
+removed, `membership.changed` on the user's stream makes every open connection re-read its
+organizations and join or leave their groups at once (a removed member stops receiving that
+organization's events without waiting for a reconnect)."""
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -28,12 +31,22 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.pk
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.client_id = (query.get("client_id") or [None])[0]
-        self.groups_joined = [user_group(user.pk)] + [org_group(o) for o in await _org_ids(user.pk)]
+        self.org_ids = set(await _org_ids(user.pk))
+        self.groups_joined = [user_group(user.pk)] + [org_group(o) for o in sorted(self.org_ids)]
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
-        await self.send_json({"type": "hello", "user_id": user.pk,
-                              "org_ids": [int(g.split(".")[1]) for g in self.groups_joined[1:]]})
+        await self.send_json({"type": "hello", "user_id": user.pk, "org_ids": sorted(self.org_ids)})
+
+    async def membership_changed(self, message):
+        current = set(await _org_ids(self.user_id))
+        for org_id in current - self.org_ids:
+            await self.channel_layer.group_add(org_group(org_id), self.channel_name)
+        for org_id in self.org_ids - current:
+            await self.channel_layer.group_discard(org_group(org_id), self.channel_name)
+        self.org_ids = current
+        self.groups_joined = [user_group(self.user_id)] + [org_group(o) for o in sorted(current)]
+        await self.send_json({"type": "memberships", "org_ids": sorted(current)})
 
     async def disconnect(self, code):
         for group in getattr(self, "groups_joined", []):
@@ -44,6 +57,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "pong"})
 
     async def tracker_event(self, message):
+        if message.get("org_id") not in self.org_ids:
+            return  # left the organization (the group discard may trail the removal)
         notifications = message.get("notifications", {})
         payload = {k: v for k, v in message.items() if k != "notifications"}
         await self.send_json(payload)

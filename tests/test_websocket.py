@@ -289,3 +289,27 @@ def test_read_sync_reaches_other_devices_but_not_the_origin(two_orgs):
         await laptop.disconnect()
 
     run(body)
+
+
+def test_membership_added_or_removed_takes_effect_on_open_connections(two_orgs):
+    org_a, alice, org_b, bob = two_orgs
+    token = token_for(bob)
+
+    async def body():
+        comm = communicator(f"?token={token}")
+        hello = await connect_ok(comm)
+        assert hello["org_ids"] == [org_b.id]
+
+        await sync_to_async(org_services.membership_create)(organization=org_a, email=bob.email, role="member")
+        assert await comm.receive_json_from(timeout=3) == {"type": "memberships",
+                                                            "org_ids": sorted([org_a.id, org_b.id])}
+        await publish([(f"org.{org_a.id}", sample_event(org_a.id, seq=1))])
+        assert (await comm.receive_json_from(timeout=3))["seq"] == 1
+
+        await sync_to_async(Membership.objects.filter(organization=org_a, user=bob).delete)()
+        assert await comm.receive_json_from(timeout=3) == {"type": "memberships", "org_ids": [org_b.id]}
+        await publish([(f"org.{org_a.id}", sample_event(org_a.id, seq=2))])
+        assert await comm.receive_nothing(timeout=QUIET)  # tenant isolation holds without a reconnect
+        await comm.disconnect()
+
+    run(body)
