@@ -56,34 +56,43 @@ for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do
   redis.call('ZREM', q, m)
   redis.call('ZREM', seen, m)
 end
+-- The caller's own scopes first (e.g. its channel): a caller they block is not waiting for the
+-- shared scope, so it takes no place in the queue (it would hold back callers that could go).
+local new_tats = {}
+local wait, blocker = 0, 0
+for i = 2, n do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
+  if tat < now then tat = now end
+  new_tats[i] = tat + interval
+  local allow_at = new_tats[i] - burst * interval
+  if allow_at > now and allow_at - now > wait then
+    wait = allow_at - now
+    blocker = i
+  end
+end
+if wait > 0 then
+  redis.call('ZREM', q, member)
+  redis.call('ZREM', seen, member)
+  return {0, wait, blocker, -1}
+end
 redis.call('ZADD', q, 'NX', now, member)
 redis.call('ZADD', seen, now, member)
 redis.call('PEXPIRE', q, math.ceil(stale / 1000) * 4)
 redis.call('PEXPIRE', seen, math.ceil(stale / 1000) * 4)
 local rank = redis.call('ZRANK', q, member)
+local interval = tonumber(ARGV[1])
 if rank >= lookahead then  -- come back about when its turn is due, not every slot
-  return {0, rank * tonumber(ARGV[1]), -1, rank}
+  return {0, rank * interval, -1, rank}
 end
-local wait = 0
-local blocker = 0
-local new_tats = {}
-for i = 1, n do
-  local interval = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - burst * interval
-  if i == 1 then allow_at = allow_at + rank * grace end  -- the head gets first claim on a free slot
-  if allow_at > now and allow_at - now > wait then
-    wait = allow_at - now
-    blocker = i
-  end
-  new_tats[i] = new_tat
-end
-if wait > 0 then
-  if blocker == 1 then wait = wait + rank * tonumber(ARGV[1]) end  -- the slots ahead go to lower ranks
-  return {0, wait, blocker, rank}
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+new_tats[1] = tat + interval
+local allow_at = new_tats[1] - burst * interval + rank * grace  -- the head gets first claim on a free slot
+if allow_at > now then
+  return {0, allow_at - now + rank * interval, 1, rank}  -- the slots ahead go to lower ranks
 end
 for i = 1, n do
   redis.call('SET', KEYS[i], new_tats[i], 'PX', math.max(1, math.ceil((new_tats[i] - now) / 1000)) + 1000)
@@ -164,7 +173,9 @@ class RateLimiter:
         """Like acquire, but callers waiting on scopes[0] (the shared one, e.g. a provider's global
         limit) are served in the order they started waiting. A caller told to wait must come back
         within `stale` seconds to keep its place (the wait it is given is never longer than half of
-        that); a waiter that vanished (killed worker) is dropped after `stale` seconds."""
+        that); a waiter that vanished (killed worker) is dropped after `stale` seconds. A caller
+        blocked by its own scopes (scopes[1:], e.g. its channel) is told to wait for those and
+        takes no place in the queue, so it never holds back callers that could go."""
         args: list[int] = []
         for scope in scopes:
             args += [scope.interval_us(), scope.config[1]]
