@@ -59,11 +59,7 @@ migrate: venv
 	DJANGO_SETTINGS_MODULE=config.settings.local $(BACKING) run -- python manage.py migrate --noinput
 
 bench: venv
-	@if [ -f bench/run_all.py ]; then \
-		DJANGO_SETTINGS_MODULE=config.settings.local $(BACKING) run -- python bench/run_all.py $(BENCH_ARGS); \
-	else \
-		echo "bench/run_all.py does not exist yet"; \
-	fi
+	$(BACKING) run -- python bench/run_all.py $(BENCH_ARGS)
 
 stop: venv
 	$(BACKING) stop

@@ -63,19 +63,27 @@ async def run_load(args, seeded, web: str, ws_base: str):
 
     stop_listening = asyncio.Event()
 
+    sockets: list = []
+    dropped = 0  # connections the server closed during the run (each loses what followed)
+
     async def listen(org_id: int, user_id: int, token: str, ready: asyncio.Event):
+        nonlocal dropped
         url = f"{ws_base}/ws/?token={token}"
-        async with websockets.connect(url, origin="http://127.0.0.1", open_timeout=30, max_queue=None) as ws:
+        # No client pings: under overload a late pong would close the socket and read as loss.
+        async with websockets.connect(url, origin="http://127.0.0.1", open_timeout=30, max_queue=None,
+                                      ping_interval=None) as ws:
+            sockets.append(ws)
             ready.set()
-            while not stop_listening.is_set():
-                try:
-                    raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
-                except TimeoutError:
-                    continue
-                now = time.time()
-                msg = json.loads(raw)
-                if msg.get("type") == "tracker.event":
-                    receipts[(org_id, user_id)].append((msg["seq"], now))
+            try:
+                async for raw in ws:
+                    now = time.time()
+                    msg = json.loads(raw)
+                    if msg.get("type") == "tracker.event":
+                        receipts[(org_id, user_id)].append((msg["seq"], now))
+            except websockets.ConnectionClosed:
+                pass
+            if not stop_listening.is_set():
+                dropped += 1
 
     listeners, readies = [], []
     sem = asyncio.Semaphore(50)
@@ -88,6 +96,7 @@ async def run_load(args, seeded, web: str, ws_base: str):
             listeners.append(task)
             await asyncio.wait_for(ready.wait(), timeout=60)
 
+    listened = [(org_id, user_id) for org_id, members in by_org.items() for user_id, _ in members[: args.ws_per_org]]
     await asyncio.gather(*[
         start_listener(org_id, user_id, token)
         for org_id, members in by_org.items() for user_id, token in members[: args.ws_per_org]
@@ -147,16 +156,19 @@ async def run_load(args, seeded, web: str, ws_base: str):
     expected_max = {o: max((s for s, _ in v), default=0) for o, v in accepted.items()}
     while time.monotonic() < deadline:
         missing = sum(
-            1 for (org_id, _u), got in receipts.items()
-            if (max((s for s, _ in got), default=0) < expected_max.get(org_id, 0))
+            1 for org_id, user_id in listened
+            if max((s for s, _ in receipts.get((org_id, user_id), [])), default=0) < expected_max.get(org_id, 0)
         )
         if not missing:
             break
         await asyncio.sleep(0.5)
     stop_listening.set()
+    for ws in sockets:
+        await ws.close()
     await asyncio.gather(*listeners, return_exceptions=True)
     return {
-        "receipts": receipts, "accepted": accepted, "conflicts": conflicts, "errors": errors,
+        "receipts": receipts, "accepted": accepted, "dropped": dropped, "listened": listened,
+        "conflicts": conflicts, "errors": errors,
         "api_latency": api_latency, "drive_seconds": drive_seconds, "wall0": wall0, "wall1": wall1,
     }
 
@@ -167,7 +179,8 @@ def analyse_ws(result) -> dict:
         for seq, t in evs:
             occurred[(org_id, seq)] = t
     latencies, violations, lost, dups = [], 0, 0, 0
-    for (org_id, _user), got in result["receipts"].items():
+    for org_id, user_id in result["listened"]:  # every listener, also one that heard nothing
+        got = result["receipts"].get((org_id, user_id), [])
         seqs = [s for s, _ in got]
         last = 0
         for s in seqs:
@@ -301,7 +314,8 @@ def main() -> None:
           f"p95 {pct(sl['latencies'], 95) * 1000:.0f} ms, p99 {pct(sl['latencies'], 99) * 1000:.0f} ms; "
           f"{sl['requests']} requests, mean batch {sl['mean_batch']:.2f}")
     print(f"order violations         websocket {ws['violations']}, slack {sl['violations']}")
-    print(f"lost                     websocket {ws['lost']}, slack {sl['lost']}")
+    print(f"lost                     websocket {ws['lost']}, slack {sl['lost']} (sockets the server closed "
+          f"mid-run: {result['dropped']} of {len(result['listened'])})")
     print(f"duplicates               websocket {ws['duplicates']}, slack {sl['duplicates']}")
     print(f"slack limit breaches     {slack.get('breaches', 'n/a')} "
           f"(429s answered: {slack.get('ratelimited', 'n/a')})")
