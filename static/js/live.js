@@ -140,6 +140,10 @@
       } else if (msg.type === "notification.read") {
         markRead(msg.ids, msg.all);
         document.getElementById("unread-count").textContent = msg.unread_count;
+      } else if (msg.type === "memberships") {
+        // Joined or left an organization: the page lists organizations, so draw it afresh.
+        const now = msg.org_ids.map(String).sort().join(",");
+        if (now !== Object.keys(orgs).sort().join(",")) window.location.reload();
       }
     };
     ws.onclose = () => {
