@@ -24,6 +24,13 @@ def test_healthz(client):
     assert response.json() == {"status": "ok"}
 
 
+def test_favicon_redirects_to_the_static_icon(client):
+    response = client.get("/favicon.ico")
+
+    assert response.status_code == 302
+    assert response["Location"].endswith("favicon.svg")
+
+
 def test_healthz_needs_no_database(client, django_db_blocker):
     with django_db_blocker.block():
         assert client.get("/healthz").status_code == 200
