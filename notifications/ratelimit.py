@@ -39,7 +39,8 @@ return {1, 0, 0}
 """
 
 # Fair variant: KEYS = scope keys..., queue zset, seen zset. ARGV = interval/burst pairs..., member,
-# stale_us, lookahead, grace_us. Waiters join a queue ordered by when they first waited; only the
+# stale_us, lookahead, grace_us, priority_us (0: none). Waiters join a queue ordered by when they
+# first waited, or by the caller's priority (e.g. when its oldest pending message was created); only the
 # first `lookahead` of them may take a grant, and the one at rank r only once the slot has been free
 # for r * grace, so the longest waiter gets first claim and a late head wastes at most a little.
 # Waiters that stop polling for stale_us are dropped from the queue.
@@ -52,6 +53,7 @@ local member = ARGV[2 * n + 1]
 local stale = tonumber(ARGV[2 * n + 2])
 local lookahead = tonumber(ARGV[2 * n + 3])
 local grace = tonumber(ARGV[2 * n + 4])
+local priority = tonumber(ARGV[2 * n + 5])
 for _, m in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', now - stale)) do
   redis.call('ZREM', q, m)
   redis.call('ZREM', seen, m)
@@ -77,7 +79,11 @@ if wait > 0 then
   redis.call('ZREM', seen, member)
   return {0, wait, blocker, -1}
 end
-redis.call('ZADD', q, 'NX', now, member)
+if priority > 0 then
+  redis.call('ZADD', q, priority, member)
+else
+  redis.call('ZADD', q, 'NX', now, member)
+end
 redis.call('ZADD', seen, now, member)
 redis.call('PEXPIRE', q, math.ceil(stale / 1000) * 4)
 redis.call('PEXPIRE', seen, math.ceil(stale / 1000) * 4)
@@ -169,9 +175,11 @@ class RateLimiter:
         return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
 
     def acquire_fair(self, scopes: list[Scope], *, member: str, stale: float = 10.0,
-                     lookahead: int = 4, grace: float | None = None) -> Decision:
+                     lookahead: int = 4, grace: float | None = None, since: float | None = None) -> Decision:
         """Like acquire, but callers waiting on scopes[0] (the shared one, e.g. a provider's global
-        limit) are served in the order they started waiting. A caller told to wait must come back
+        limit) are served in the order they started waiting, or oldest `since` first when the
+        caller gives one (epoch seconds: when its oldest pending message was created, so a caller
+        whose send failed keeps its place instead of queueing again). A caller told to wait must come back
         within `stale` seconds to keep its place (the wait it is given is never longer than half of
         that); a waiter that vanished (killed worker) is dropped after `stale` seconds. A caller
         blocked by its own scopes (scopes[1:], e.g. its channel) is told to wait for those and
@@ -184,6 +192,7 @@ class RateLimiter:
             _ACQUIRE_FAIR, len(scopes) + 2, *[s.redis_key for s in scopes], queue, queue + ":seen",
             *args, member, int(stale * 1_000_000), lookahead,
             int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
+            int(since * 1_000_000) if since else 0,
         )
         if allowed:
             return Decision(True, 0.0)

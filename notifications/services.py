@@ -178,10 +178,12 @@ def _pending(stream: DeliveryStream, limit: int) -> list[TrackerEvent]:
 
 
 _GATE_SQL = """
-SELECT s.delivered_seq, o.last_event_seq, s.next_attempt_at, s.held, i.channel, i.enabled
+SELECT s.delivered_seq, o.last_event_seq, s.next_attempt_at, s.held, i.channel, i.enabled,
+       extract(epoch FROM e.occurred_at)
 FROM notifications_deliverystream s
 JOIN organizations_organization o ON o.id = s.organization_id
 LEFT JOIN organizations_slackintegration i ON i.organization_id = s.organization_id
+LEFT JOIN trackers_trackerevent e ON e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1
 WHERE s.organization_id = %s AND s.channel = 'slack' AND s.destination = ''
 """
 
@@ -189,13 +191,17 @@ WHERE s.organization_id = %s AND s.channel = 'slack' AND s.destination = ''
 def _slack_gate(org_id: int) -> DrainResult | None:
     """The cheap part of a Slack send, before any lock or event is loaded: is there work, is the
     stream backing off, is the breaker open, does the limiter grant a slot? Waiting streams poll
-    this often, so it is one indexed read and two Redis scripts. None means: slot granted, send."""
+    this often, so it is one indexed read and two Redis scripts. None means: slot granted, send.
+
+    Streams share the global limit oldest-first: each waits in the limiter's queue by the time its
+    next undelivered event occurred, so the stream whose events have waited longest (a failed send
+    being retried included) gets the next free slot; that is what bounds the worst latency."""
     with connection.cursor() as cursor:
         cursor.execute(_GATE_SQL, [org_id])
         row = cursor.fetchone()
     if row is None:
         return DrainResult("missing")
-    delivered, last, next_attempt_at, held, slack_channel_name, enabled = row
+    delivered, last, next_attempt_at, held, slack_channel_name, enabled, head_at = row
     if held:
         return DrainResult("held")
     if delivered >= last or not slack_channel_name or not enabled:
@@ -208,7 +214,8 @@ def _slack_gate(org_id: int) -> DrainResult | None:
         metrics.DELIVERIES.labels(channel="slack", outcome="breaker_wait").inc()
         return DrainResult("wait", wait=max(0.05, gate.wait))
     decision = limiter.acquire_fair([Scope("slack.global"), Scope("slack.channel", slack_channel_name)],
-                                    member=f"{org_id}:{slack_channel_name}")
+                                    member=f"{org_id}:{slack_channel_name}",
+                                    since=float(head_at) if head_at is not None else None, lookahead=8)
     if not decision.allowed:
         metrics.LIMITER.labels(scope=decision.blocked_by.name, outcome="wait").inc()
         # No attempt spent; while we wait, more events may join this run (coalescing).

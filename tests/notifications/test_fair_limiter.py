@@ -68,3 +68,38 @@ def test_a_vanished_waiter_is_dropped(scopes):
             return
         time.sleep(0.01)
     pytest.fail("a waiter that vanished kept blocking the queue")
+
+
+def test_the_caller_with_the_oldest_pending_message_goes_first(scopes):
+    """With `since` (when each caller's oldest pending message was created), the oldest wins the
+    next free slot whatever order they asked in: a stream whose send failed keeps its place."""
+    assert limiter.acquire_fair([Scope("g"), Scope("c", "first")], member="first", since=time.time()).allowed
+    now = time.time()
+    ages = {"young": 1.0, "old": 9.0, "middle": 5.0}
+    for member, age in ages.items():  # the slot was just taken: everyone waits and joins the queue
+        assert not limiter.acquire_fair([Scope("g"), Scope("c", member)], member=member, since=now - age).allowed
+    order = []
+    deadline = time.monotonic() + 2
+    while len(order) < 3 and time.monotonic() < deadline:
+        for member, age in ages.items():
+            if member not in order and limiter.acquire_fair(
+                    [Scope("g"), Scope("c", member)], member=member, since=now - age).allowed:
+                order.append(member)
+        time.sleep(0.002)
+    assert order == ["old", "middle", "young"]
+
+
+def test_without_since_the_first_to_wait_goes_first(scopes):
+    assert limiter.acquire_fair([Scope("g"), Scope("c", "first")], member="first").allowed
+    for member in ("a", "b"):
+        assert not limiter.acquire_fair([Scope("g"), Scope("c", member)], member=member).allowed
+        time.sleep(0.005)
+    granted = None
+    deadline = time.monotonic() + 2
+    while granted is None and time.monotonic() < deadline:
+        for member in ("b", "a"):  # b asks first every round; a waited first
+            if limiter.acquire_fair([Scope("g"), Scope("c", member)], member=member).allowed:
+                granted = member
+                break
+        time.sleep(0.002)
+    assert granted == "a"
