@@ -55,6 +55,12 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def provider_worker_argv(py: str, concurrency: int = 4) -> list[str]:
+    """The Procfile's `providers` process: Slack and email sends, several at once."""
+    return [py, "-m", "celery", "-A", "config", "worker", "-Q", "providers", "-c", str(concurrency),
+            "-n", "providers@%h", "--without-gossip", "--without-mingle", "-l", "INFO", "--prefetch-multiplier", "1"]
+
+
 def wait_log(path: Path, needle: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -22,7 +22,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import Procs, analyse_slack, pct, setup_database, wait_http, wait_log  # noqa: E402
+from bench.common import (  # noqa: E402
+    Procs, analyse_slack, pct, provider_worker_argv, setup_database, wait_http, wait_log,
+)
 
 GENERATE_SQL = """
 WITH bumped AS (
@@ -108,12 +110,14 @@ def main() -> None:
                               "--ratelimit", str(args.ratelimit), "--retry-after", "1", "--slow", str(args.slow),
                               "--slow-seconds", str(args.slow_seconds)])
         procs.start("orgs", [py, "manage.py", "run_partition_workers", "--loglevel", "INFO"])
+        procs.start("providers", provider_worker_argv(py))
         procs.start("beat", [py, "-m", "celery", "-A", "config", "beat", "-l", "WARNING", "--scheduler",
                              "django_celery_beat.schedulers:DatabaseScheduler"])
         procs.start("worker", [py, "-m", "celery", "-A", "config", "worker", "-Q", "default,maintenance", "-c", "1",
                                "-n", "default@%h", "--without-gossip", "--without-mingle", "-l", "INFO"])
         wait_http(f"http://127.0.0.1:{slack_port}/_control/stats")
         wait_log(logdir / "orgs.log", "ready", timeout=90)
+        wait_log(logdir / "providers.log", "ready", timeout=90)
         time.sleep(3)
 
         from notifications.services import stream_kick

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import (  # noqa: E402
-    Procs, analyse_slack, pct, pgbench_ceiling, setup_database, wait_http, wait_log,
+    Procs, analyse_slack, pct, pgbench_ceiling, provider_worker_argv, setup_database, wait_http, wait_log,
 )
 
 
@@ -267,6 +267,7 @@ def main() -> None:
         procs.start("web", [py, "-m", "config.serve", "--port", str(web_port),
                             "--processes", str(args.web_processes)])
         procs.start("orgs", [py, "manage.py", "run_partition_workers", "--loglevel", "INFO"])
+        procs.start("providers", provider_worker_argv(py))
         procs.start("worker", [py, "-m", "celery", "-A", "config", "worker", "-Q", "default,maintenance", "-c", "1",
                                "-n", "default@%h", "--without-gossip", "--without-mingle", "-l", "INFO"])
         procs.start("beat", [py, "-m", "celery", "-A", "config", "beat", "-l", "WARNING", "--scheduler",
@@ -274,6 +275,7 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{web_port}/healthz")
         wait_http(f"http://127.0.0.1:{slack_port}/_control/stats")
         wait_log(logdir / "orgs.log", "ready", timeout=90)
+        wait_log(logdir / "providers.log", "ready", timeout=90)
         time.sleep(2)
         result = asyncio.run(run_load(args, seeded, f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{web_port}"))
         time.sleep(1)

@@ -1,4 +1,5 @@
-"""Task routing: org-scoped tasks go to the org's partition queue, everything else by name."""
+"""Task routing: org-scoped tasks go to the org's partition queue (sends to external providers to
+the provider queue, see settings.DELIVERY_PROVIDER_QUEUE), everything else by name."""
 import zlib
 
 from django.conf import settings
@@ -15,8 +16,13 @@ def org_queue(org_id: int) -> str:
     return f"org-{org_partition(org_id)}"
 
 
+PROVIDER_CHANNELS = ("slack", "email")
+
+
 def route_task(name, args, kwargs, options, task=None, **kw):
     if kwargs and "org_id" in kwargs:
+        if kwargs.get("channel") in PROVIDER_CHANNELS and settings.DELIVERY_PROVIDER_QUEUE:
+            return {"queue": settings.DELIVERY_PROVIDER_QUEUE}
         return {"queue": org_queue(int(kwargs["org_id"]))}
     if name.startswith(MAINTENANCE_PREFIXES):
         return {"queue": "maintenance"}

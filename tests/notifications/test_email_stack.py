@@ -24,7 +24,7 @@ from trackers.services import tracker_start, tracker_stop
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
-ORG_QUEUES = [f"org-{k}" for k in range(8)]
+ORG_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]  # partition workers + provider sends
 STACK_ENV = {
     "SWEEP_INTERVAL_SECONDS": "1",
     "DELIVERY_STALL_SECONDS": "2",

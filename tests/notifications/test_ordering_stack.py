@@ -29,7 +29,7 @@ from trackers.services import tracker_create, tracker_start, tracker_stop
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
-ORG_QUEUES = [f"org-{k}" for k in range(8)]
+ORG_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]  # partition workers + provider sends
 ORGS, MEMBERS, TRACKERS = 4, 3, 2
 SLACK_TOKEN = "xoxb-test"
 # With this seed the fake's 3rd request gets a 500, the 4th a 429 and the 6th is slow: every
@@ -59,11 +59,12 @@ def stack(transactional_db, fake_slack):
 
 
 def start_full_stack(stack: Stack) -> None:
-    """Daphne, two workers on every org partition queue (so they contend), the default and
-    maintenance worker, beat (the sweeper)."""
+    """Daphne, two workers on every org partition queue and the provider queue (so they contend):
+    one at concurrency 1 as the partition workers run, one at concurrency 2 as the provider worker
+    runs; the default and maintenance worker, beat (the sweeper)."""
     stack.start_daphne("web")
     stack.start_worker("orgs-a", ORG_QUEUES)
-    stack.start_worker("orgs-b", ORG_QUEUES)
+    stack.start_worker("orgs-b", ORG_QUEUES, concurrency=2)
     stack.start_worker("default", ["default", "maintenance"])
     stack.start_beat("beat")
     stack.wait_ready(timeout=60)
