@@ -5,7 +5,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import StrictSerializer
+from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError
 from organizations.selectors import organization_get_for_user
 from trackers import selectors, services
@@ -41,7 +41,9 @@ class TrackerListCreateApi(APIView):
     @extend_schema(responses=TrackerOutput(many=True))
     def get(self, request, org_id: int):
         organization = organization_get_for_user(user=request.user, id=org_id)
-        return Response(TrackerOutput(selectors.tracker_list(organization=organization), many=True).data)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.tracker_list(organization=organization), request, view=self)
+        return paginator.get_paginated_response(TrackerOutput(page, many=True).data)
 
     @extend_schema(request=Input, responses={201: TrackerOutput})
     def post(self, request, org_id: int):

@@ -79,8 +79,12 @@
 
   async function loadAll() {
     for (const id of Object.keys(orgs)) {
-      const trackers = await api("GET", `/api/v1/orgs/${id}/trackers/`);
-      trackers.forEach((t) => renderTracker(orgs[id], t));
+      let url = `/api/v1/orgs/${id}/trackers/?page_size=200`;
+      while (url) {
+        const page = await api("GET", url);
+        page.results.forEach((t) => renderTracker(orgs[id], t));
+        url = page.next ? new URL(page.next, location.href).pathname + new URL(page.next, location.href).search : null;
+      }
       const recent = await api("GET", `/api/v1/orgs/${id}/events/?after_seq=${Math.max(0, Number(orgs[id].el.dataset.lastSeq) - 20)}&limit=200`);
       recent.results.forEach((e) => applyEvent(e));
       await catchUp(id);

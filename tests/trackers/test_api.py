@@ -42,7 +42,9 @@ def test_list_trackers(auth_client, org_with_members, other_org):
     response = auth_client(org_with_members.member).get(trackers_url(org_with_members.org.id))
 
     assert response.status_code == 200
-    body = response.json()
+    page = response.json()
+    assert page["count"] == 2 and page["next"] is None
+    body = page["results"]
     assert [t["name"] for t in body] == ["Main tracker", "Second"]
     assert body[1]["id"] == extra.id
     assert body[0] == {**body[0], "organization_id": org_with_members.org.id, "is_running": False,
@@ -56,21 +58,34 @@ def test_list_trackers_of_another_org_is_404(auth_client, org_with_members, othe
                  "organization_not_found")
 
 
+def test_list_trackers_is_paginated(auth_client, org_with_members):
+    TrackerFactory.create_batch(2, organization=org_with_members.org)
+    client = auth_client(org_with_members.member)
+
+    first = client.get(trackers_url(org_with_members.org.id) + "?page_size=2").json()
+    second = client.get(first["next"]).json()
+
+    assert first["count"] == 3 and len(first["results"]) == 2
+    assert len(second["results"]) == 1 and second["next"] is None
+    assert {t["id"] for t in first["results"]}.isdisjoint({t["id"] for t in second["results"]})
+
+
 def test_list_trackers_query_count_does_not_grow(auth_client, org_with_members, django_assert_max_num_queries):
     client = auth_client(org_with_members.member)
     url = trackers_url(org_with_members.org.id)
     client.get(url)
-    few, _ = queries_for(django_assert_max_num_queries, 3, lambda: client.get(url))
+    few, _ = queries_for(django_assert_max_num_queries, 4, lambda: client.get(url))  # auth, org, count, page
 
     # Running trackers have a started_by user to show: that must not cost a query per row.
     users = UserFactory.create_batch(3)
     for i in range(12):
         tracker = TrackerFactory(organization=org_with_members.org)
         tracker_start(tracker_id=tracker.id, actor=users[i % 3])
-    many, response = queries_for(django_assert_max_num_queries, 3, lambda: client.get(url))
+    many, response = queries_for(django_assert_max_num_queries, 4, lambda: client.get(url))
 
-    assert len(response.json()) == 13
-    assert {t["started_by"] for t in response.json() if t["is_running"]} == {u.username for u in users}
+    results = response.json()["results"]
+    assert len(results) == 13
+    assert {t["started_by"] for t in results if t["is_running"]} == {u.username for u in users}
     assert many == few
 
 
@@ -269,7 +284,7 @@ def test_events_query_count_does_not_grow(auth_client, org_with_members, main_tr
     url = events_url(org_with_members.org.id)
     TrackerEventFactory(tracker=main_tracker)
     client.get(url)
-    few, _ = queries_for(django_assert_max_num_queries, 3, lambda: client.get(url))
+    few, _ = queries_for(django_assert_max_num_queries, 4, lambda: client.get(url))  # auth, org, count, page
 
     TrackerEventFactory.create_batch(20, tracker=main_tracker, actor=org_with_members.owner)
     many, response = queries_for(django_assert_max_num_queries, 3, lambda: client.get(url))
