@@ -24,7 +24,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 PYTEST_ARGS ?=
 
-.PHONY: help venv run test embedded-test stop migrate bench clean
+.PHONY: help venv run test embedded-test stop migrate bench clean browser-deps
 
 help:
 	@echo "make run            start web (http://127.0.0.1:8000), workers and beat with demo data"
@@ -33,6 +33,7 @@ help:
 	@echo "make migrate        apply migrations"
 	@echo "make stop           stop embedded Postgres/Redis left running under .run/"
 	@echo "make bench          run bench/run_all.py"
+	@echo "make browser-deps   install Debian's Chromium for the browser test (root; skipped without it)"
 	@echo "make clean          stop embedded servers and remove .run/"
 
 venv: $(STAMP)
@@ -60,6 +61,14 @@ migrate: venv
 
 bench: venv
 	$(BACKING) run -- python bench/run_all.py $(BENCH_ARGS)
+
+# The live-page browser test drives Debian's Chromium through Playwright (never `playwright install`).
+browser-deps:
+	@if [ -x /usr/bin/chromium ]; then echo "chromium: $$(/usr/bin/chromium --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || \
+	  { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	else echo "chromium missing and cannot install it here (needs root and apt-get): the browser test will be skipped"; fi
 
 stop: venv
 	$(BACKING) stop
