@@ -67,6 +67,15 @@ def exception_handler(exc, context):
     return response
 
 
+def json_400(request, exception=None):
+    """Requests Django rejects before a view runs (a broken multipart body, a bad Host header)."""
+    return JsonResponse(_payload("Bad request.", "bad_request"), status=400)
+
+
+def json_403(request, exception=None):
+    return JsonResponse(_payload("Forbidden.", "forbidden"), status=403)
+
+
 def json_404(request, exception=None):
     return JsonResponse(_payload("Not found.", "not_found"), status=404)
 

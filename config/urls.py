@@ -29,5 +29,7 @@ urlpatterns = [
     path("metrics", ops.metrics, name="metrics"),
 ]
 
+handler400 = "config.api.json_400"
+handler403 = "config.api.json_403"
 handler404 = "config.api.json_404"
 handler500 = "config.api.json_500"

@@ -6,8 +6,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api import Pagination
+from config.errors import ApplicationError
 from notifications import inbox, selectors
 from organizations.apis import require_user
+
+_BOOLEAN = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 
 def _origin(request) -> str | None:
@@ -32,7 +35,11 @@ class NotificationListApi(APIView):
                    responses=NotificationOutput(many=True))
     def get(self, request):
         user = require_user(request)
-        unread = request.query_params.get("unread", "").lower() in {"1", "true", "yes"}
+        raw = request.query_params.get("unread", "").lower()
+        if raw not in _BOOLEAN:
+            raise ApplicationError("unread must be true or false.", code="validation_error",
+                                   extra={"fields": {"unread": ["Must be true or false."]}})
+        unread = _BOOLEAN[raw]
         paginator = Pagination()
         page = paginator.paginate_queryset(selectors.notification_list(user=user, unread_only=unread), request,
                                            view=self)

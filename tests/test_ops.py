@@ -146,3 +146,16 @@ def test_unknown_api_path_is_json_404(client, path):
 
 def test_method_not_allowed_is_json_405(client, auth_client, user):
     assert_error(auth_client(user).delete("/api/v1/orgs/"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=xx", "multipart/form-data"])
+def test_a_broken_multipart_body_is_a_json_400_or_415(auth_client, org_with_members, content_type):
+    """Django may reject the body before DRF runs; either way the answer is the one error format."""
+    client = auth_client(org_with_members.owner)
+    client.raise_request_exception = False
+    response = client.generic("POST", f"/api/v1/orgs/{org_with_members.org.id}/trackers/", b"name=abc",
+                              content_type=content_type)
+
+    assert response.status_code in (400, 415)
+    body = response.json()
+    assert set(body) == {"message", "code", "extra"} and body["code"]

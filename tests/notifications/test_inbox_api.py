@@ -52,6 +52,13 @@ def test_list_unread_false_lists_all(auth_client, user, inbox):
     assert auth_client(user).get(f"{LIST}?unread=false").json()["count"] == 4
 
 
+@pytest.mark.parametrize("flag", ["maybe", "2", "tru"])
+def test_list_unread_must_be_a_boolean(auth_client, user, inbox, flag):
+    body = assert_error(auth_client(user).get(f"{LIST}?unread={flag}"), 400, "validation_error")
+
+    assert "unread" in body["extra"]["fields"]
+
+
 def test_list_page_size(auth_client, user, inbox):
     body = auth_client(user).get(f"{LIST}?page_size=3").json()
 
