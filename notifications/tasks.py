@@ -1,7 +1,8 @@
 """Celery entry points of the delivery pipeline. Thin: re-check state, call a service, reschedule.
 
-deliver_stream is routed to the organization's partition queue (config.routing) because it takes
-`org_id`; correctness does not depend on that routing (see notifications.services)."""
+deliver_stream is routed by config.routing: the in-app stream to the organization's partition queue,
+Slack and email streams to the provider queue; correctness does not depend on that routing (see
+notifications.services)."""
 import logging
 
 from celery import shared_task
