@@ -202,8 +202,9 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TASK_DEFAULT_QUEUE = "default"
 ORG_QUEUE_PARTITIONS = env_int("ORG_QUEUE_PARTITIONS", 8)
 # Sends to external providers (Slack, tracker emails) run on this queue, consumed by a worker with
-# several processes (Procfile `providers`), so a slow provider call never pins a concurrency-1 partition worker and holds up
-# the other organizations of its partition. Order is kept by the stream fence, not by the queue.
+# several processes (Procfile `providers`), so a slow provider call never pins a concurrency-1
+# partition worker and holds up the other organizations of its partition. Order is kept by the
+# stream fence, not by the queue.
 # Empty: provider sends stay on the org's partition queue.
 DELIVERY_PROVIDER_QUEUE = env("DELIVERY_PROVIDER_QUEUE", "providers")
 CELERY_TASK_QUEUES = [Queue("default"), Queue("maintenance")] + [
