@@ -11,11 +11,11 @@ connections queue rather than fail), and stops them all on SIGINT/SIGTERM.
 """
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
+
+from config.supervise import Supervisor
 
 
 def main() -> int:
@@ -50,31 +50,9 @@ def main() -> int:
             pass_fds=(fd,), env=child_env,
         )
 
-    children = [spawn(i) for i in range(count)]
-    print(f"web: {len(children)} Daphne processes on http://{args.host}:{args.port}", flush=True)
-    stopping = False
-
-    def stop(signum, frame):
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    while not stopping:
-        time.sleep(0.5)
-        for i, child in enumerate(children):
-            if child.poll() is not None and not stopping:
-                print(f"web: daphne {child.pid} exited ({child.returncode}); restarting", flush=True)
-                children[i] = spawn(i)
-    for child in children:
-        try:
-            child.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            child.kill()
-    return 0
+    print(f"web: {count} Daphne processes on http://{args.host}:{args.port}", flush=True)
+    return Supervisor("web", {f"daphne-{i}": (lambda i=i: spawn(i)) for i in range(count)},
+                      stop_timeout=10).run()
 
 
 if __name__ == "__main__":

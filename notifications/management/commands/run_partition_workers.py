@@ -2,13 +2,13 @@
 
 `--partitions 0-3` runs a subset, so partitions can be spread across hosts. A worker that exits
 is restarted; SIGINT/SIGTERM stop them all."""
-import signal
 import subprocess
 import sys
-import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+
+from config.supervise import Supervisor
 
 
 def _parse(spec: str, total: int) -> list[int]:
@@ -32,8 +32,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, partitions: str, loglevel: str, **options):
         ks = _parse(partitions, settings.ORG_QUEUE_PARTITIONS)
-        procs: dict[int, subprocess.Popen] = {}
-        stopping = False
 
         def spawn(k: int) -> subprocess.Popen:
             return subprocess.Popen([
@@ -42,27 +40,6 @@ class Command(BaseCommand):
                 "-l", loglevel, "--prefetch-multiplier", "1",
             ])
 
-        def stop(signum, frame):
-            nonlocal stopping
-            stopping = True
-            for proc in procs.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
-        for k in ks:
-            procs[k] = spawn(k)
         self.stdout.write(f"partition workers running for org-{ks[0]}..org-{ks[-1]} ({len(ks)} queues)")
-        while not stopping:
-            time.sleep(1)
-            for k, proc in list(procs.items()):
-                if proc.poll() is not None and not stopping:
-                    self.stderr.write(f"worker org-{k} exited with {proc.returncode}; restarting")
-                    procs[k] = spawn(k)
-        deadline = time.monotonic() + 20
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        self.stdout.flush()
+        Supervisor("orgs", {f"org-{k}": (lambda k=k: spawn(k)) for k in ks}).run()
