@@ -307,7 +307,7 @@ def profile_updated_email_queue(*, user: User, changed: list[str]) -> OutboundEm
         body_html=render_to_string("email/profile_updated.html", context), next_attempt_at=now,
     )
     metrics.EMAIL_OUTBOUND.labels(kind=row.kind, outcome="queued").inc()
-    transaction.on_commit(outbound_kick)
+    transaction.on_commit(outbound_kick, robust=True)  # lost with Redis down: the email sweep re-kicks
     return row
 
 

@@ -11,7 +11,9 @@ from notifications.selectors import notification_unread_count
 def _publish_read(*, user_id: int, ids: list[int] | None, all_read: bool, origin: str | None) -> None:
     count = notification_unread_count(user=user_id)
     message = notification_read_message(ids=ids, all_read=all_read, unread_count=count, origin=origin)
-    transaction.on_commit(lambda: realtime.publish([(realtime.user_group(user_id), message)]))
+    # The read is committed; a push that fails (Redis down) must not fail the request: other
+    # devices catch up from the API.
+    transaction.on_commit(lambda: realtime.publish([(realtime.user_group(user_id), message)]), robust=True)
 
 
 @transaction.atomic

@@ -111,9 +111,19 @@ def stream_retry_token(*, org_id: int, channel: str, destination: str = "", dela
 
 
 def tracker_event_committed(*, event: TrackerEvent) -> None:
-    """Runs on commit of a start/stop: wake every stream of the organization."""
+    """Runs on commit of a start/stop: wake every stream of the organization.
+
+    The event is already committed, so nothing here may fail the request: with the broker or
+    Redis down the kicks are lost, and the sweeper re-kicks the streams once it runs again."""
     metrics.EVENTS_TOTAL.labels(action=event.action).inc()
-    org_id = event.organization_id
+    try:
+        _streams_kick_all(org_id=event.organization_id)
+    except Exception:
+        logger.warning("streams not kicked (broker or Redis unavailable); the sweeper will re-kick them",
+                       extra={"org_id": event.organization_id, "seq": event.seq}, exc_info=True)
+
+
+def _streams_kick_all(*, org_id: int) -> None:
     stream_kick(org_id=org_id, channel=Channel.INAPP)
     with connection.cursor() as cursor:  # one round trip: is Slack on, which members get email
         cursor.execute(
@@ -486,13 +496,14 @@ def delivery_requeue(*, delivery: Delivery) -> Delivery:
         DeliveryStream.objects.filter(pk=stream.pk).update(held=False, head_attempts=0, next_attempt_at=None,
                                                            updated_at=timezone.now())
         transaction.on_commit(lambda: stream_kick(org_id=stream.organization_id, channel=stream.channel,
-                                                  destination=stream.destination, force=True))
+                                                  destination=stream.destination, force=True), robust=True)
     else:
         from notifications.tasks import send_late_delivery
 
         delivery.status, delivery.late = Delivery.Status.PENDING, True
         delivery.save(update_fields=["status", "attempts", "last_error", "late"])
-        transaction.on_commit(lambda: send_late_delivery.apply_async(kwargs={"delivery_id": delivery.pk}))
+        transaction.on_commit(lambda: send_late_delivery.apply_async(kwargs={"delivery_id": delivery.pk}),
+                              robust=True)
     return delivery
 
 
@@ -508,7 +519,7 @@ def delivery_discard(*, delivery: Delivery) -> Delivery:
                 held=False, delivered_seq=delivery.last_seq, head_attempts=0, next_attempt_at=None,
                 updated_at=timezone.now())
             transaction.on_commit(lambda: stream_kick(org_id=stream.organization_id, channel=stream.channel,
-                                                      destination=stream.destination, force=True))
+                                                      destination=stream.destination, force=True), robust=True)
     return delivery
 
 

@@ -120,6 +120,12 @@ def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slu
             organization.slug = _unique_slug(name)
     Membership.objects.create(organization=organization, user=creator, role=Membership.Role.OWNER)
     tracker_create(organization=organization, name="Main tracker")
+    # The in-app stream exists from the start, so the sweeper can find the first events even if
+    # their kick was lost (broker down at commit).
+    from notifications.models import Channel
+    from notifications.services import stream_ensure
+
+    stream_ensure(org_id=organization.id, channel=Channel.INAPP)
     return organization
 
 

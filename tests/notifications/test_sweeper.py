@@ -69,3 +69,34 @@ def test_sweep_kicks_each_stalled_stream(monkeypatch):
     monkeypatch.setattr(services, "stream_kick", lambda **kw: kicked.append(kw))
     assert services.streams_sweep() == 1
     assert kicked == [{"org_id": stuck.id, "channel": "inapp", "destination": "", "force": True}]
+
+
+def test_a_new_organization_has_its_inapp_stream_so_a_lost_first_kick_is_swept():
+    """The broker was down when the first events committed: no drain ever ran, yet the sweeper
+    finds the organization because its in-app stream exists from the start."""
+    from organizations.services import organization_create
+    from tests.organizations.factories import UserFactory
+
+    org = organization_create(creator=UserFactory(), name="Fresh")
+    assert DeliveryStream.objects.filter(organization=org, channel=Channel.INAPP, delivered_seq=0).exists()
+    tracker = org.trackers.get()
+    TrackerEventFactory(tracker=tracker, occurred_at=timezone.now() - timedelta(seconds=30))
+    Organization.objects.filter(pk=org.pk).update(last_event_at=timezone.now() - timedelta(seconds=30))
+    DeliveryStream.objects.filter(organization=org).update(updated_at=timezone.now() - timedelta(seconds=3600))
+
+    assert (org.id, Channel.INAPP, "") in services.streams_stalled(older_than=STALL)
+
+
+def test_a_lost_kick_does_not_fail_the_commit_hook(monkeypatch, caplog):
+    """With the broker or Redis down, the start/stop is committed and must not answer 500."""
+    import kombu.exceptions
+
+    def broker_down(**kwargs):
+        raise kombu.exceptions.OperationalError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+
+    monkeypatch.setattr(services, "stream_kick", broker_down)
+    event = TrackerEventFactory()
+
+    services.tracker_event_committed(event=event)  # does not raise
+
+    assert "the sweeper will re-kick them" in caplog.text
