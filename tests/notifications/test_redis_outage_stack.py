@@ -1,0 +1,54 @@
+"""The web tier loses Redis (broker, channel layer, kick flags) while members press Start/Stop:
+the requests still commit and answer 200, and once the workers' sweeper runs, every event is
+delivered to every member's inbox, in order. Real Daphne, Celery workers and beat; the web
+process alone is pointed at a closed Redis port."""
+import time
+
+import httpx
+import pytest
+
+from notifications.models import Channel, DeliveryStream, Notification
+from organizations.services import membership_create, organization_create, user_token_create
+from tests.organizations.factories import UserFactory
+from tests.support.stack import Stack
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
+
+ORG_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]
+DEAD_REDIS = "redis://127.0.0.1:1/9"
+
+
+@pytest.fixture
+def stack(transactional_db):
+    with Stack(env={"SWEEP_INTERVAL_SECONDS": "1", "DELIVERY_STALL_SECONDS": "2"}) as harness:
+        harness.start_daphne("web", env={"REDIS_URL": DEAD_REDIS, "TEST_REDIS_URL": DEAD_REDIS})
+        harness.start_worker("orgs", ORG_QUEUES)
+        harness.start_worker("default", ["default", "maintenance"])
+        harness.start_beat("beat")
+        harness.wait_ready(timeout=60)
+        with harness.dump_logs_on_failure(lines=40):
+            yield harness
+
+
+def test_events_committed_while_the_web_tier_had_no_redis_are_delivered_by_the_sweeper(stack):
+    owner, member = UserFactory(), UserFactory()
+    org = organization_create(creator=owner, name="Outage")
+    membership_create(organization=org, email=member.email, role="member")
+    tracker = org.trackers.get()
+    headers = {"Authorization": f"Token {user_token_create(user=member)}"}
+
+    with httpx.Client(base_url=stack.url("web"), headers=headers, timeout=30) as client:
+        for action in ("start", "stop", "start"):
+            response = client.post(f"/api/v1/trackers/{tracker.id}/{action}")
+            assert response.status_code == 200, response.text
+        assert client.get("/readyz").status_code == 503  # and says so
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if DeliveryStream.objects.filter(organization=org, channel=Channel.INAPP, delivered_seq=3).exists():
+            break
+        time.sleep(0.2)
+    for user in (owner, member):
+        seqs = list(Notification.objects.filter(recipient=user, organization=org).order_by("id")
+                    .values_list("event__seq", flat=True))
+        assert seqs == [1, 2, 3], (user, seqs)
