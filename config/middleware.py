@@ -23,3 +23,37 @@ class RequestLogMiddleware:
             },
         )
         return response
+
+
+class DependencyUnavailableMiddleware:
+    """Postgres or Redis unreachable while a view runs: 503 in the one error format, with
+    Retry-After, instead of a bare 500. `/readyz` names what is down."""
+
+    RETRY_AFTER_SECONDS = 5
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        from django.db import InterfaceError, OperationalError
+        from django.http import JsonResponse
+        from kombu.exceptions import OperationalError as BrokerError
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        if isinstance(exception, (OperationalError, InterfaceError)):
+            dependency = "database"
+        elif isinstance(exception, (RedisConnectionError, RedisTimeoutError, BrokerError)):
+            dependency = "redis"
+        else:
+            return None
+        logger.warning("dependency unavailable", extra={"dependency": dependency, "path": request.path,
+                                                         "error": str(exception)[:200]})
+        response = JsonResponse(
+            {"message": f"The {dependency} is unavailable; retry shortly.", "code": "service_unavailable",
+             "extra": {"dependency": dependency}}, status=503)
+        response["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
+        return response

@@ -66,6 +66,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.RequestLogMiddleware",
+    "config.middleware.DependencyUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
