@@ -70,6 +70,7 @@ def seed(*, active_orgs: int, members: int, total_orgs: int, inactive_members: i
             SELECT o.id, c.channel, '', 0, 0, '', 'skip', false, now()
             FROM (SELECT id FROM organizations_organization ORDER BY id LIMIT %s) o
             CROSS JOIN (VALUES ('inapp'), ('slack')) c(channel)
+            ON CONFLICT (organization_id, channel, destination) DO NOTHING
             """, [active_orgs])
         # One API token per active member, stored hashed exactly as the app stores them.
         tokens: list[tuple[int, int, str]] = []  # (org_id, user_id, token)
