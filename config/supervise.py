@@ -83,6 +83,23 @@ class Supervisor:
         return 0
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the supervisor dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def spawn_isolated(argv: list[str]) -> subprocess.Popen:
+    """Start `argv` in a session of its own, so a signal sent to the supervisor's process group
+    (Ctrl-C, honcho's stop) reaches the child once, from the supervisor, and not twice (celery beat
+    signalled both ways at once could hang past honcho's 5 s grace)."""
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="child", help="label in the supervisor's messages")
@@ -91,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("a command is required after --")
-    return Supervisor(args.name, {args.name: lambda: subprocess.Popen(command)}).run()
+    return Supervisor(args.name, {args.name: lambda: spawn_isolated(command)}).run()
 
 
 if __name__ == "__main__":

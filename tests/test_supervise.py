@@ -27,11 +27,12 @@ def wait_for(predicate, timeout: float = 10.0):
 
 
 def alive(pid: int) -> bool:
+    """Running, not a zombie (an orphan's zombie waits for init to reap it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
         return False
-    return True
+    return state != "Z"
 
 
 def test_a_killed_child_is_restarted_and_sigterm_stops_everything(tmp_path):
@@ -77,3 +78,23 @@ def test_a_child_that_keeps_dying_is_restarted_with_a_growing_pause():
     assert all(g >= 0.9 for g in gaps), gaps
     if len(gaps) == 2:
         assert gaps[1] >= 1.8, gaps  # 1 s, then 2 s
+
+
+def test_a_child_does_not_outlive_a_supervisor_killed_with_sigkill(tmp_path):
+    """Children run in a session of their own (so a group signal reaches them once, through the
+    supervisor); if the supervisor itself is SIGKILLed they are told to stop (PR_SET_PDEATHSIG)."""
+    log = tmp_path / "pids"
+    supervisor = subprocess.Popen([sys.executable, "-m", "config.supervise", "--name", "t", "--",
+                                   sys.executable, "-c", CHILD, str(log)], stderr=subprocess.DEVNULL)
+    try:
+        [child] = wait_for(lambda: pids(log))
+        assert os.getpgid(child) != os.getpgid(supervisor.pid)  # its own process group
+
+        supervisor.kill()
+        supervisor.wait(timeout=5)
+
+        wait_for(lambda: not alive(child), timeout=5)
+    finally:
+        for pid in pids(log):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
