@@ -25,7 +25,7 @@ _DRF_CODES = {
 }
 
 
-def _payload(message: str, code: str, extra: dict | None = None) -> dict:
+def error_payload(message: str, code: str, extra: dict | None = None) -> dict:
     return {"message": message, "code": code, "extra": extra or {}}
 
 
@@ -36,7 +36,7 @@ def exception_handler(exc, context):
         set_rollback()
         if exc.status_code == 429 and "retry_after" in exc.extra:
             headers["Retry-After"] = str(math.ceil(exc.extra["retry_after"]))
-        return Response(_payload(exc.message, exc.code, exc.extra), status=exc.status_code, headers=headers)
+        return Response(error_payload(exc.message, exc.code, exc.extra), status=exc.status_code, headers=headers)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
@@ -63,25 +63,25 @@ def exception_handler(exc, context):
         headers["WWW-Authenticate"] = exc.auth_header
     if getattr(exc, "wait", None):
         headers["Retry-After"] = str(math.ceil(exc.wait))
-    response = Response(_payload(message, code, extra), status=exc.status_code, headers=headers)
+    response = Response(error_payload(message, code, extra), status=exc.status_code, headers=headers)
     return response
 
 
 def json_400(request, exception=None):
     """Requests Django rejects before a view runs (a broken multipart body, a bad Host header)."""
-    return JsonResponse(_payload("Bad request.", "bad_request"), status=400)
+    return JsonResponse(error_payload("Bad request.", "bad_request"), status=400)
 
 
 def json_403(request, exception=None):
-    return JsonResponse(_payload("Forbidden.", "forbidden"), status=403)
+    return JsonResponse(error_payload("Forbidden.", "forbidden"), status=403)
 
 
 def json_404(request, exception=None):
-    return JsonResponse(_payload("Not found.", "not_found"), status=404)
+    return JsonResponse(error_payload("Not found.", "not_found"), status=404)
 
 
 def json_500(request):
-    return JsonResponse(_payload("Internal server error.", "server_error"), status=500)
+    return JsonResponse(error_payload("Internal server error.", "server_error"), status=500)
 
 
 class Pagination(PageNumberPagination):

@@ -40,6 +40,8 @@ class DependencyUnavailableMiddleware:
     def process_exception(self, request, exception):
         from django.db import InterfaceError, OperationalError
         from django.http import JsonResponse
+
+        from config.api import error_payload
         from kombu.exceptions import OperationalError as BrokerError
         from redis.exceptions import ConnectionError as RedisConnectionError
         from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -52,8 +54,7 @@ class DependencyUnavailableMiddleware:
             return None
         logger.warning("dependency unavailable", extra={"dependency": dependency, "path": request.path,
                                                          "error": str(exception)[:200]})
-        response = JsonResponse(
-            {"message": f"The {dependency} is unavailable; retry shortly.", "code": "service_unavailable",
-             "extra": {"dependency": dependency}}, status=503)
+        response = JsonResponse(error_payload(f"The {dependency} is unavailable; retry shortly.",
+                                              "service_unavailable", {"dependency": dependency}), status=503)
         response["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
         return response

@@ -10,7 +10,7 @@ import pytest
 
 from organizations.models import User
 from organizations.services import membership_create, organization_create
-from tests.support.stack import Stack
+from tests.support.stack import DELIVERY_QUEUES, Stack
 
 CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
 PASSWORD = "live-page-pass-123"
@@ -27,7 +27,7 @@ pytestmark = [
 def stack(transactional_db):
     with Stack() as harness:
         harness.start_daphne("web")
-        harness.start_worker("orgs", [f"org-{k}" for k in range(8)] + ["providers"])
+        harness.start_worker("orgs", DELIVERY_QUEUES)
         harness.wait_ready(timeout=60)
         with harness.dump_logs_on_failure(lines=40):
             yield harness

@@ -18,13 +18,12 @@ from notifications.preferences import preference_set
 from organizations.models import Organization, User
 from organizations.services import membership_create, organization_create, user_token_create
 from tests.support.fakesmtp import FakeSMTP, smtp_settings
-from tests.support.stack import Stack
+from tests.support.stack import DELIVERY_QUEUES, Stack
 from trackers.models import Tracker
 from trackers.services import tracker_start, tracker_stop
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 
-ORG_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]  # partition workers + provider sends
 STACK_ENV = {
     "SWEEP_INTERVAL_SECONDS": "1",
     "DELIVERY_STALL_SECONDS": "2",
@@ -159,8 +158,8 @@ def test_tracker_emails_arrive_in_seq_order_and_a_backlog_coalesces(transactiona
     org, users, tracker = make_org(members=3, opted_in=2)
     # 60/min: one email per second for everybody, so a burst of events becomes a backlog.
     with make_stack(providers, EMAIL_API_PER_MINUTE=60, EMAIL_API_BURST=1, EMAIL_PER_RECIPIENT_PER_DAY=1000) as stack:
-        stack.start_worker("orgs-a", ORG_QUEUES)
-        stack.start_worker("orgs-b", ORG_QUEUES)
+        stack.start_worker("orgs-a", DELIVERY_QUEUES)
+        stack.start_worker("orgs-b", DELIVERY_QUEUES)
         stack.start_worker("default", ["default", "maintenance"])
         stack.start_beat()
         stack.wait_ready(timeout=60)
@@ -197,7 +196,7 @@ def test_both_providers_down_mail_waits_then_goes_out_when_one_returns(transacti
     org, users, tracker = make_org(members=2, opted_in=1)
     member = users[0]
     with make_stack(providers) as stack:
-        stack.start_worker("orgs", ORG_QUEUES)
+        stack.start_worker("orgs", DELIVERY_QUEUES)
         stack.start_worker("default", ["default", "maintenance"])
         stack.start_beat()
         stack.wait_ready(timeout=60)

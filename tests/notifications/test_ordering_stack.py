@@ -23,13 +23,12 @@ from notifications.services import slack_integration_set
 from organizations.models import Organization, User
 from organizations.services import membership_create, organization_create, user_token_create
 from tests.support.fakeslack import FakeSlack
-from tests.support.stack import DbConnectionMonitor, Stack
+from tests.support.stack import DELIVERY_QUEUES, DbConnectionMonitor, Stack
 from trackers.models import Tracker, TrackerEvent
 from trackers.services import tracker_create, tracker_start, tracker_stop
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
-ORG_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]  # partition workers + provider sends
 ORGS, MEMBERS, TRACKERS = 4, 3, 2
 SLACK_TOKEN = "xoxb-test"
 # With this seed the fake's 3rd request gets a 500, the 4th a 429 and the 6th is slow: every
@@ -63,8 +62,8 @@ def start_full_stack(stack: Stack) -> None:
     one at concurrency 1 as the partition workers run, one at concurrency 2 as the provider worker
     runs; the default and maintenance worker, beat (the sweeper)."""
     stack.start_daphne("web")
-    stack.start_worker("orgs-a", ORG_QUEUES)
-    stack.start_worker("orgs-b", ORG_QUEUES, concurrency=2)
+    stack.start_worker("orgs-a", DELIVERY_QUEUES)
+    stack.start_worker("orgs-b", DELIVERY_QUEUES, concurrency=2)
     stack.start_worker("default", ["default", "maintenance"])
     stack.start_beat("beat")
     stack.wait_ready(timeout=60)
@@ -454,7 +453,7 @@ def test_websocket_order_does_not_depend_on_the_publishers_clock(stack, fake_sla
     larger than the time between two publishes does it (two workers contending for one org publish
     milliseconds apart); 30 s makes the outcome independent of this machine's speed."""
     stack.start_daphne("web")
-    stack.start_worker("orgs-a", ORG_QUEUES)
+    stack.start_worker("orgs-a", DELIVERY_QUEUES)
     stack.start_worker("orgs-behind", ["standby"], clock_offset=-30.0)
     stack.wait_ready(timeout=60)
     tenants = make_tenants(orgs=1, slack=False)

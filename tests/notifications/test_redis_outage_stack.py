@@ -10,11 +10,10 @@ import pytest
 from notifications.models import Channel, DeliveryStream, Notification
 from organizations.services import membership_create, organization_create, user_token_create
 from tests.organizations.factories import UserFactory
-from tests.support.stack import Stack
+from tests.support.stack import DELIVERY_QUEUES, Stack
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
-ORG_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]
 DEAD_REDIS = "redis://127.0.0.1:1/9"
 
 
@@ -22,7 +21,7 @@ DEAD_REDIS = "redis://127.0.0.1:1/9"
 def stack(transactional_db):
     with Stack(env={"SWEEP_INTERVAL_SECONDS": "1", "DELIVERY_STALL_SECONDS": "2"}) as harness:
         harness.start_daphne("web", env={"REDIS_URL": DEAD_REDIS, "TEST_REDIS_URL": DEAD_REDIS})
-        harness.start_worker("orgs", ORG_QUEUES)
+        harness.start_worker("orgs", DELIVERY_QUEUES)
         harness.start_worker("default", ["default", "maintenance"])
         harness.start_beat("beat")
         harness.wait_ready(timeout=60)

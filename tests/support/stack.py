@@ -11,7 +11,7 @@ HERALD_STACK_KEEP_LOGS is set).
 
     with Stack(slack_url=fake.base_url, env={"SWEEP_INTERVAL_SECONDS": "1"}) as stack:
         stack.start_daphne()
-        stack.start_worker("orgs-a", queues=[f"org-{k}" for k in range(8)])
+        stack.start_worker("orgs-a", queues=DELIVERY_QUEUES)
         stack.wait_ready()
         with stack.dump_logs_on_failure():
             ...
@@ -34,6 +34,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Every queue a delivery task can be routed to (config.routing): the org partitions and the
+# provider queue. A worker on all of them can run any stream's drain.
+DELIVERY_QUEUES = [f"org-{k}" for k in range(8)] + ["providers"]
 BIN = Path(sys.executable).parent
 WORKER_READY = re.compile(r"@\S+ ready\.")
 BEAT_READY = re.compile(r"beat: Starting|Scheduler: Sending|DatabaseScheduler: Schedule changed")
