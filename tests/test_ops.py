@@ -161,32 +161,6 @@ def test_a_broken_multipart_body_is_a_json_400_or_415(auth_client, org_with_memb
     assert set(body) == {"message", "code", "extra"} and body["code"]
 
 
-@pytest.mark.parametrize("error, dependency", [
-    ("django.db.OperationalError", "database"),
-    ("redis.exceptions.ConnectionError", "redis"),
-    ("kombu.exceptions.OperationalError", "redis"),
-])
-def test_an_unreachable_dependency_is_a_json_503_with_retry_after(auth_client, user, monkeypatch, error,
-                                                                  dependency):
-    import importlib
-
-    module, _, name = error.rpartition(".")
-    exc_class = getattr(importlib.import_module(module), name)
-
-    def down(**kwargs):
-        raise exc_class("connection refused")
-
-    monkeypatch.setattr("organizations.selectors.organization_list_for_user", down)
-    client = auth_client(user)
-    client.raise_request_exception = False
-
-    response = client.get("/api/v1/orgs/")
-
-    body = assert_error(response, 503, "service_unavailable")
-    assert body["extra"] == {"dependency": dependency}
-    assert response["Retry-After"] == "5"
-
-
 def test_other_errors_stay_a_json_500(auth_client, user, monkeypatch):
     def broken(**kwargs):
         raise RuntimeError("bug")

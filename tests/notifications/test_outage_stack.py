@@ -1,7 +1,10 @@
-"""The web tier loses Redis (broker, channel layer, kick flags) while members press Start/Stop:
-the requests still commit and answer 200, and once the workers' sweeper runs, every event is
-delivered to every member's inbox, in order. Real Daphne, Celery workers and beat; the web
-process alone is pointed at a closed Redis port."""
+"""The web tier loses a dependency. Real Daphne, Celery workers and beat; the web process alone is
+pointed at a closed port.
+
+- Redis (broker, channel layer, kick flags) gone while members press Start/Stop: the requests
+  still commit and answer 200, and once the workers' sweeper runs, every event is delivered to
+  every member's inbox, in order.
+- Postgres gone: the API answers 503 service_unavailable with Retry-After, not 500."""
 import time
 
 import httpx
@@ -15,6 +18,7 @@ from tests.support.stack import DELIVERY_QUEUES, Stack
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(120)]
 
 DEAD_REDIS = "redis://127.0.0.1:1/9"
+DEAD_POSTGRES = "postgres://postgres@127.0.0.1:1/herald"
 
 
 @pytest.fixture
@@ -51,3 +55,19 @@ def test_events_committed_while_the_web_tier_had_no_redis_are_delivered_by_the_s
         seqs = list(Notification.objects.filter(recipient=user, organization=org).order_by("id")
                     .values_list("event__seq", flat=True))
         assert seqs == [1, 2, 3], (user, seqs)
+
+
+def test_the_api_answers_503_while_postgres_is_unreachable(transactional_db):
+    with Stack() as stack:
+        stack.start_daphne("web", env={"DATABASE_URL": DEAD_POSTGRES, "DB_POOL_TIMEOUT": "2"})
+        stack.wait_ready(timeout=60)  # /healthz needs no database
+        with stack.dump_logs_on_failure(lines=40), httpx.Client(base_url=stack.url("web"), timeout=30) as client:
+            for method, path in (("GET", "/api/v1/me"), ("POST", "/api/v1/trackers/1/start"),
+                                 ("GET", "/api/v1/orgs/")):
+                response = client.request(method, path, headers={"Authorization": "Token hut_abcd1234_secret"})
+
+                assert response.status_code == 503, (path, response.text)
+                assert response.json() == {"message": "The database is unavailable; retry shortly.",
+                                           "code": "service_unavailable", "extra": {"dependency": "database"}}
+                assert response.headers["Retry-After"] == "5"
+            assert client.get("/readyz").status_code == 503
