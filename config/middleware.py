@@ -58,3 +58,24 @@ class DependencyUnavailableMiddleware:
                                               "service_unavailable", {"dependency": dependency}), status=503)
         response["Retry-After"] = str(self.RETRY_AFTER_SECONDS)
         return response
+
+
+class PageErrorMiddleware:
+    """An application error escaping a browser page (the API answers its own): the error page with
+    the error's status and message, not a 500. Another org's object is a 404 page."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        from django.shortcuts import render
+
+        from config.errors import ApplicationError
+
+        if not isinstance(exception, ApplicationError):
+            return None
+        return render(request, "error.html", {"message": exception.message, "code": exception.code},
+                      status=exception.status_code)

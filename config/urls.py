@@ -1,4 +1,4 @@
-"""URL wiring: the live page, the REST API under /api/v1/, OpenAPI, admin, health and metrics."""
+"""URL wiring: the browser pages, the REST API under /api/v1/, OpenAPI, admin, health and metrics."""
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
@@ -17,6 +17,7 @@ api_v1 = [
 
 urlpatterns = [
     path("", include("trackers.pages")),
+    path("", include("organizations.pages")),
     path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -1,4 +1,4 @@
-"""Trackers, their ordered event log (the outbox) and the time entries they produce."""
+"""Trackers, their ordered event log (the outbox), the time entries they produce and comment threads."""
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -65,6 +65,7 @@ class TimeEntry(models.Model):
     started_at = models.DateTimeField()
     stopped_at = models.DateTimeField(null=True, blank=True)
     duration = models.DurationField(null=True, blank=True)
+    notes = models.TextField(blank=True, max_length=4000)
 
     class Meta:
         constraints = [
@@ -75,3 +76,49 @@ class TimeEntry(models.Model):
         ]
         indexes = [models.Index(fields=["organization", "-started_at"])]
         verbose_name_plural = "time entries"
+
+
+class Comment(models.Model):
+    """A comment on a tracker, or on one of its time entries (`time_entry` set), threaded by `parent`.
+
+    `path` is the materialized path: the ids from the thread's root down to this comment, each
+    zero-padded to PATH_WIDTH digits and joined by "/". Ordering a thread by `path` is its
+    depth-first reading order, so a page of top-level comments and every reply under them is one
+    query on (root, path), whatever the depth. `root` is the top-level comment (itself for one)."""
+
+    PATH_WIDTH = 12
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="comments")
+    tracker = models.ForeignKey(Tracker, on_delete=models.CASCADE, related_name="comments")
+    time_entry = models.ForeignKey(TimeEntry, on_delete=models.CASCADE, null=True, blank=True, related_name="comments")
+    parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="replies")
+    root = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    path = models.TextField(blank=True)
+    depth = models.PositiveIntegerField(default=0)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                               related_name="+")
+    body = models.TextField(max_length=10000, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    edited_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(parent__isnull=True, depth=0) | Q(parent__isnull=False, depth__gt=0),
+                                   name="comment_depth_matches_parent"),
+            models.CheckConstraint(condition=Q(deleted_at__isnull=True) | Q(body=""), name="comment_deleted_no_body"),
+        ]
+        indexes = [
+            # The page of top-level comments of one thread target (a tracker, or one of its entries).
+            models.Index(fields=["tracker", "time_entry", "id"], condition=Q(parent__isnull=True),
+                         name="comment_top_level"),
+            # Every comment under a page of roots, in reading order.
+            models.Index(fields=["root", "path"], name="comment_thread_path"),
+        ]
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
+    def __str__(self) -> str:
+        return f"comment {self.pk} on tracker {self.tracker_id}"

@@ -67,6 +67,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "config.middleware.RequestLogMiddleware",
     "config.middleware.DependencyUnavailableMiddleware",
+    "config.middleware.PageErrorMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -83,6 +84,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "organizations.context_processors.navigation",
             ],
         },
     },
