@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from trackers.models import TimeEntry, Tracker, TrackerEvent
+from trackers.models import Comment, TimeEntry, Tracker, TrackerEvent
 
 
 @admin.register(Tracker)
@@ -34,3 +34,13 @@ class TimeEntryAdmin(admin.ModelAdmin):
     search_fields = ("tracker__name", "organization__name", "started_by__username")
     list_select_related = ("tracker", "organization", "started_by")
     raw_id_fields = ("organization", "tracker", "started_by", "stopped_by")
+
+
+@admin.register(Comment)
+class CommentAdmin(admin.ModelAdmin):
+    list_display = ("id", "tracker", "time_entry", "parent", "author", "created_at", "edited_at", "deleted_at")
+    list_filter = ("deleted_at",)
+    search_fields = ("body", "tracker__name", "author__username")
+    list_select_related = ("tracker", "author")
+    raw_id_fields = ("organization", "tracker", "time_entry", "parent", "root", "author")
+    readonly_fields = ("path", "depth", "root")
