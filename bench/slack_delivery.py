@@ -34,8 +34,11 @@ WITH bumped AS (
     WHERE o.id = v.org_id
     RETURNING o.id, o.last_event_seq, v.n
 )
-INSERT INTO trackers_trackerevent (organization_id, seq, tracker_id, action, actor_id, actor_name, occurred_at)
-SELECT b.id, s, t.id, CASE WHEN s %% 2 = 1 THEN 'start' ELSE 'stop' END, NULL, 'bench', clock_timestamp()
+INSERT INTO notifications_logentry (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
+SELECT b.id, s, 'tracker.event',
+       jsonb_build_object('tracker_id', t.id, 'tracker_name', t.name,
+                          'action', CASE WHEN s %% 2 = 1 THEN 'start' ELSE 'stop' END),
+       NULL, 'bench', '{}', clock_timestamp()
 FROM bumped b
 JOIN trackers_tracker t ON t.organization_id = b.id
 CROSS JOIN LATERAL generate_series(b.last_event_seq - b.n + 1, b.last_event_seq) s

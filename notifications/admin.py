@@ -1,8 +1,26 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from notifications.models import (Delivery, DeliveryStream, EmailDeferral, Notification, NotificationPreference,
-                                  OutboundEmail)
+from notifications.models import (Delivery, DeliveryStream, EmailDeferral, LogEntry, Notification,
+                                  NotificationPreference, OutboundEmail)
+
+
+@admin.register(LogEntry)
+class LogEntryAdmin(admin.ModelAdmin):
+    """The org log is append-only: staff read it, nobody edits it here."""
+
+    list_display = ("organization", "seq", "kind", "actor_name", "occurred_at")
+    list_filter = ("kind",)
+    search_fields = ("organization__name", "actor_name")
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization", "actor")
+    ordering = ("-id",)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False
 
 
 @admin.register(Notification)
@@ -11,7 +29,7 @@ class NotificationAdmin(admin.ModelAdmin):
     list_filter = ("kind", ("read_at", admin.EmptyFieldListFilter))
     search_fields = ("title", "recipient__username")
     list_select_related = ("recipient", "organization")
-    raw_id_fields = ("recipient", "organization", "event")
+    raw_id_fields = ("recipient", "organization", "entry")
     ordering = ("-id",)
 
 

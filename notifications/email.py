@@ -26,6 +26,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from notifications import metrics
+from notifications.kinds import kind_get
 from notifications.channels import PermanentFailure, TransientFailure
 from notifications.channels import email as smtp
 from notifications.models import (
@@ -33,13 +34,13 @@ from notifications.models import (
     Delivery,
     DeliveryStream,
     EmailDeferral,
+    LogEntry,
     OutboundEmail,
     PreferenceCategory,
 )
 from notifications.ratelimit import Scope, limiter
 from notifications.services import DrainResult, _backoff, _dead_letter, _redis_client, stream_kick
 from organizations.models import Organization, User
-from trackers.models import TrackerEvent
 
 logger = logging.getLogger("herald.email")
 
@@ -71,19 +72,20 @@ def _recipient_name(user: User) -> str:
     return user.first_name or user.username
 
 
-def _event_context(event: TrackerEvent) -> dict:
-    return {"seq": event.seq, "actor": event.actor_name or "Someone", "tracker": event.tracker.name,
-            "verb": "started" if event.action == TrackerEvent.Action.START else "stopped",
-            "occurred_at": event.occurred_at}
+def _event_context(entry: LogEntry) -> dict:
+    view = entry.view()
+    return {"seq": entry.seq, "actor": view.actor, "tracker": entry.payload.get("tracker_name", ""),
+            "verb": "started" if entry.payload.get("action") == "start" else "stopped",
+            "title": kind_get(entry.kind).title(view), "occurred_at": entry.occurred_at}
 
 
 def tracker_email_build(*, organization: Organization, user: User, delivery: Delivery,
-                        deferred: bool = False) -> tuple[EmailMultiAlternatives, list[TrackerEvent]]:
+                        deferred: bool = False) -> tuple[EmailMultiAlternatives, list[LogEntry]]:
     """One event -> a single-event mail; a run -> a digest listing up to EMAIL_DIGEST_MAX_LINES events
     in seq order and summarizing the rest. Returns the message and the events it lists."""
     first, last = delivery.first_seq, delivery.last_seq
-    events = list(TrackerEvent.objects.filter(organization_id=organization.id, seq__gte=first, seq__lte=last)
-                  .select_related("tracker").order_by("seq")[:settings.EMAIL_DIGEST_MAX_LINES])
+    events = list(LogEntry.objects.filter(organization_id=organization.id, seq__gte=first, seq__lte=last)
+                  .order_by("seq")[:settings.EMAIL_DIGEST_MAX_LINES])
     total = last - first + 1
     lines = [_event_context(e) for e in events]
     context = {"organization": organization, "recipient_name": _recipient_name(user), "first_seq": first,

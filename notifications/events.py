@@ -16,7 +16,7 @@ def tracker_event_message(*, org_id: int, seq: int, event_id: int, tracker_id: i
         "tracker_name": tracker_name,
         "action": action,
         "actor": actor,
-        "occurred_at": occurred_at.isoformat(),
+        "occurred_at": occurred_at.isoformat() if isinstance(occurred_at, datetime) else occurred_at,
         "notifications": {str(k): v for k, v in (notifications or {}).items()},
     }
 
@@ -39,3 +39,24 @@ def notification_read_message(*, ids: list[int] | None, all_read: bool, unread_c
                               origin: str | None) -> dict:
     return {"type": "notification.read", "ids": ids or [], "all": all_read, "unread_count": unread_count,
             "origin": origin}
+
+
+def entry_message(*, entry, private: bool = False) -> dict:
+    """The WebSocket (and events API) shape of one log entry. Tracker entries keep the
+    `tracker.event` shape of the contract; other kinds are `log.entry` with their payload. A
+    member outside the entry's audience gets only its seq (`private`), so every connection still
+    sees every seq of the organization."""
+    if private:
+        return {"type": "log.entry", "org_id": entry.organization_id, "seq": entry.seq, "kind": entry.kind,
+                "private": True}
+    occurred_at = entry.occurred_at.isoformat() if isinstance(entry.occurred_at, datetime) else entry.occurred_at
+    if entry.kind == "tracker.event":
+        payload = entry.payload
+        message = tracker_event_message(
+            org_id=entry.organization_id, seq=entry.seq, event_id=entry.id, tracker_id=payload.get("tracker_id"),
+            tracker_name=payload.get("tracker_name", ""), action=payload.get("action", ""),
+            actor=entry.actor_name, occurred_at=occurred_at)
+        del message["notifications"]
+        return message
+    return {"type": "log.entry", "org_id": entry.organization_id, "seq": entry.seq, "kind": entry.kind,
+            "entry_id": entry.id, "actor": entry.actor_name, "occurred_at": occurred_at, "payload": entry.payload}

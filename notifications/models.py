@@ -1,8 +1,12 @@
-"""Notifications (one per recipient), delivery streams (the ordering fence) and delivery records."""
+"""The org log, notifications (one per recipient), delivery streams (the ordering fence) and
+delivery records."""
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Now
 
+from notifications.kinds import EntryView
 from organizations.models import Organization
 
 
@@ -12,10 +16,42 @@ class Channel(models.TextChoices):
     EMAIL = "email", "Email"
 
 
+class LogEntry(models.Model):
+    """One fact that notifies: an entry of its organization's log, written in the transaction of
+    the change it reports (notifications.publish). `seq` is gapless per organization; every
+    delivery stream reads the log in seq order. `audience` is who is notified."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="log_entries")
+    seq = models.BigIntegerField()
+    kind = models.CharField(max_length=64)
+    payload = models.JSONField(default=dict, blank=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                              related_name="+")
+    actor_name = models.CharField(max_length=150, blank=True)
+    # Who is notified: the user ids given to publish(), or, when it was given none, the members at
+    # the time of the entry (a snapshot written with the entry), so a drain that runs later notifies
+    # who was a member then, not who is now.
+    audience = ArrayField(models.BigIntegerField(), default=list, blank=True)
+    occurred_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "seq"], name="logentry_unique_org_seq"),
+            models.CheckConstraint(condition=Q(seq__gt=0), name="logentry_seq_positive"),
+        ]
+        verbose_name_plural = "log entries"
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}#{self.seq} {self.kind}"
+
+    def view(self) -> EntryView:
+        return EntryView(seq=self.seq, kind=self.kind, payload=self.payload, actor_name=self.actor_name)
+
+
 class Notification(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
-    event = models.ForeignKey("trackers.TrackerEvent", on_delete=models.CASCADE, null=True, blank=True,
+    entry = models.ForeignKey(LogEntry, on_delete=models.CASCADE, null=True, blank=True,
                               related_name="notifications")
     seq = models.BigIntegerField(null=True, blank=True)
     kind = models.CharField(max_length=64)
@@ -28,8 +64,8 @@ class Notification(models.Model):
     class Meta:
         constraints = [
             # Makes the in-app fan-out idempotent: a redelivered batch inserts nothing twice.
-            models.UniqueConstraint(fields=["recipient", "event"], condition=Q(event__isnull=False),
-                                    name="notification_unique_recipient_event"),
+            models.UniqueConstraint(fields=["recipient", "entry"], condition=Q(entry__isnull=False),
+                                    name="notification_unique_recipient_entry"),
         ]
         indexes = [
             models.Index(fields=["recipient", "-id"], name="notif_recipient_recent"),

@@ -2,7 +2,7 @@
 from django.db.models import QuerySet
 
 from config.errors import NotFound
-from notifications.models import Notification
+from notifications.models import LogEntry, Notification
 
 
 def notification_list(*, user, unread_only: bool = False) -> QuerySet[Notification]:
@@ -21,3 +21,8 @@ def notification_get_for_user(*, user, id: int) -> Notification:
     if notification is None:
         raise NotFound("Notification not found.", code="notification_not_found")
     return notification
+
+
+def log_entries_after(*, organization_id: int, after_seq: int, limit: int) -> list[LogEntry]:
+    """The organization's log after `after_seq`, in seq order (index logentry_unique_org_seq)."""
+    return list(LogEntry.objects.filter(organization_id=organization_id, seq__gt=after_seq).order_by("seq")[:limit])

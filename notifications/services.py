@@ -20,13 +20,13 @@ from notifications import metrics, realtime
 from notifications.breaker import CircuitBreaker
 from notifications.channels import PermanentFailure, RateLimitedFailure, TransientFailure
 from notifications.channels import slack as slack_channel
-from notifications.events import tracker_event_message
-from notifications.models import Channel, Delivery, DeliveryStream
+from notifications.events import entry_message
+from notifications.kinds import kind_get
+from notifications.models import Channel, Delivery, DeliveryStream, LogEntry
 from notifications.ratelimit import Scope, limiter
 from organizations import secrets
 from organizations.models import SlackIntegration
 from organizations.services import slack_token
-from trackers.models import TrackerEvent
 
 logger = logging.getLogger("herald.delivery")
 
@@ -110,20 +110,8 @@ def stream_retry_token(*, org_id: int, channel: str, destination: str = "", dela
         return True
 
 
-def tracker_event_committed(*, event: TrackerEvent) -> None:
-    """Runs on commit of a start/stop: wake every stream of the organization.
-
-    The event is already committed, so nothing here may fail the request: with the broker or
-    Redis down the kicks are lost, and the sweeper re-kicks the streams once it runs again."""
-    metrics.EVENTS_TOTAL.labels(action=event.action).inc()
-    try:
-        _streams_kick_all(org_id=event.organization_id)
-    except Exception:
-        logger.warning("streams not kicked (broker or Redis unavailable); the sweeper will re-kick them",
-                       extra={"org_id": event.organization_id, "seq": event.seq}, exc_info=True)
-
-
-def _streams_kick_all(*, org_id: int) -> None:
+def streams_kick_all(*, org_id: int) -> None:
+    """Wake every stream of the organization (after a log entry committed)."""
     stream_kick(org_id=org_id, channel=Channel.INAPP)
     with connection.cursor() as cursor:  # one round trip: is Slack on, which members get email
         cursor.execute(
@@ -179,12 +167,15 @@ def _backoff(attempts: int) -> float:
     return random.uniform(ceiling / 2, ceiling)  # "equal jitter": never less than half the step
 
 
-def _pending(stream: DeliveryStream, limit: int) -> list[TrackerEvent]:
+def _pending(stream: DeliveryStream, limit: int) -> list[LogEntry]:
     return list(
-        TrackerEvent.objects.filter(organization_id=stream.organization_id, seq__gt=stream.delivered_seq)
-        .select_related("tracker")
+        LogEntry.objects.filter(organization_id=stream.organization_id, seq__gt=stream.delivered_seq)
         .order_by("seq")[:limit]
     )
+
+
+def _entry_range(org_id: int, first_seq: int, last_seq: int) -> list[LogEntry]:
+    return list(LogEntry.objects.filter(organization_id=org_id, seq__gte=first_seq, seq__lte=last_seq).order_by("seq"))
 
 
 _GATE_SQL = """
@@ -193,7 +184,7 @@ SELECT s.delivered_seq, o.last_event_seq, s.next_attempt_at, s.held, i.channel, 
 FROM notifications_deliverystream s
 JOIN organizations_organization o ON o.id = s.organization_id
 LEFT JOIN organizations_slackintegration i ON i.organization_id = s.organization_id
-LEFT JOIN trackers_trackerevent e ON e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1
+LEFT JOIN notifications_logentry e ON e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1
 WHERE s.organization_id = %s AND s.channel = 'slack' AND s.destination = ''
 """
 
@@ -273,57 +264,65 @@ def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> Drain
 
 # --- in-app + WebSocket ------------------------------------------------------------------------
 
+# One statement per batch: a row per (entry, audience member still active), titles rendered by the
+# entry's kind. Idempotent: a redelivered batch inserts nothing twice.
 _FANOUT_SQL = """
 INSERT INTO notifications_notification
-    (organization_id, recipient_id, event_id, seq, kind, title, body, data, created_at, read_at)
-SELECT e.organization_id, m.user_id, e.id, e.seq, 'tracker.event',
-       CASE WHEN e.action = 'start' THEN COALESCE(NULLIF(e.actor_name, ''), 'Someone') || ' started ' || t.name
-            ELSE COALESCE(NULLIF(e.actor_name, ''), 'Someone') || ' stopped ' || t.name END,
-       '',
-       jsonb_build_object('tracker_id', e.tracker_id, 'action', e.action, 'seq', e.seq),
-       now(), NULL
-FROM trackers_trackerevent e
-JOIN trackers_tracker t ON t.id = e.tracker_id
-JOIN organizations_membership m ON m.organization_id = e.organization_id
-WHERE e.organization_id = %s AND e.seq > %s AND e.seq <= %s
-ORDER BY e.seq, m.user_id
-ON CONFLICT (recipient_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
+    (organization_id, recipient_id, entry_id, seq, kind, title, body, data, created_at, read_at)
+SELECT l.organization_id, u.id, l.id, l.seq, l.kind, v.title, v.body, l.payload, now(), NULL
+FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(entry_id, title, body)
+JOIN notifications_logentry l ON l.id = v.entry_id
+CROSS JOIN LATERAL unnest(l.audience) AS a(user_id)
+JOIN organizations_user u ON u.id = a.user_id AND u.is_active
+ORDER BY l.seq, u.id
+ON CONFLICT (recipient_id, entry_id) WHERE entry_id IS NOT NULL DO NOTHING
 RETURNING id, recipient_id, seq
 """
 
 
 def _deliver_inapp(stream: DeliveryStream) -> DrainResult:
-    events = _pending(stream, settings.DELIVERY_BATCH_MAX)
-    if not events:
+    entries = _pending(stream, settings.DELIVERY_BATCH_MAX)
+    if not entries:
         return DrainResult("idle")
-    first, last = events[0].seq, events[-1].seq
+    ids, titles, bodies = [], [], []
+    for entry in entries:
+        kind, view = kind_get(entry.kind), entry.view()
+        ids.append(entry.id)
+        titles.append(kind.title(view)[:255])
+        bodies.append(kind.body(view))
     with connection.cursor() as cursor:
-        cursor.execute(_FANOUT_SQL, [stream.organization_id, first - 1, last])
+        cursor.execute(_FANOUT_SQL, [ids, titles, bodies])
         rows = cursor.fetchall()
-    by_seq: dict[int, dict[int, int]] = {}
+    by_seq: dict[int, dict[str, int]] = {}
     for notification_id, recipient_id, seq in rows:
-        by_seq.setdefault(seq, {})[recipient_id] = notification_id
+        by_seq.setdefault(seq, {})[str(recipient_id)] = notification_id
     group = realtime.org_group(stream.organization_id)
-    messages = [
-        (group, tracker_event_message(
-            org_id=e.organization_id, seq=e.seq, event_id=e.id, tracker_id=e.tracker_id,
-            tracker_name=e.tracker.name, action=e.action, actor=e.actor_name, occurred_at=e.occurred_at,
-            notifications=by_seq.get(e.seq, {}),
-        ))
-        for e in events
-    ]
-    # Published while the stream lock is held, so the next batch cannot overtake this one. A crash
-    # between publish and commit re-publishes the batch once; clients drop seqs they have seen.
-    realtime.publish(messages)
+    messages = []
+    for entry, title, body in zip(entries, titles, bodies, strict=True):
+        message = entry_message(entry=entry)
+        # The consumer of each member turns its own id into `notification.created`, and shows
+        # members outside the audience only the seq.
+        message.update(audience=entry.audience, notifications=by_seq.get(entry.seq, {}), title=title, body=body)
+        messages.append((group, message))
     DeliveryStream.objects.filter(pk=stream.pk).update(
-        delivered_seq=last, head_attempts=0, head_since=None, last_error="", updated_at=timezone.now()
+        delivered_seq=entries[-1].seq, head_attempts=0, head_since=None, last_error="", updated_at=timezone.now()
     )
+    # Published after commit: a rolled-back drain announces nothing (no phantom inbox ids). Two
+    # drains may then publish out of order; the consumer orders by seq and fills gaps from the log.
+    transaction.on_commit(lambda: _publish_live(messages), robust=True)
     now = timezone.now()
     metrics.DELIVERIES.labels(channel="inapp", outcome="sent").inc(len(rows))
-    metrics.DELIVERIES.labels(channel="websocket", outcome="sent").inc(len(events))
-    for e in events:
-        metrics.LATENCY.labels(channel="inapp").observe((now - e.occurred_at).total_seconds())
-    return DrainResult("delivered", count=len(events))
+    metrics.DELIVERIES.labels(channel="websocket", outcome="sent").inc(len(entries))
+    for entry in entries:
+        metrics.LATENCY.labels(channel="inapp").observe((now - entry.occurred_at).total_seconds())
+    return DrainResult("delivered", count=len(entries))
+
+
+def _publish_live(messages: list[tuple[str, dict]]) -> None:
+    try:
+        realtime.publish(messages)
+    except Exception:  # the inbox rows are committed; sockets catch up from the log
+        logger.warning("live messages not published (channel layer unavailable)", exc_info=True)
 
 
 # --- Slack -----------------------------------------------------------------------------------
@@ -352,9 +351,7 @@ def _deliver_slack(stream: DeliveryStream, now) -> DrainResult:
     head = (Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING, late=False)
             .order_by("first_seq").first())
     if head is not None:
-        events = list(TrackerEvent.objects.filter(
-            organization_id=stream.organization_id, seq__gte=head.first_seq, seq__lte=head.last_seq,
-        ).select_related("tracker").order_by("seq"))
+        events = _entry_range(stream.organization_id, head.first_seq, head.last_seq)
     else:
         events = _pending(stream, settings.DELIVERY_BATCH_MAX)
         if not events:
@@ -428,7 +425,7 @@ def streams_stalled(*, older_than: float, lookback_hours: float = 24 * 7,
               AND NOT s.held
               AND s.updated_at < now() - make_interval(secs => %s)
               AND (s.next_attempt_at IS NULL OR s.next_attempt_at < now() - make_interval(secs => %s))
-              AND EXISTS (SELECT 1 FROM trackers_trackerevent e
+              AND EXISTS (SELECT 1 FROM notifications_logentry e
                           WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1
                             AND e.occurred_at < now() - make_interval(secs => %s))
             ORDER BY s.updated_at
@@ -546,9 +543,7 @@ def late_delivery_send(*, delivery_id: int) -> DrainResult:
         decision = limiter.acquire([Scope("slack.global"), Scope("slack.channel", integration.channel)])
         if not decision.allowed:
             return DrainResult("wait", wait=decision.wait)
-        events = list(TrackerEvent.objects.filter(
-            organization_id=stream.organization_id, seq__gte=delivery.first_seq, seq__lte=delivery.last_seq,
-        ).select_related("tracker").order_by("seq"))
+        events = _entry_range(stream.organization_id, delivery.first_seq, delivery.last_seq)
         message = slack_channel.build_message(org_id=stream.organization_id, events=events)
         message["text"] = "(late) " + message["text"]
         message["metadata"]["event_payload"]["late"] = True

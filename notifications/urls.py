@@ -3,6 +3,7 @@ from django.urls import path
 from notifications import apis
 
 urlpatterns = [
+    path("orgs/<int:org_id>/events/", apis.OrgLogListApi.as_view(), name="org-events"),
     path("notifications/", apis.NotificationListApi.as_view(), name="notification-list"),
     path("notifications/unread-count", apis.UnreadCountApi.as_view(), name="notification-unread-count"),
     path("notifications/<int:notification_id>/read", apis.NotificationReadApi.as_view(), name="notification-read"),

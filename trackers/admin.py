@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from trackers.models import Comment, TimeEntry, Tracker, TrackerEvent
+from trackers.models import Comment, TimeEntry, Tracker
 
 
 @admin.register(Tracker)
@@ -10,21 +10,6 @@ class TrackerAdmin(admin.ModelAdmin):
     search_fields = ("name", "organization__name")
     list_select_related = ("organization", "started_by")
     raw_id_fields = ("organization", "started_by")
-
-
-@admin.register(TrackerEvent)
-class TrackerEventAdmin(admin.ModelAdmin):
-    list_display = ("organization", "seq", "action", "tracker", "actor_name", "occurred_at")
-    list_filter = ("action",)
-    search_fields = ("organization__name", "actor_name", "tracker__name")
-    list_select_related = ("organization", "tracker")
-    ordering = ("-id",)
-
-    def has_change_permission(self, request, obj=None):
-        return False  # the event log is append-only
-
-    def has_add_permission(self, request):
-        return False
 
 
 @admin.register(TimeEntry)

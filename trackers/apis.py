@@ -1,4 +1,4 @@
-"""Tracker endpoints: list/create per organization, start, stop, the ordered event log, time entry
+"""Tracker endpoints: list/create per organization, start, stop, time entry
 notes and comment threads."""
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -9,10 +9,9 @@ from rest_framework.views import APIView
 from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError
 from organizations.selectors import organization_get_for_user
+from notifications import publish
 from trackers import selectors, services
 from trackers.models import Comment, TimeEntry
-
-EVENTS_MAX_LIMIT = 500
 
 
 class TrackerOutput(serializers.Serializer):
@@ -26,13 +25,15 @@ class TrackerOutput(serializers.Serializer):
 
 
 class EventOutput(serializers.Serializer):
-    org_id = serializers.IntegerField(source="organization_id")
+    """A tracker entry of the org log, as on the WebSocket (`tracker.event` without its type)."""
+
+    org_id = serializers.IntegerField()
     seq = serializers.IntegerField()
-    event_id = serializers.IntegerField(source="id")
+    event_id = serializers.IntegerField()
     tracker_id = serializers.IntegerField()
-    tracker_name = serializers.CharField(source="tracker.name")
+    tracker_name = serializers.CharField()
     action = serializers.CharField()
-    actor = serializers.CharField(source="actor_name")
+    actor = serializers.CharField()
     occurred_at = serializers.DateTimeField()
 
 
@@ -65,8 +66,10 @@ class _TrackerActionApi(APIView):
     def post(self, request, tracker_id: int):
         tracker = selectors.tracker_get_for_user(user=request.user, id=tracker_id)
         change = services.tracker_start if self.action == "start" else services.tracker_stop
-        event = change(tracker_id=tracker.id, actor=request.user)
+        entry = change(tracker_id=tracker.id, actor=request.user)
         tracker.refresh_from_db()
+        event = publish.entry_message(entry)
+        del event["type"]
         return Response({"tracker": TrackerOutput(tracker).data, "event": EventOutput(event).data})
 
 
@@ -85,33 +88,6 @@ class TrackerStopApi(_TrackerActionApi):
     def post(self, request, tracker_id: int):
         return super().post(request, tracker_id)
 
-
-class EventListApi(APIView):
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("after_seq", OpenApiTypes.INT, description="Return events with seq > after_seq"),
-            OpenApiParameter("limit", OpenApiTypes.INT, description=f"Page size (max {EVENTS_MAX_LIMIT})"),
-        ],
-        responses=inline_serializer("EventPage", {
-            "results": EventOutput(many=True), "next_after_seq": serializers.IntegerField(allow_null=True)}),
-    )
-    def get(self, request, org_id: int):
-        organization = organization_get_for_user(user=request.user, id=org_id)
-        try:
-            after_seq = int(request.query_params.get("after_seq", 0))
-            limit = int(request.query_params.get("limit", 100))
-        except ValueError as exc:
-            raise ApplicationError("after_seq and limit must be integers.", code="validation_error") from exc
-        if after_seq < 0 or not 1 <= limit <= EVENTS_MAX_LIMIT:
-            raise ApplicationError(f"after_seq must be >= 0 and limit 1..{EVENTS_MAX_LIMIT}.",
-                                   code="validation_error")
-        events = list(selectors.event_list(organization_id=organization.id, after_seq=after_seq)[: limit + 1])
-        more = len(events) > limit
-        events = events[:limit]
-        return Response({
-            "results": EventOutput(events, many=True).data,
-            "next_after_seq": events[-1].seq if more else None,
-        })
 
 
 class TimeEntryOutput(serializers.Serializer):

@@ -1,4 +1,5 @@
-"""Trackers, their ordered event log (the outbox), the time entries they produce and comment threads."""
+"""Trackers, the time entries they produce and comment threads (starts and stops are entries of the
+org log, notifications.LogEntry)."""
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
@@ -25,34 +26,6 @@ class Tracker(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-
-class TrackerEvent(models.Model):
-    """One start or stop. `seq` is gapless and unique per organization, assigned in the same
-    transaction as the tracker change; the row is the outbox every delivery stream reads."""
-
-    class Action(models.TextChoices):
-        START = "start", "Start"
-        STOP = "stop", "Stop"
-
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="events")
-    seq = models.BigIntegerField()
-    tracker = models.ForeignKey(Tracker, on_delete=models.CASCADE, related_name="events")
-    action = models.CharField(max_length=8, choices=Action.choices)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                              related_name="+")
-    actor_name = models.CharField(max_length=150, blank=True)
-    occurred_at = models.DateTimeField()
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["organization", "seq"], name="event_unique_org_seq"),
-            models.CheckConstraint(condition=Q(seq__gt=0), name="event_seq_positive"),
-            models.CheckConstraint(condition=Q(action__in=["start", "stop"]), name="event_action_valid"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.organization_id}#{self.seq} {self.action}"
 
 
 class TimeEntry(models.Model):

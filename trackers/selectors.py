@@ -1,4 +1,4 @@
-"""Reads of trackers, events, time entries and comment threads, through the organization access helpers."""
+"""Reads of trackers, time entries and comment threads, through the organization access helpers."""
 from dataclasses import dataclass
 
 from django.db.models import QuerySet, Subquery
@@ -7,7 +7,7 @@ from config.errors import NotFound
 from organizations.selectors import organization_list_for_user
 from organizations.models import Organization
 from trackers.errors import TrackerErrorCode
-from trackers.models import Comment, TimeEntry, Tracker, TrackerEvent
+from trackers.models import Comment, TimeEntry, Tracker
 
 
 def tracker_list(*, organization: Organization) -> QuerySet[Tracker]:
@@ -23,18 +23,6 @@ def tracker_get_for_user(*, user, id: int) -> Tracker:
     if tracker is None:
         raise NotFound("Tracker not found.", code=TrackerErrorCode.TRACKER_NOT_FOUND)
     return tracker
-
-
-def event_list(*, organization_id: int, after_seq: int = 0) -> QuerySet[TrackerEvent]:
-    return (TrackerEvent.objects.filter(organization_id=organization_id, seq__gt=after_seq)
-            .select_related("tracker").order_by("seq"))
-
-
-def event_range(*, organization_id: int, first_seq: int, last_seq: int) -> list[TrackerEvent]:
-    return list(
-        TrackerEvent.objects.filter(organization_id=organization_id, seq__gte=first_seq, seq__lte=last_seq)
-        .order_by("seq")
-    )
 
 
 def time_entry_list(*, organization: Organization, tracker_id: int | None = None, user_id: int | None = None,

@@ -1,14 +1,17 @@
-"""Tracker writes. A start or stop, its TrackerEvent (with the org's next seq) and its TimeEntry
-are written in one transaction; delivery is kicked only after commit."""
+"""Tracker writes. A start or stop changes the tracker and its TimeEntry and appends a
+"tracker.event" entry to the organization's log (notifications.publish), in one transaction;
+delivery is kicked only after commit."""
 from django.db import connection, transaction
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, Forbidden
+from notifications import publish
 from organizations.models import Membership, Organization
 from organizations.selectors import ApiKeyPrincipal, role_in_organization
-from organizations.services import organization_next_seq
 from trackers.errors import TrackerErrorCode
-from trackers.models import Comment, TimeEntry, Tracker, TrackerEvent
+from trackers.models import Comment, TimeEntry, Tracker
+
+START, STOP = "start", "stop"
 
 
 def tracker_create(*, organization: Organization, name: str) -> Tracker:
@@ -23,21 +26,16 @@ def _user_or_none(actor):
     return actor if getattr(actor, "pk", None) else None
 
 
-def _record_event(*, tracker: Tracker, action: str, actor, now) -> TrackerEvent:
-    seq = organization_next_seq(organization_id=tracker.organization_id)
-    event = TrackerEvent.objects.create(
-        organization_id=tracker.organization_id, seq=seq, tracker=tracker, action=action,
-        actor=_user_or_none(actor), actor_name=_actor_name(actor), occurred_at=now,
+def _record_event(*, tracker: Tracker, action: str, actor, now):
+    return publish.publish(
+        organization_id=tracker.organization_id, kind="tracker.event", actor=actor,
+        payload={"tracker_id": tracker.id, "tracker_name": tracker.name, "action": action}, occurred_at=now,
     )
-    from notifications.services import tracker_event_committed  # delivery depends on trackers, not back
-
-    transaction.on_commit(lambda: tracker_event_committed(event=event))
-    return event
 
 
 @transaction.atomic
-def tracker_start(*, tracker_id: int, actor) -> TrackerEvent:
-    # Lock order everywhere: tracker row, then organization row (in organization_next_seq).
+def tracker_start(*, tracker_id: int, actor):
+    # Lock order everywhere: tracker row, then organization row (in publish).
     tracker = Tracker.objects.select_for_update().get(pk=tracker_id)
     if tracker.is_running:
         raise Conflict("The tracker is already running.", code=TrackerErrorCode.TRACKER_ALREADY_RUNNING)
@@ -46,11 +44,11 @@ def tracker_start(*, tracker_id: int, actor) -> TrackerEvent:
     tracker.save(update_fields=["is_running", "started_at", "started_by"])
     TimeEntry.objects.create(organization_id=tracker.organization_id, tracker=tracker,
                              started_by=_user_or_none(actor), started_at=now)
-    return _record_event(tracker=tracker, action=TrackerEvent.Action.START, actor=actor, now=now)
+    return _record_event(tracker=tracker, action=START, actor=actor, now=now)
 
 
 @transaction.atomic
-def tracker_stop(*, tracker_id: int, actor) -> TrackerEvent:
+def tracker_stop(*, tracker_id: int, actor):
     tracker = Tracker.objects.select_for_update().get(pk=tracker_id)
     if not tracker.is_running:
         raise Conflict("The tracker is not running.", code=TrackerErrorCode.TRACKER_NOT_RUNNING)
@@ -61,7 +59,7 @@ def tracker_stop(*, tracker_id: int, actor) -> TrackerEvent:
         entry.save(update_fields=["stopped_at", "stopped_by", "duration"])
     tracker.is_running, tracker.started_at, tracker.started_by = False, None, None
     tracker.save(update_fields=["is_running", "started_at", "started_by"])
-    return _record_event(tracker=tracker, action=TrackerEvent.Action.STOP, actor=actor, now=now)
+    return _record_event(tracker=tracker, action=STOP, actor=actor, now=now)
 
 
 @transaction.atomic

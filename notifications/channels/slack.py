@@ -1,11 +1,13 @@
-"""Slack via slack-sdk: one chat.postMessage per run of contiguous events, with message metadata
-event_type `tracker_event` and payload {org_id, first_seq, last_seq, event_ids}."""
+"""Slack via slack-sdk: one chat.postMessage per run of contiguous log entries, with message
+metadata event_type `tracker_event` and payload {org_id, first_seq, last_seq, event_ids} (the
+entries' ids, as `event_id` on the WebSocket)."""
 import urllib.error
 
 from django.conf import settings
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from notifications.kinds import kind_get
 from notifications.channels import PermanentFailure, RateLimitedFailure, TransientFailure
 
 PERMANENT_ERRORS = {
@@ -16,9 +18,8 @@ PERMANENT_ERRORS = {
 }
 
 
-def _line(event) -> str:
-    verb = "started" if event.action == "start" else "stopped"
-    return f"{event.actor_name or 'Someone'} {verb} *{event.tracker.name}* (#{event.seq})"
+def _line(entry) -> str:
+    return kind_get(entry.kind).render_line(entry.view())
 
 
 def build_message(*, org_id: int, events: list) -> dict:

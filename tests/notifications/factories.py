@@ -15,8 +15,8 @@ class NotificationFactory(factory.django.DjangoModelFactory):
 
     organization = factory.SubFactory(OrganizationFactory)
     recipient = factory.SubFactory(UserFactory)
-    event = None
-    seq = factory.LazyAttribute(lambda o: o.event.seq if o.event else None)
+    entry = None
+    seq = factory.LazyAttribute(lambda o: o.entry.seq if o.entry else None)
     kind = "tracker.event"
     title = factory.Sequence(lambda n: f"Notification {n}")
     body = ""

@@ -13,10 +13,10 @@ from notifications import email as email_service
 from notifications.breaker import CircuitBreaker
 from notifications.models import Delivery, DeliveryStream, EmailDeferral
 from notifications.preferences import preference_set
-from notifications.services import delivery_requeue, late_delivery_send, stream_deliver, tracker_event_committed
+from notifications.services import delivery_requeue, late_delivery_send, stream_deliver, streams_kick_all
 from organizations.models import Membership, Organization
 from tests.support.fakesmtp import FakeSMTP, smtp_settings
-from trackers.models import Tracker, TrackerEvent
+from trackers.models import Tracker
 from trackers.services import tracker_start, tracker_stop
 
 pytestmark = pytest.mark.django_db
@@ -79,7 +79,7 @@ def _seq_ranges(messages: list[dict]) -> list[tuple[int, int]]:
 def test_tracker_emails_are_off_by_default(providers, acme):
     primary, _ = providers
     for seq in _toggle(acme.org, acme.owner, 3):
-        tracker_event_committed(event=TrackerEvent.objects.get(organization=acme.org, seq=seq))
+        streams_kick_all(org_id=acme.org.id)
 
     assert not DeliveryStream.objects.filter(channel="email").exists()
     assert stream_deliver(org_id=acme.org.id, channel="email", destination=str(acme.member.id)).kind == "missing"

@@ -24,7 +24,8 @@ from organizations.models import Organization, User
 from organizations.services import membership_create, organization_create, user_token_create
 from tests.support.fakeslack import FakeSlack
 from tests.support.stack import DELIVERY_QUEUES, DbConnectionMonitor, Stack
-from trackers.models import Tracker, TrackerEvent
+from notifications.models import LogEntry
+from trackers.models import Tracker
 from trackers.services import tracker_create, tracker_start, tracker_stop
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
@@ -234,7 +235,7 @@ def order_incidents(ranges: list[tuple[int, int]], last: int, what: str) -> int:
 
 def slack_ranges(fake: FakeSlack, tenant: Tenant) -> list[tuple[int, int]]:
     messages = fake.messages(tenant.channel)
-    events = dict(TrackerEvent.objects.filter(organization=tenant.org).values_list("seq", "id"))
+    events = dict(LogEntry.objects.filter(organization=tenant.org).values_list("seq", "id"))
     for message in messages:
         assert message["event_type"] == "tracker_event", message
         assert message["org_id"] == tenant.org.id, message
@@ -287,7 +288,7 @@ def check_destinations(fake: FakeSlack, tenants: list[Tenant], max_duplicates: i
     for tenant in tenants:
         last = Organization.objects.get(pk=tenant.org.pk).last_event_seq
         assert sorted(tenant.accepted) == list(range(1, last + 1)), "the API's seqs are the org's seqs"
-        events = dict(TrackerEvent.objects.filter(organization=tenant.org).values_list("seq", "id"))
+        events = dict(LogEntry.objects.filter(organization=tenant.org).values_list("seq", "id"))
 
         if tenant.channel:
             name = f"slack:{tenant.channel}"
@@ -307,7 +308,7 @@ def check_destinations(fake: FakeSlack, tenants: list[Tenant], max_duplicates: i
             incidents[name] = order_incidents([(m["seq"], m["seq"]) for m in created], last, name)
 
             inbox = list(Notification.objects.filter(recipient=member.user).order_by("seq")
-                         .values_list("organization_id", "seq", "event_id"))
+                         .values_list("organization_id", "seq", "entry_id"))
             assert inbox == [(tenant.org.id, s, events[s]) for s in range(1, last + 1)]
             # The ids pushed live are the rows in the inbox (the last push wins after a replay).
             pushed = {m["seq"]: m["id"] for m in created}

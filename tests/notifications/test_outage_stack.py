@@ -53,7 +53,7 @@ def test_events_committed_while_the_web_tier_had_no_redis_are_delivered_by_the_s
         time.sleep(0.2)
     for user in (owner, member):
         seqs = list(Notification.objects.filter(recipient=user, organization=org).order_by("id")
-                    .values_list("event__seq", flat=True))
+                    .values_list("entry__seq", flat=True))
         assert seqs == [1, 2, 3], (user, seqs)
 
 

@@ -2,12 +2,12 @@
 what is sent (text + message metadata), and how each provider answer is classified."""
 import socket
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from notifications.channels import PermanentFailure, RateLimitedFailure, TransientFailure
 from notifications.channels import slack
+from notifications.models import LogEntry
 from tests.support.fakeslack import FakeSlack
 
 TOKEN = "xoxb-test-unit"
@@ -15,9 +15,9 @@ CHANNEL = "C0OPS"
 
 
 def _event(seq: int, *, action: str = "start", actor: str = "ann", tracker: str = "Main tracker"):
-    """The attributes build_message reads from a TrackerEvent (no database needed)."""
-    return SimpleNamespace(seq=seq, id=1000 + seq, action=action, actor_name=actor,
-                           tracker=SimpleNamespace(name=tracker))
+    """A tracker entry of the org log, unsaved (no database needed)."""
+    return LogEntry(id=1000 + seq, organization_id=42, seq=seq, kind="tracker.event", actor_name=actor,
+                    payload={"tracker_id": 1, "tracker_name": tracker, "action": action})
 
 
 @pytest.fixture

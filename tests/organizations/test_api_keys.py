@@ -5,7 +5,8 @@ from organizations.models import ApiKey
 from organizations.secrets import hash_secret
 from tests.conftest import assert_error
 from tests.organizations.factories import ApiKeyFactory, MembershipFactory
-from trackers.models import Tracker, TrackerEvent
+from notifications.models import LogEntry
+from trackers.models import Tracker
 
 pytestmark = pytest.mark.django_db
 
@@ -102,7 +103,7 @@ def test_bearer_key_can_start_a_tracker_of_its_org_only(api_key_client, org_with
     response = client.post(f"/api/v1/trackers/{own.id}/start")
 
     assert response.status_code == 200, response.content
-    event = TrackerEvent.objects.get()
+    event = LogEntry.objects.get()
     assert event.actor is None and event.actor_name == f"api-key:{key.prefix}"
     assert response.json()["event"]["actor"] == f"api-key:{key.prefix}"
     assert_error(client.post(f"/api/v1/trackers/{foreign.id}/start"), 404, "tracker_not_found")

@@ -1,10 +1,13 @@
-"""Factories for trackers, their events and time entries."""
+"""Factories for trackers, their events (entries of the org log) and time entries."""
 import factory
 from django.utils import timezone
 
-from organizations.services import organization_next_seq
+from django.db import transaction
+
+from notifications import publish
+from notifications.models import LogEntry
 from tests.organizations.factories import OrganizationFactory, UserFactory
-from trackers.models import TimeEntry, Tracker, TrackerEvent
+from trackers.models import TimeEntry, Tracker
 
 
 class TrackerFactory(factory.django.DjangoModelFactory):
@@ -16,20 +19,24 @@ class TrackerFactory(factory.django.DjangoModelFactory):
     is_running = False
 
 
-class TrackerEventFactory(factory.django.DjangoModelFactory):
-    """An event with the organization's next seq, reserved the way the service does it
-    (so Organization.last_event_seq stays consistent with the log)."""
+class TrackerEventFactory(factory.Factory):
+    """A "tracker.event" entry of the org log, appended the way the service does it (publish:
+    the organization's next seq, audience = its members now). Returns the LogEntry."""
 
     class Meta:
-        model = TrackerEvent
+        model = LogEntry
 
     tracker = factory.SubFactory(TrackerFactory)
-    organization = factory.SelfAttribute("tracker.organization")
-    seq = factory.LazyAttribute(lambda o: organization_next_seq(organization_id=o.organization.id))
-    action = TrackerEvent.Action.START
+    action = "start"
     actor = None
-    actor_name = factory.LazyAttribute(lambda o: o.actor.username if o.actor else "")
     occurred_at = factory.LazyFunction(timezone.now)
+
+    @classmethod
+    def _create(cls, model_class, *, tracker, action, actor, occurred_at):
+        with transaction.atomic():
+            return publish.publish(
+                organization_id=tracker.organization_id, kind="tracker.event", actor=actor, occurred_at=occurred_at,
+                payload={"tracker_id": tracker.id, "tracker_name": tracker.name, "action": action})
 
 
 class TimeEntryFactory(factory.django.DjangoModelFactory):

@@ -5,7 +5,8 @@ from organizations.models import Organization
 from tests.conftest import assert_error, queries_for
 from tests.organizations.factories import UserFactory
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
-from trackers.models import TimeEntry, Tracker, TrackerEvent
+from notifications.models import LogEntry
+from trackers.models import TimeEntry, Tracker
 from trackers.services import tracker_start
 
 pytestmark = pytest.mark.django_db
@@ -163,13 +164,13 @@ def test_start_when_running_is_409(auth_client, org_with_members, main_tracker):
     body = assert_error(client.post(start_url(main_tracker.id)), 409, "tracker_already_running")
 
     assert body["extra"] == {}
-    assert TrackerEvent.objects.count() == 1
+    assert LogEntry.objects.count() == 1
     assert TimeEntry.objects.count() == 1
 
 
 def test_stop_when_stopped_is_409(auth_client, org_with_members, main_tracker):
     assert_error(auth_client(org_with_members.member).post(stop_url(main_tracker.id)), 409, "tracker_not_running")
-    assert not TrackerEvent.objects.exists()
+    assert not LogEntry.objects.exists()
     assert Organization.objects.get(pk=org_with_members.org.pk).last_event_seq == 0
 
 
@@ -180,7 +181,7 @@ def test_start_stop_another_orgs_tracker_is_404(auth_client, org_with_members, o
     assert_error(auth_client(org_with_members.owner).post(url(foreign.id)), 404, "tracker_not_found")
     foreign.refresh_from_db()
     assert foreign.is_running is False
-    assert not TrackerEvent.objects.exists()
+    assert not LogEntry.objects.exists()
 
 
 @pytest.mark.parametrize("tracker_id", [987654321, HUGE_ID])

@@ -13,7 +13,8 @@ from organizations.models import Organization
 from tests.organizations.factories import OrganizationFactory, UserFactory
 from tests.trackers.factories import TrackerFactory
 from trackers import services
-from trackers.models import TimeEntry, Tracker, TrackerEvent
+from notifications.models import LogEntry
+from trackers.models import TimeEntry, Tracker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -59,8 +60,8 @@ def _run_threads(count: int, target) -> None:
     assert not any(t.is_alive() for t in threads), "a worker thread hung"
 
 
-def _assert_org_log_consistent(organization: Organization, outcome: Outcome) -> list[TrackerEvent]:
-    events = list(TrackerEvent.objects.filter(organization=organization).order_by("seq"))
+def _assert_org_log_consistent(organization: Organization, outcome: Outcome) -> list[LogEntry]:
+    events = list(LogEntry.objects.filter(organization=organization).order_by("seq"))
     n = len(events)
     assert n > 0
     assert [e.seq for e in events] == list(range(1, n + 1)), "seq must be exactly 1..N, gapless and unique"
@@ -68,20 +69,20 @@ def _assert_org_log_consistent(organization: Organization, outcome: Outcome) -> 
     assert organization.last_event_seq == n
     org_tracker_ids = set(Tracker.objects.filter(organization=organization).values_list("id", flat=True))
     mine = [s for s in outcome.successes if s[2] in org_tracker_ids]
-    assert {(e.id, e.seq, e.tracker_id, e.action) for e in events} == set(mine), \
+    assert {(e.id, e.seq, e.payload["tracker_id"], e.payload["action"]) for e in events} == set(mine), \
         "every event is exactly one reported success and vice versa"
     assert len(mine) == n
     return events
 
 
-def _assert_tracker_consistent(tracker: Tracker, events: list[TrackerEvent]) -> None:
-    own = [e for e in events if e.tracker_id == tracker.id]
+def _assert_tracker_consistent(tracker: Tracker, events: list[LogEntry]) -> None:
+    own = [e for e in events if e.payload["tracker_id"] == tracker.id]
     # A tracker's events alternate start, stop, start, ... in seq order.
-    assert [e.action for e in own] == [("start", "stop")[i % 2] for i in range(len(own))]
+    assert [e.payload["action"] for e in own] == [("start", "stop")[i % 2] for i in range(len(own))]
     tracker.refresh_from_db()
-    last = own[-1].action if own else "stop"
+    last = own[-1].payload["action"] if own else "stop"
     assert tracker.is_running is (last == "start")
-    starts = sum(1 for e in own if e.action == "start")
+    starts = sum(1 for e in own if e.payload["action"] == "start")
     stops = len(own) - starts
     entries = TimeEntry.objects.filter(tracker=tracker)
     assert entries.count() == starts
@@ -120,7 +121,7 @@ def test_many_threads_alternating_start_stop_on_one_tracker():
     # Each event records the actor whose call succeeded.
     by_id = {s[0]: s for s in outcome.successes}
     assert all(e.actor_id is not None and e.actor_name for e in events)
-    assert all(by_id[e.id][3] == e.action for e in events)
+    assert all(by_id[e.id][3] == e.payload["action"] for e in events)
 
 
 def test_two_simultaneous_starts_one_wins_one_conflicts():
@@ -133,8 +134,8 @@ def test_two_simultaneous_starts_one_wins_one_conflicts():
     assert outcome.errors == []
     assert len(outcome.successes) == 1
     assert outcome.conflicts == [(tracker.id, "start", "tracker_already_running")]
-    assert TrackerEvent.objects.count() == 1
-    assert TrackerEvent.objects.get().seq == 1
+    assert LogEntry.objects.count() == 1
+    assert LogEntry.objects.get().seq == 1
     assert TimeEntry.objects.filter(tracker=tracker, stopped_at__isnull=True).count() == 1
     tracker.refresh_from_db()
     assert tracker.is_running
@@ -150,7 +151,7 @@ def test_two_simultaneous_stops_one_wins_one_conflicts():
     assert outcome.errors == []
     assert len(outcome.successes) == 1
     assert outcome.conflicts == [(tracker.id, "stop", "tracker_not_running")]
-    assert list(TrackerEvent.objects.order_by("seq").values_list("seq", "action")) == [(1, "start"), (2, "stop")]
+    assert list(LogEntry.objects.order_by("seq").values_list("seq", "payload__action")) == [(1, "start"), (2, "stop")]
     assert not TimeEntry.objects.filter(stopped_at__isnull=True).exists()
 
 
@@ -175,5 +176,5 @@ def test_several_trackers_racing_keep_one_gapless_seq_per_org():
         for tracker in trackers:
             if tracker.organization_id == organization.id:
                 _assert_tracker_consistent(tracker, events)
-    per_org = Counter(TrackerEvent.objects.values_list("organization_id", flat=True))
+    per_org = Counter(LogEntry.objects.values_list("organization_id", flat=True))
     assert set(per_org) == {org_a.id, org_b.id}

@@ -1,0 +1,69 @@
+"""Notification kinds, declared once: what a log entry of each kind means to its readers.
+
+A kind names its preference category, how an entry renders in the inbox (title, body), as one
+line of a Slack message or email digest, and which WebSocket message type carries it. Channels
+and the fence never branch on a kind; they ask this table. To add a kind, add one `Kind` to
+KINDS (payload keys are the kind's own; renderers read them with defaults, never KeyError).
+"""
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from config.errors import ApplicationError
+
+
+@dataclass(frozen=True)
+class EntryView:
+    """What a renderer sees of a log entry (a LogEntry row or the same fields from SQL)."""
+
+    seq: int
+    kind: str
+    payload: dict
+    actor_name: str = ""
+
+    @property
+    def actor(self) -> str:
+        return self.actor_name or "Someone"
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    category: str  # NotificationPreference category
+    title: Callable[[EntryView], str]
+    body: Callable[[EntryView], str] = lambda e: ""
+    # One line in a Slack message or an email digest; Slack's *bold* is allowed.
+    line: Callable[[EntryView], str] | None = None
+    ws_type: str = "log.entry"  # the WebSocket message type (tracker.event keeps its own shape)
+    channels: tuple[str, ...] = field(default=("inapp", "slack", "email", "webhook"))
+
+    def render_line(self, entry: EntryView) -> str:
+        return (self.line or self.title)(entry) + f" (#{entry.seq})"
+
+
+def _verb(entry: EntryView) -> str:
+    return "started" if entry.payload.get("action") == "start" else "stopped"
+
+
+def _tracker(entry: EntryView) -> str:
+    return str(entry.payload.get("tracker_name", "a tracker"))
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in [
+        Kind(
+            name="tracker.event",
+            category="tracker_event",
+            title=lambda e: f"{e.actor} {_verb(e)} {_tracker(e)}",
+            line=lambda e: f"{e.actor} {_verb(e)} *{_tracker(e)}*",
+            ws_type="tracker.event",
+        ),
+    ]
+}
+
+
+def kind_get(name: str) -> Kind:
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise ApplicationError(f"Unknown notification kind {name!r}.", code="unknown_kind") from None

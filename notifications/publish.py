@@ -1,0 +1,101 @@
+"""The one way into notifications from other apps: append a fact to the organization's log.
+
+`publish()` runs in the caller's transaction: it takes the organization's next seq (the row lock
+of that UPDATE serializes writers per organization; a rollback returns the number, so the log
+stays gapless) and writes the entry in the same statement. On commit it kicks every stream of the
+organization; with the broker or Redis down the kick is lost and the sweeper finds the stream.
+
+`push_user` / `push_org` send an ephemeral WebSocket message (progress bars, presence) after
+commit: not logged, no seq, lost if nobody listens.
+"""
+import json
+import logging
+from collections.abc import Iterable
+from datetime import datetime
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
+
+from config.errors import NotFound
+
+from notifications import events, metrics, realtime
+from notifications.kinds import kind_get
+from notifications.models import LogEntry
+from notifications.services import streams_kick_all
+
+logger = logging.getLogger("herald.delivery")
+
+# Allocates the seq and writes the entry in one round trip. Audience NULL: the members right now.
+_APPEND_SQL = """
+WITH org AS (
+    UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = now()
+    WHERE id = %(org)s RETURNING id, last_event_seq
+)
+INSERT INTO notifications_logentry (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
+SELECT org.id, org.last_event_seq, %(kind)s, %(payload)s::jsonb, %(actor_id)s, %(actor_name)s,
+       COALESCE(%(audience)s::bigint[],
+                ARRAY(SELECT m.user_id FROM organizations_membership m WHERE m.organization_id = org.id
+                      ORDER BY m.user_id)),
+       COALESCE(%(occurred_at)s, now())
+FROM org
+RETURNING id, seq, audience, occurred_at
+"""
+
+
+def _actor_fields(actor) -> tuple[int | None, str]:
+    if actor is None:
+        return None, ""
+    if getattr(actor, "pk", None):
+        return actor.pk, actor.get_username()
+    return None, str(actor)[:150]  # an API key or a system actor: a name only
+
+
+def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
+            audience: Iterable[int] | None = None, occurred_at: datetime | None = None) -> LogEntry:
+    """Append an entry to the organization's log and notify its streams after commit.
+
+    `audience`: the user ids to notify, or None for every member (taken now, with the entry).
+    Must be called inside transaction.atomic(); raises ApplicationError for an unknown kind and
+    organizations' NotFound when the organization does not exist."""
+    kind_get(kind)
+    if not connection.in_atomic_block:
+        raise RuntimeError("publish() must run inside the caller's transaction")
+    actor_id, actor_name = _actor_fields(actor)
+    with connection.cursor() as cursor:
+        cursor.execute(_APPEND_SQL, {
+            "org": organization_id, "kind": kind, "payload": json.dumps(payload, cls=DjangoJSONEncoder),
+            "actor_id": actor_id, "actor_name": actor_name, "occurred_at": occurred_at,
+            "audience": sorted(set(audience)) if audience is not None else None,
+        })
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFound("Organization not found.", code="organization_not_found")
+    entry = LogEntry(id=row[0], organization_id=organization_id, seq=row[1], kind=kind, payload=payload,
+                     actor_id=actor_id, actor_name=actor_name, audience=row[2], occurred_at=row[3])
+    entry._state.adding, entry._state.db = False, "default"
+    transaction.on_commit(lambda: _committed(entry), robust=True)
+    return entry
+
+
+def _committed(entry: LogEntry) -> None:
+    metrics.EVENTS_TOTAL.labels(action=entry.payload.get("action", entry.kind)).inc()
+    try:
+        streams_kick_all(org_id=entry.organization_id)
+    except Exception:
+        logger.warning("streams not kicked (broker or Redis unavailable); the sweeper will re-kick them",
+                       extra={"org_id": entry.organization_id, "seq": entry.seq}, exc_info=True)
+
+
+def push_user(*, user_id: int, message: dict) -> None:
+    """An ephemeral WebSocket message to one user's connections, after commit."""
+    transaction.on_commit(lambda: realtime.publish([(realtime.user_group(user_id), message)]), robust=True)
+
+
+def push_org(*, organization_id: int, message: dict) -> None:
+    """An ephemeral WebSocket message to every connection of the organization, after commit."""
+    transaction.on_commit(lambda: realtime.publish([(realtime.org_group(organization_id), message)]), robust=True)
+
+
+def entry_message(entry: LogEntry) -> dict:
+    """The public shape of an entry (as on the WebSocket), for other apps' API answers."""
+    return events.entry_message(entry=entry)
