@@ -4,7 +4,9 @@ import zlib
 
 from django.conf import settings
 
-MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "reports.tasks.purge", "reports.tasks.refresh")
+MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "reports.tasks.purge", "reports.tasks.refresh",
+                        "reports.tasks.sweep")
+REPORT_TASKS = ("reports.tasks.run_report",)
 
 
 def org_partition(org_id: int) -> int:
@@ -24,6 +26,8 @@ def route_task(name, args, kwargs, options, task=None, **kw):
         if kwargs.get("channel") in PROVIDER_CHANNELS and settings.DELIVERY_PROVIDER_QUEUE:
             return {"queue": settings.DELIVERY_PROVIDER_QUEUE}
         return {"queue": org_queue(int(kwargs["org_id"]))}
+    if name in REPORT_TASKS:
+        return {"queue": settings.REPORTS_QUEUE}
     if name.startswith(MAINTENANCE_PREFIXES):
         return {"queue": "maintenance"}
     return {"queue": settings.CELERY_TASK_DEFAULT_QUEUE}

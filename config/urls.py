@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("trackers.urls")),
     path("", include("notifications.urls")),
     path("", include("notifications.preferences_urls")),
+    path("", include("reports.urls")),
 ]
 
 urlpatterns = [

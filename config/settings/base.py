@@ -69,6 +69,7 @@ MIDDLEWARE = [
     "config.middleware.RequestLogMiddleware",
     "config.middleware.DependencyUnavailableMiddleware",
     "config.middleware.PageErrorMiddleware",
+    "reports.middleware.ActivityLogMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -155,6 +156,9 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Default file storage (report files): a local directory unless STORAGES says otherwise.
+MEDIA_ROOT = env("MEDIA_ROOT", str(BASE_DIR / "media"))
+MEDIA_URL = "/media/"  # not served: report files are downloaded through the API only
 
 # --- Secrets at rest -----------------------------------------------------------
 # Fernet key(s), comma-separated, newest first; old keys still decrypt (rotation).
@@ -211,7 +215,8 @@ ORG_QUEUE_PARTITIONS = env_int("ORG_QUEUE_PARTITIONS", 8)
 # stream fence, not by the queue.
 # Empty: provider sends stay on the org's partition queue.
 DELIVERY_PROVIDER_QUEUE = env("DELIVERY_PROVIDER_QUEUE", "providers")
-CELERY_TASK_QUEUES = [Queue("default"), Queue("maintenance")] + [
+REPORTS_QUEUE = env("REPORTS_QUEUE", "reports")  # long report jobs, consumed by their own worker (Procfile)
+CELERY_TASK_QUEUES = [Queue("default"), Queue("maintenance"), Queue(REPORTS_QUEUE)] + [
     Queue(f"org-{k}") for k in range(ORG_QUEUE_PARTITIONS)
 ] + ([Queue(DELIVERY_PROVIDER_QUEUE)] if DELIVERY_PROVIDER_QUEUE else [])
 CELERY_TASK_ROUTES = ("config.routing.route_task",)
@@ -320,4 +325,38 @@ for _provider in ("primary", "secondary"):
 CELERY_BEAT_SCHEDULE["notifications.sweep_email"] = {
     "task": "notifications.tasks.sweep_email",
     "schedule": env_float("EMAIL_SWEEP_INTERVAL_SECONDS", 30.0),
+}
+
+# --- Reports, stats and the activity log (reports/) --------------------------------------------
+REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366)  # reports and stats: at most a year
+REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 7)  # report files are deleted after this
+REPORT_CHUNK_ROWS = env_int("REPORT_CHUNK_ROWS", 5000)  # rows per fetch from the server-side cursor
+REPORT_PROGRESS_SECONDS = env_float("REPORT_PROGRESS_SECONDS", 1.0)  # progress writes and pushes, at most
+REPORT_HEARTBEAT_SECONDS = env_float("REPORT_HEARTBEAT_SECONDS", 5.0)
+# A running job whose heartbeat is older than this lost its worker: the sweep queues it again.
+REPORT_STALE_SECONDS = env_float("REPORT_STALE_SECONDS", 60.0)
+REPORT_MAX_ATTEMPTS = env_int("REPORT_MAX_ATTEMPTS", 3)  # runs (first + restarts) before a job fails
+REPORT_TIME_LIMIT = env_int("REPORT_TIME_LIMIT", 3600)  # seconds, hard limit of one run
+CELERY_BEAT_SCHEDULE["reports.sweep_reports"] = {
+    "task": "reports.tasks.sweep_reports",
+    "schedule": env_float("REPORT_SWEEP_INTERVAL_SECONDS", 30.0),
+}
+CELERY_BEAT_SCHEDULE["reports.purge_expired_reports"] = {
+    "task": "reports.tasks.purge_expired_reports",
+    "schedule": crontab(minute=17),  # hourly
+}
+# Stats endpoint: per caller (user or API key) and per organization, across every web process.
+HERALD_RATE_LIMITS["stats.caller"] = {"rate": env_float("STATS_PER_MINUTE_PER_CALLER", 30) / 60.0,
+                                      "burst": env_int("STATS_BURST_PER_CALLER", 10), "headroom": 0.0}
+HERALD_RATE_LIMITS["stats.org"] = {"rate": env_float("STATS_PER_MINUTE_PER_ORG", 120) / 60.0,
+                                   "burst": env_int("STATS_BURST_PER_ORG", 30), "headroom": 0.0}
+# Activity log of API writes: daily partitions, created ahead and dropped after the retention.
+ACTIVITY_PATH_PREFIX = "/api/"
+ACTIVITY_RETENTION_DAYS = env_int("ACTIVITY_RETENTION_DAYS", 30)
+ACTIVITY_PARTITIONS_AHEAD_DAYS = env_int("ACTIVITY_PARTITIONS_AHEAD_DAYS", 7)
+# URL kwarg -> model with organization_id: how a write on /trackers/{tracker_id}/... finds its org.
+ACTIVITY_OBJECT_MODELS = {"tracker_id": "trackers.Tracker", "report_id": "reports.ReportJob"}
+CELERY_BEAT_SCHEDULE["reports.purge_activity_log"] = {
+    "task": "reports.tasks.purge_activity_log",
+    "schedule": crontab(minute=5, hour=0),  # daily, just after midnight UTC
 }

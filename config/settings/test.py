@@ -20,6 +20,7 @@ LOGGING["handlers"]["stdout"]["formatter"] = "console"  # noqa: F405
 LOGGING["loggers"]["herald"]["level"] = "WARNING"  # noqa: F405
 ALLOWED_HOSTS = ["*"]
 HERALD_ENCRYPTION_KEYS = ["dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="]
+MEDIA_ROOT = env("MEDIA_ROOT") or str(BASE_DIR / ".run" / "test-media")  # noqa: F405
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
