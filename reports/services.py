@@ -286,14 +286,17 @@ def _notify_ready(job: ReportJob) -> None:
 
 def reports_sweep() -> dict:
     """Running jobs whose heartbeat went stale (a killed worker) go back to queued and are sent
-    again; queued jobs whose message may be lost (broker down at commit) are sent again."""
+    again; queued jobs not picked up for REPORT_RESEND_SECONDS (a message lost with the broker
+    down at commit, or a long queue) are sent again. Extra messages are harmless: a run claims
+    the job first, and a second one finds it claimed."""
     now = timezone.now()
     stale = now - dt.timedelta(seconds=settings.REPORT_STALE_SECONDS)
     with transaction.atomic():
         requeued = list(ReportJob.objects.filter(status=ReportJob.Status.RUNNING, heartbeat_at__lt=stale)
                         .select_for_update(skip_locked=True).values_list("id", flat=True)[:500])
         ReportJob.objects.filter(id__in=requeued).update(status=ReportJob.Status.QUEUED, heartbeat_at=now)
-        resend = list(ReportJob.objects.filter(status=ReportJob.Status.QUEUED, heartbeat_at__lt=stale)
+        unsent = now - dt.timedelta(seconds=settings.REPORT_RESEND_SECONDS)
+        resend = list(ReportJob.objects.filter(status=ReportJob.Status.QUEUED, heartbeat_at__lt=unsent)
                       .select_for_update(skip_locked=True).values_list("id", flat=True)[:500])
         ReportJob.objects.filter(id__in=resend).update(heartbeat_at=now)
         for job_id in requeued + resend:

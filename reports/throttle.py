@@ -36,7 +36,8 @@ def stats_scopes(*, user, organization_id: int) -> list[Scope]:
 
 def stats_quota_take(*, user, organization_id: int) -> Quota:
     """Take one request from both scopes (both or neither, atomically in Redis), then read both
-    buckets to fill the headers; the tighter scope is the one reported."""
+    buckets to fill the headers; the tighter scope is the one reported. The read is a second
+    round trip, so under concurrency Remaining is a close estimate, never a promise."""
     scopes = stats_scopes(user=user, organization_id=organization_id)
     decision = limiter.acquire(scopes)
     pipe = limiter.client.pipeline(transaction=False)
@@ -53,5 +54,7 @@ def stats_quota_take(*, user, organization_id: int) -> Quota:
         if tightest is None or candidate[0] < tightest[0]:
             tightest = candidate
     remaining, limit, reset = tightest
+    if not decision.allowed:
+        remaining = 0  # a slot may have freed between the refusal and the read: the refusal stands
     return Quota(allowed=decision.allowed, limit=limit, remaining=remaining, reset=reset,
                  retry_after=decision.wait)

@@ -335,6 +335,8 @@ REPORT_PROGRESS_SECONDS = env_float("REPORT_PROGRESS_SECONDS", 1.0)  # progress 
 REPORT_HEARTBEAT_SECONDS = env_float("REPORT_HEARTBEAT_SECONDS", 5.0)
 # A running job whose heartbeat is older than this lost its worker: the sweep queues it again.
 REPORT_STALE_SECONDS = env_float("REPORT_STALE_SECONDS", 60.0)
+# A queued job not picked up for this long is sent again (its message may be lost).
+REPORT_RESEND_SECONDS = env_float("REPORT_RESEND_SECONDS", 300.0)
 REPORT_MAX_ATTEMPTS = env_int("REPORT_MAX_ATTEMPTS", 3)  # runs (first + restarts) before a job fails
 REPORT_TIME_LIMIT = env_int("REPORT_TIME_LIMIT", 3600)  # seconds, hard limit of one run
 CELERY_BEAT_SCHEDULE["reports.sweep_reports"] = {

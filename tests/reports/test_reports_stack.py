@@ -1,0 +1,94 @@
+"""Report jobs on real Celery workers and beat: a job runs to the end with progress, and a worker
+killed mid-run (SIGKILL of its whole process group) leaves no job stuck "running": beat's sweep
+queues it again once its heartbeat is stale and another worker finishes it."""
+import csv
+import datetime as dt
+import time
+
+import pytest
+from django.core.files.storage import default_storage
+
+from reports import services
+from reports.models import ReportJob
+from tests.reports.factories import seed_entries
+from tests.support.stack import Stack
+from trackers.models import Tracker
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
+START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+FAST = {"REPORT_STALE_SECONDS": "3", "REPORT_HEARTBEAT_SECONDS": "0.5", "REPORT_SWEEP_INTERVAL_SECONDS": "1",
+        "REPORT_PROGRESS_SECONDS": "0.1", "REPORT_CHUNK_ROWS": "2000",
+        "REPORT_RESEND_SECONDS": "3"}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def job_state(job_id: int) -> ReportJob:
+    return ReportJob.objects.get(pk=job_id)
+
+
+@pytest.fixture
+def data(org_with_members):
+    tracker = Tracker.objects.get(organization=org_with_members.org)
+    return org_with_members, tracker
+
+
+def test_a_job_runs_on_a_worker_with_progress(data, settings):
+    members, tracker = data
+    seed_entries(tracker=tracker, users=[members.owner, members.member], count=60_000, start=START, step_seconds=30)
+    with Stack(env=FAST) as stack:
+        stack.start_worker("reports", ["reports"])
+        stack.wait_ready(timeout=60)
+        with stack.dump_logs_on_failure(lines=60):
+            job, created = services.report_job_request(
+                organization=members.org, requester=members.member, kind="time_entries", format="csv",
+                date_from=dt.date(2026, 3, 1), date_to=dt.date(2026, 3, 31))
+            assert created
+            seen = set()
+
+            def finished():
+                state = job_state(job.pk)
+                seen.add((state.status, state.progress))
+                return state if state.status in ReportJob.FINISHED else None
+
+            final = wait_for(finished, 60, "the job to finish", interval=0.02)
+    assert final.status == "succeeded", final.error
+    assert final.rows == 60_000 and final.progress == 100 and final.attempts == 1
+    assert any(status == "running" and 0 < progress < 100 for status, progress in seen), seen
+    with default_storage.open(final.file, "r") as fh:
+        assert sum(1 for _ in csv.reader(fh)) == 60_001
+
+
+def test_a_killed_worker_leaves_no_job_stuck_running(data):
+    members, tracker = data
+    seed_entries(tracker=tracker, users=[members.owner, members.member], count=200_000, start=START,
+                 step_seconds=10)
+    with Stack(env=FAST) as stack:
+        stack.start_worker("reports-a", ["reports"])
+        stack.start_worker("maintenance", ["maintenance"])
+        stack.start_beat()
+        stack.wait_ready(timeout=60)
+        with stack.dump_logs_on_failure(lines=80):
+            job, _ = services.report_job_request(
+                organization=members.org, requester=members.member, kind="time_entries", format="csv",
+                date_from=dt.date(2026, 3, 1), date_to=dt.date(2026, 3, 31))
+            wait_for(lambda: job_state(job.pk).rows > 0, 60, "the first worker to make progress", interval=0.02)
+            stack.kill("reports-a")  # SIGKILL to the whole group: no chance to clean up or ack
+            assert job_state(job.pk).status == "running"
+
+            stack.start_worker("reports-b", ["reports"])
+            final = wait_for(lambda: (s := job_state(job.pk)).status in ReportJob.FINISHED and s, 120,
+                             "the job to be swept and finished by the second worker")
+            assert "sweep_reports" in stack.log("maintenance")
+            assert "run_report" in stack.log("reports-b")  # the second worker finished it
+    assert final.status == "succeeded", final.error
+    assert final.attempts == 2 and final.rows == 200_000 and final.progress == 100
+    assert default_storage.size(final.file) == final.file_size
