@@ -19,6 +19,7 @@ api_v1 = [
 urlpatterns = [
     path("", include("trackers.pages")),
     path("", include("organizations.pages")),
+    path("", include("reports.pages")),
     path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -60,11 +60,12 @@ def report_query(*, job: ReportJob, time_zone: str, escape: bool) -> tuple[list[
     local = "to_char(e.{col} AT TIME ZONE %(tz)s, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
     if job.kind == ReportJob.Kind.TIME_ENTRIES:
         columns = ["entry_id", "tracker", "started_at", "stopped_at", "duration_seconds", "started_by",
-                   "stopped_by"]
+                   "stopped_by", "notes"]
         sql = f"""
             SELECT e.id, {_csv_safe('t.name', escape)}, {local.format(col='started_at')},
                    {local.format(col='stopped_at')}, extract(epoch FROM e.duration)::bigint,
-                   {_csv_safe('su.username', escape)}, {_csv_safe('pu.username', escape)}
+                   {_csv_safe('su.username', escape)}, {_csv_safe('pu.username', escape)},
+                   {_csv_safe('e.notes', escape)}
             FROM trackers_timeentry e
             JOIN trackers_tracker t ON t.id = e.tracker_id
             LEFT JOIN organizations_user su ON su.id = e.started_by_id

@@ -357,7 +357,8 @@ ACTIVITY_PATH_PREFIX = "/api/"
 ACTIVITY_RETENTION_DAYS = env_int("ACTIVITY_RETENTION_DAYS", 30)
 ACTIVITY_PARTITIONS_AHEAD_DAYS = env_int("ACTIVITY_PARTITIONS_AHEAD_DAYS", 7)
 # URL kwarg -> model with organization_id: how a write on /trackers/{tracker_id}/... finds its org.
-ACTIVITY_OBJECT_MODELS = {"tracker_id": "trackers.Tracker", "report_id": "reports.ReportJob"}
+ACTIVITY_OBJECT_MODELS = {"tracker_id": "trackers.Tracker", "entry_id": "trackers.TimeEntry",
+                          "comment_id": "trackers.Comment", "report_id": "reports.ReportJob"}
 CELERY_BEAT_SCHEDULE["reports.purge_activity_log"] = {
     "task": "reports.tasks.purge_activity_log",
     "schedule": crontab(minute=5, hour=0),  # daily, just after midnight UTC

@@ -29,11 +29,11 @@ def seed_entries(*, tracker, users, count: int, start: dt.datetime, step_seconds
         cur.execute(
             """
             INSERT INTO trackers_timeentry (organization_id, tracker_id, started_by_id, stopped_by_id, started_at,
-                                            stopped_at, duration)
+                                            stopped_at, duration, notes)
             SELECT %(org)s, %(tracker)s, (%(ids)s::bigint[])[1 + g %% %(n)s], (%(ids)s::bigint[])[1 + g %% %(n)s],
                    %(start)s + g * make_interval(secs => %(step)s),
                    %(start)s + g * make_interval(secs => %(step)s) + make_interval(secs => %(dur)s),
-                   make_interval(secs => %(dur)s)
+                   make_interval(secs => %(dur)s), ''
             FROM generate_series(0, %(count)s - 1) g
             """, {"org": tracker.organization_id, "tracker": tracker.pk, "ids": ids, "n": len(ids), "start": start,
                   "step": step_seconds, "dur": duration_seconds, "count": count})

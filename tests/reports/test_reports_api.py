@@ -74,7 +74,7 @@ def test_csv_report_end_to_end(auth_client, org_with_members, media):
     assert download["Content-Disposition"] == 'attachment; filename="time_entries_20260301-20260331.csv"'
     table = list(csv.reader(io.StringIO(b"".join(download.streaming_content).decode())))
     assert table[0] == ["entry_id", "tracker", "started_at", "stopped_at", "duration_seconds", "started_by",
-                        "stopped_by"]
+                        "stopped_by", "notes"]
     assert len(table) == 26
     assert table[1][1] == "'=HYPERLINK(evil)"  # a formula-looking name is neutralized
     assert table[1][2:5] == ["2026-03-01T08:00:00", "2026-03-01T08:05:00", "300"]
