@@ -1,12 +1,16 @@
-"""The Channels layer, with messages ordered by the Redis server's clock.
+"""The Channels layer, with messages ordered and groups aged by the Redis server's clock.
 
 channels-redis queues each consumer's messages in a sorted set scored by the *publisher's*
 time.time(), and a consumer reads the lowest score first. Two workers whose clocks disagree can
 therefore reorder messages that were published in order (the fence guarantees publish order, not
 clock agreement). Scoring with Redis' own TIME inside the script gives every publisher one clock.
+
+Group membership ages the same way: a member is stamped with Redis TIME when it joins (or
+re-joins: the live consumer re-adds itself well before `group_expiry`, see consumers.py), and a
+publisher drops members older than `group_expiry` by that same clock, so a web host and a worker
+host with different clocks cannot expire a live connection early.
 """
 import logging
-import time
 
 from channels_redis.core import RedisChannelLayer
 
@@ -42,7 +46,30 @@ return 1
 """
 
 
+# KEYS: group key. ARGV: channel name, group expiry. Stamps the member with Redis TIME.
+_GROUP_ADD = """
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], tonumber(t[1]), ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+# KEYS: group key. ARGV: group expiry. Drops members not re-added within the expiry; returns the rest.
+_GROUP_MEMBERS = """
+local t = redis.call('TIME')
+redis.call('ZREMRANGEBYSCORE', KEYS[1], 0, tonumber(t[1]) - tonumber(ARGV[1]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+"""
+
+
 class ServerClockRedisChannelLayer(RedisChannelLayer):
+    async def group_add(self, group, channel):
+        """Join, or refresh an existing membership (the stamp moves to now)."""
+        assert self.require_valid_group_name(group), "Group name not valid"
+        assert self.require_valid_channel_name(channel), "Channel name not valid"
+        connection = self.connection(self.consistent_hash(group))
+        await connection.eval(_GROUP_ADD, 1, self._group_key(group), channel, int(self.group_expiry))
+
     async def send(self, channel, message):
         from channels.exceptions import ChannelFull
 
@@ -66,8 +93,8 @@ class ServerClockRedisChannelLayer(RedisChannelLayer):
         assert self.require_valid_group_name(group), "Group name not valid"
         key = self._group_key(group)
         connection = self.connection(self.consistent_hash(group))
-        await connection.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
-        channel_names = [x.decode("utf8") for x in await connection.zrange(key, 0, -1)]
+        channel_names = [x.decode("utf8") for x in await connection.eval(_GROUP_MEMBERS, 1, key,
+                                                                          int(self.group_expiry))]
         by_connection, messages, capacities = self._map_channel_keys_to_connection(channel_names, message)
         for index, keys in by_connection.items():
             over = await self.connection(index).eval(

@@ -132,10 +132,22 @@ CHANNEL_LAYERS = {
             "hosts": [REDIS_URL],
             "prefix": "herald:asgi",
             "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
-            "expiry": 60,
+            # Seconds a message waits in a connection's queue, and a connection stays in a group
+            # without re-joining. The live consumer notices what expired (see LIVE_*).
+            "expiry": env_int("CHANNEL_LAYER_EXPIRY", 60),
+            "group_expiry": env_int("CHANNEL_LAYER_GROUP_EXPIRY", 86400),
         },
     }
 }
+
+# The live feed (notifications/consumers.py): every LIVE_CHECK_SECONDS each connection re-reads
+# its memberships and its organizations' published seq (one query) and fills what the layer lost;
+# a gap larger than LIVE_GAP_MAX entries is not replayed but answered with {"type": "resync"}.
+# Groups are re-joined every LIVE_GROUP_REFRESH_SECONDS (default: a third of the group expiry).
+LIVE_CHECK_SECONDS = env_float("LIVE_CHECK_SECONDS", 5.0)
+LIVE_GAP_MAX = env_int("LIVE_GAP_MAX", 1000)
+LIVE_GROUP_REFRESH_SECONDS = env_float("LIVE_GROUP_REFRESH_SECONDS",
+                                       CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] / 3)
 
 AUTH_USER_MODEL = "organizations.User"
 AUTH_PASSWORD_VALIDATORS = [
