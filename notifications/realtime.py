@@ -44,3 +44,8 @@ def org_group(org_id: int) -> str:
 
 def user_group(user_id: int) -> str:
     return f"user.{user_id}"
+
+
+def membership_changed_push(*, user_id: int) -> None:
+    """Tell the user's open connections to re-read their memberships (call after commit)."""
+    publish([(user_group(user_id), {"type": "membership.changed"})])

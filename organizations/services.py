@@ -8,6 +8,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from config.errors import ApplicationError, Conflict, NotFound
+from notifications import realtime
 from organizations import secrets
 from organizations.models import ApiKey, Membership, Organization, SlackIntegration, User, UserToken
 from organizations.selectors import ApiKeyPrincipal, user_get_by_email
@@ -145,9 +146,29 @@ def membership_create(*, organization: Organization, email: str, role: str) -> M
 
             # A member who had opted in to tracker emails everywhere gets this org's email stream.
             email_streams_sync(user=user, organization_ids=[organization.id])
-            return membership
     except IntegrityError as exc:
         raise Conflict("That user is already a member.", code="membership_exists") from exc
+    _membership_changed_on_commit(user_id=user.pk)
+    return membership
+
+
+@transaction.atomic
+def membership_delete(*, membership: Membership) -> None:
+    """Remove a member. Their open WebSocket connections leave the organization's group as soon as
+    this commits (and within one live check interval if that push is lost)."""
+    user_id = membership.user_id
+    membership.delete()
+    _membership_changed_on_commit(user_id=user_id)
+
+
+def _membership_changed_on_commit(*, user_id: int) -> None:
+    def push() -> None:
+        try:
+            realtime.membership_changed_push(user_id=user_id)
+        except Exception:  # Redis down: the live consumer's periodic check re-reads memberships
+            logger.warning("membership change not pushed", extra={"user_id": user_id}, exc_info=True)
+
+    transaction.on_commit(push)
 
 
 def slack_token(*, integration: SlackIntegration) -> str:
