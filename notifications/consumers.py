@@ -1,25 +1,76 @@
-"""The one WebSocket endpoint, /ws/: authenticate, join the member's groups, forward messages.
+"""The one WebSocket endpoint, /ws/: authenticate, join the member's groups, forward messages, and
+keep every connection's view of each organization's log gapless (DESIGN.md, rule 6).
 
 Groups: `org.<id>` for every organization the user belongs to, `user.<id>` for their own stream.
-The consumer never writes; it only forwards what services publish. When a membership is added or
-removed, `membership.changed` on the user's stream makes every open connection re-read its
-organizations and join or leave their groups at once (a removed member stops receiving that
-organization's events without waiting for a reconnect)."""
+The consumer never writes; it forwards what services publish and reads the log to fill gaps.
+
+Per connection and organization the consumer remembers the last seq it forwarded. An org message
+with seq <= last is a duplicate (dropped); last + 1 is forwarded; a larger seq means messages were
+lost or overtaken (channels-redis drops past capacity and after its expiry, and the fan-out
+publishes after commit, so two drains' messages may cross): the missing entries are read from
+Postgres and forwarded in order first. A lost tail that no later message reveals is found by a
+periodic check, which also re-reads memberships (a removed member's connection leaves the org at
+once, even if the membership push was lost) and re-joins the groups before channels-redis' group
+expiry (a tab open for days keeps receiving). A gap over LIVE_GAP_MAX entries is not replayed: the
+client gets {"type": "resync", "org_id"} and refetches from the API. A client says where it is
+with `?after=<org>:<seq>,...` or a {"type": "resume", "after": {"<org>": seq}} frame and is brought
+up to date before any live message, which closes the window between page load and connect.
+"""
+import asyncio
+import logging
+import random
+import time
+from collections import OrderedDict
 from urllib.parse import parse_qs
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from notifications.events import notification_created_message
 from notifications.realtime import org_group, user_group
+from notifications.selectors import LiveBacklog, live_backlog, live_watermarks
 from organizations.models import Membership
 
+logger = logging.getLogger("herald.realtime")
+
 UNAUTHORIZED = 4401
+NOTIFIED_MEMORY = 2048  # notification ids remembered per connection to send each created once
+# Routing data of a group message (who is notified, with which inbox row and title), never forwarded.
+_INTERNAL_KEYS = ("notifications", "audience", "title", "body")
+REVERIFY_SECONDS = 1.0  # a private entry re-reads memberships at most this often (see _org_message)
 
 
 @database_sync_to_async
-def _org_ids(user_id: int) -> list[int]:
-    return list(Membership.objects.filter(user_id=user_id).values_list("organization_id", flat=True))
+def _org_ids(user_id: int) -> set[int]:
+    return set(Membership.objects.filter(user_id=user_id).values_list("organization_id", flat=True))
+
+
+@database_sync_to_async
+def _watermarks(user_id: int) -> dict[int, int]:
+    return live_watermarks(user_id=user_id)
+
+
+@database_sync_to_async
+def _backlog(user_id: int, org_id: int, after_seq: int, upto_seq: int, limit: int) -> LiveBacklog:
+    return live_backlog(user_id=user_id, organization_id=org_id, after_seq=after_seq, upto_seq=upto_seq,
+                        limit=limit)
+
+
+def parse_after(raw) -> dict[int, int]:
+    """`after` as the query string spells it ("12:40,13:7") or as a resume frame does
+    ({"12": 40}); malformed parts are ignored (the client then gets live messages only)."""
+    pairs: dict[int, int] = {}
+    items = raw.items() if isinstance(raw, dict) else (p.split(":", 1) for p in str(raw or "").split(",") if ":" in p)
+    for org, seq in items:
+        try:
+            org_id, after = int(org), int(seq)
+        except (TypeError, ValueError):
+            continue
+        if after >= 0:
+            pairs[org_id] = after
+    return pairs
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
@@ -31,48 +82,215 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.pk
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.client_id = (query.get("client_id") or [None])[0]
-        self.org_ids = set(await _org_ids(user.pk))
-        self.groups_joined = [user_group(user.pk)] + [org_group(o) for o in sorted(self.org_ids)]
-        for group in self.groups_joined:
-            await self.channel_layer.group_add(group, self.channel_name)
-        await self.accept()
-        await self.send_json({"type": "hello", "user_id": user.pk, "org_ids": sorted(self.org_ids)})
-
-    async def membership_changed(self, message):
-        current = set(await _org_ids(self.user_id))
-        for org_id in current - self.org_ids:
+        resume = parse_after((query.get("after") or [""])[0])
+        self.lock = asyncio.Lock()
+        self.org_ids: set[int] = set()
+        self.last_seq: dict[int, int] = {}
+        self.seen_marks: dict[int, int] = {}
+        self.notified: OrderedDict[int, None] = OrderedDict()
+        self.verified_at = 0.0
+        # The user group first: a membership change committed after this point is pushed to this
+        # connection, so the read below cannot miss one.
+        await self.channel_layer.group_add(user_group(self.user_id), self.channel_name)
+        for org_id in sorted(await _org_ids(self.user_id)):
             await self.channel_layer.group_add(org_group(org_id), self.channel_name)
-        for org_id in self.org_ids - current:
-            await self.channel_layer.group_discard(org_group(org_id), self.channel_name)
-        self.org_ids = current
-        self.groups_joined = [user_group(self.user_id)] + [org_group(o) for o in sorted(current)]
-        await self.send_json({"type": "memberships", "org_ids": sorted(current)})
+            self.org_ids.add(org_id)
+        self.groups_added_at = time.monotonic()
+        await self.accept()
+        async with self.lock:
+            # Read after joining: every seq above these marks is published after the join, so it
+            # reaches this connection through its group (or a later check finds it).
+            marks = await _watermarks(self.user_id)
+            await self._apply_memberships(marks)
+            for org_id in self.org_ids:
+                self.last_seq[org_id] = marks[org_id]
+            self.seen_marks = dict(marks)
+            await self.send_json({"type": "hello", "user_id": self.user_id, "org_ids": sorted(self.org_ids)})
+            await self._resume(resume, marks)
+        self.watcher = asyncio.create_task(self._watch())
 
     async def disconnect(self, code):
-        for group in getattr(self, "groups_joined", []):
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.cancel()
+        if not hasattr(self, "user_id"):
+            return
+        for group in [user_group(self.user_id)] + [org_group(o) for o in sorted(self.org_ids)]:
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive_json(self, content, **kwargs):
-        if isinstance(content, dict) and content.get("type") == "ping":
+        if not isinstance(content, dict):
+            return
+        if content.get("type") == "ping":
             await self.send_json({"type": "pong"})
+        elif content.get("type") == "resume":
+            marks = await _watermarks(self.user_id)
+            async with self.lock:
+                await self._apply_memberships(marks)
+                await self._resume(parse_after(content.get("after")), marks)
+
+    async def dispatch(self, message):
+        # An ephemeral push (push_user / push_org: report.progress ...) carries no seq and has no
+        # handler of its own: forward it as it is rather than failing the connection.
+        if getattr(self, get_handler_name(message), None) is None and "seq" not in message \
+                and not str(message.get("type", "")).startswith("websocket."):
+            await self.send_json(message)
+            return
+        await super().dispatch(message)
+
+    # --- org messages: forwarded in seq order, gaps filled from the log ------------------------
 
     async def tracker_event(self, message):
-        if message.get("org_id") not in self.org_ids:
-            return  # left the organization (the group discard may trail the removal)
-        notifications = message.get("notifications", {})
-        payload = {k: v for k, v in message.items() if k != "notifications"}
-        await self.send_json(payload)
-        own = notifications.get(str(self.user_id))
+        await self._org_message(message)
+
+    async def log_entry(self, message):
+        await self._org_message(message)
+
+    async def _org_message(self, message: dict) -> None:
+        org_id, seq = message.get("org_id"), message.get("seq")
+        async with self.lock:
+            if org_id not in self.org_ids or not isinstance(seq, int):
+                return  # left the organization (the group discard may trail the removal)
+            last = self.last_seq[org_id]
+            if seq <= last:
+                return  # a duplicate, or filled from the log already
+            if seq > last + 1:
+                await self._fill(org_id, upto=seq - 1)
+                if org_id not in self.org_ids or self.last_seq[org_id] >= seq:
+                    return
+            frames = self._frames_for(message)
+            if frames[0].get("private") and time.monotonic() - self.verified_at >= REVERIFY_SECONDS:
+                # Outside the audience: perhaps no longer a member (entries written after a removal
+                # leave them out), and the membership push may have been lost. Check before sending.
+                if await self._apply_memberships(await _watermarks(self.user_id)):
+                    await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})
+                if org_id not in self.org_ids:
+                    return
+            await self._send_frames(frames)
+            self.last_seq[org_id] = seq
+
+    def _frames_for(self, message: dict) -> list[dict]:
+        """The frames one group message becomes for this user: the org message (redacted when the
+        user is outside the entry's audience) and their own notification.created, if any."""
+        audience = message.get("audience")
+        if audience is not None and self.user_id not in audience:
+            return [{"type": "log.entry", "org_id": message["org_id"], "seq": message["seq"],
+                     "kind": message.get("kind", message["type"]), "private": True}]
+        frames = [{k: v for k, v in message.items() if k not in _INTERNAL_KEYS}]
+        own = (message.get("notifications") or {}).get(str(self.user_id))
         if own is not None:
-            verb = "started" if message["action"] == "start" else "stopped"
-            await self.send_json(notification_created_message(
-                notification_id=own, org_id=message["org_id"], seq=message["seq"], kind="tracker.event",
-                title=f"{message['actor'] or 'Someone'} {verb} {message['tracker_name']}", body="",
+            title = message.get("title")
+            if title is None and message["type"] == "tracker.event":
+                verb = "started" if message["action"] == "start" else "stopped"
+                title = f"{message['actor'] or 'Someone'} {verb} {message['tracker_name']}"
+            frames.append(notification_created_message(
+                notification_id=own, org_id=message["org_id"], seq=message["seq"],
+                kind=message.get("kind", message["type"]), title=title or "", body=message.get("body", ""),
                 created_at=message["occurred_at"],
             ))
+        return frames
+
+    async def _send_frames(self, frames: list[dict]) -> None:
+        for frame in frames:
+            if frame["type"] == "notification.created":
+                if frame["id"] in self.notified:
+                    continue  # already sent (from the log, or by the fan-out's own push)
+                self.notified[frame["id"]] = None
+                if len(self.notified) > NOTIFIED_MEMORY:
+                    self.notified.popitem(last=False)
+            await self.send_json(frame)
+
+    async def _fill(self, org_id: int, *, upto: int, verified: bool = False) -> None:
+        """Forward the entries after last_seq[org_id] up to `upto` from Postgres, in order; or, for
+        a gap too large to replay, tell the client to resync. Holds self.lock."""
+        if not verified:  # never read an organization's log for someone who left it
+            await self._apply_memberships(await _watermarks(self.user_id))
+            if org_id not in self.org_ids:
+                return
+        last = self.last_seq[org_id]
+        if upto <= last:
+            return
+        gap_max = settings.LIVE_GAP_MAX
+        if upto - last <= gap_max:
+            backlog = await _backlog(self.user_id, org_id, last, upto, gap_max)
+            for seq, frames in backlog.entries:
+                if seq != self.last_seq[org_id] + 1:
+                    break  # an entry is missing from the log (purged): the client must resync
+                await self._send_frames(frames)
+                self.last_seq[org_id] = seq
+            if self.last_seq[org_id] >= upto:
+                logger.info("live gap filled", extra={"org_id": org_id, "after_seq": last, "upto_seq": upto})
+                return
+        logger.info("live gap too large, resync", extra={"org_id": org_id, "after_seq": last, "upto_seq": upto})
+        await self.send_json({"type": "resync", "org_id": org_id})
+        self.last_seq[org_id] = upto
+
+    async def _resume(self, after: dict[int, int], marks: dict[int, int]) -> None:
+        """The client has seen each org up to `after[org]`: continue from there. Holds self.lock."""
+        for org_id in sorted(set(after) & self.org_ids):
+            self.last_seq[org_id] = after[org_id]
+            await self._fill(org_id, upto=marks.get(org_id, 0), verified=True)
+
+    # --- memberships and groups, re-verified periodically ---------------------------------------
+
+    async def _apply_memberships(self, marks: dict[int, int]) -> bool:
+        """Join and leave org groups to match the memberships in `marks`; True if they changed."""
+        current = set(marks)
+        for org_id in sorted(current - self.org_ids):
+            await self.channel_layer.group_add(org_group(org_id), self.channel_name)
+            self.last_seq[org_id] = marks[org_id]  # a new organization: live from now on
+        for org_id in sorted(self.org_ids - current):
+            await self.channel_layer.group_discard(org_group(org_id), self.channel_name)
+            self.last_seq.pop(org_id, None)
+        changed = current != self.org_ids
+        self.org_ids = current
+        self.verified_at = time.monotonic()
+        return changed
+
+    async def _watch(self) -> None:
+        interval = settings.LIVE_CHECK_SECONDS
+        await asyncio.sleep(random.uniform(0, interval))  # connections opened together check apart
+        while True:
+            try:
+                await self._check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Postgres or Redis away for a moment: try again next time
+                logger.warning("live check failed", extra={"user_id": self.user_id}, exc_info=True)
+            await asyncio.sleep(interval)
+
+    async def _check(self) -> None:
+        """One indexed read: memberships and each organization's published seq. Fills what was
+        published at least one interval ago and never arrived (a lost tail), so messages still in
+        flight are not fetched twice."""
+        marks = await _watermarks(self.user_id)
+        async with self.lock:
+            if await self._apply_memberships(marks):
+                await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})
+            if time.monotonic() - self.groups_added_at >= settings.LIVE_GROUP_REFRESH_SECONDS:
+                await self._refresh_groups()
+            for org_id in sorted(self.org_ids):
+                due = min(marks[org_id], self.seen_marks.get(org_id, 0))
+                if due > self.last_seq[org_id]:
+                    await self._fill(org_id, upto=due, verified=True)
+            self.seen_marks = dict(marks)
+
+    async def _refresh_groups(self) -> None:
+        """Re-join every group: channels-redis forgets a member `group_expiry` after it joined."""
+        for group in [user_group(self.user_id)] + [org_group(o) for o in sorted(self.org_ids)]:
+            await self.channel_layer.group_add(group, self.channel_name)
+        self.groups_added_at = time.monotonic()
+
+    # --- the user's own stream --------------------------------------------------------------------
+
+    async def membership_changed(self, message):
+        marks = await _watermarks(self.user_id)
+        async with self.lock:
+            await self._apply_memberships(marks)
+            await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})
 
     async def notification_created(self, message):
-        await self.send_json(message)
+        await self._send_frames([message])
 
     async def notification_read(self, message):
         if self.client_id and message.get("origin") == self.client_id:

@@ -306,7 +306,8 @@ def test_membership_added_or_removed_takes_effect_on_open_connections(two_orgs):
         await publish([(f"org.{org_a.id}", sample_event(org_a.id, seq=1))])
         assert (await comm.receive_json_from(timeout=3))["seq"] == 1
 
-        await sync_to_async(Membership.objects.filter(organization=org_a, user=bob).delete)()
+        membership = await sync_to_async(Membership.objects.get)(organization=org_a, user=bob)
+        await sync_to_async(org_services.membership_delete)(membership=membership)
         assert await comm.receive_json_from(timeout=3) == {"type": "memberships", "org_ids": [org_b.id]}
         await publish([(f"org.{org_a.id}", sample_event(org_a.id, seq=2))])
         assert await comm.receive_nothing(timeout=QUIET)  # tenant isolation holds without a reconnect
