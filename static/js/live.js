@@ -1,4 +1,12 @@
-// Live page: trackers, timeline and inbox over /ws/, resuming from the last seq after a reconnect.
+// Live page: trackers, timeline and inbox over /ws/, gapless per organization.
+//
+// Every organization message carries its seq. Per organization the page applies seq lastSeq + 1
+// only; a larger seq (or a `resync` from the server) starts a catch-up from
+// GET /api/v1/orgs/{id}/events/?after_seq=lastSeq (every page), and live messages that arrive
+// meanwhile are buffered and applied after it, in seq order, so lastSeq never passes an entry that
+// was not applied. A failed catch-up is shown and retried with backoff. The socket connects with
+// ?after=<org>:<lastSeq>,... so the server replays what happened between page load and connect
+// (and while disconnected) before any live message.
 (function () {
   "use strict";
   const root = document.getElementById("live");
@@ -7,14 +15,17 @@
   const clientId = Math.random().toString(36).slice(2);
   const orgs = {};
   document.querySelectorAll("section.org").forEach((el) => {
-    orgs[el.dataset.orgId] = { el, lastSeq: 0, trackers: {} };
+    orgs[el.dataset.orgId] = { id: el.dataset.orgId, el, lastSeq: 0, trackers: {}, catching: false, again: false,
+      buffer: [], error: null };
   });
+  const knownNotifications = new Set();
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
   async function api(method, url) {
     const r = await fetch(url, { method, credentials: "same-origin",
       headers: { "X-CSRFToken": csrf(), "X-Client-Id": clientId, "Accept": "application/json" } });
     const body = await r.json().catch(() => ({}));
-    if (!r.ok) throw Object.assign(new Error(body.message || r.statusText), { body, status: r.status });
+    if (!r.ok) throw Object.assign(new Error(body.message || r.statusText || `HTTP ${r.status}`), { body, status: r.status });
     return body;
   }
 
@@ -53,55 +64,142 @@
   }
   setInterval(tick, 1000);
 
-  function applyEvent(ev) {
-    const org = orgs[ev.org_id];
-    if (!org || ev.seq <= org.lastSeq) return; // duplicates after a reconnect are dropped by seq
+  // --- the org log, in seq order ------------------------------------------------------------
+
+  function describe(ev) {
+    const who = ev.actor || "someone";
+    if (ev.type === "tracker.event" || ev.tracker_id !== undefined) {
+      const verb = ev.action === "start" ? "started" : "stopped";
+      return `#${ev.seq} ${who} ${verb} ${ev.tracker_name || "tracker " + ev.tracker_id} · ${new Date(ev.occurred_at).toLocaleTimeString()}`;
+    }
+    return `#${ev.seq} ${who}: ${ev.kind}` + (ev.occurred_at ? ` · ${new Date(ev.occurred_at).toLocaleTimeString()}` : "");
+  }
+
+  // Applies the entry right after lastSeq; the caller guarantees ev.seq === org.lastSeq + 1.
+  function applyEntry(org, ev) {
     org.lastSeq = ev.seq;
+    org.el.dataset.appliedSeq = ev.seq;
+    if (ev.private) return; // an entry for other members: its seq only, nothing to show
     const li = document.createElement("li");
     li.dataset.seq = ev.seq;
-    li.textContent = `#${ev.seq} ${ev.actor || "someone"} ${ev.action === "start" ? "started" : "stopped"} ${ev.tracker_name || "tracker " + ev.tracker_id} · ${new Date(ev.occurred_at).toLocaleTimeString()}`;
+    li.textContent = describe(ev);
     const tl = org.el.querySelector('[data-role="timeline"]');
     tl.insertBefore(li, tl.firstChild);
     const t = org.trackers[ev.tracker_id];
-    if (t) { t.is_running = ev.action === "start"; t.started_at = t.is_running ? ev.occurred_at : null; renderTracker(org, t); }
+    if (t && ev.action) { t.is_running = ev.action === "start"; t.started_at = t.is_running ? ev.occurred_at : null; renderTracker(org, t); }
   }
 
-  async function catchUp(orgId) {
-    const org = orgs[orgId];
+  // Apply what follows lastSeq without a hole; returns false if `ev` is beyond a hole.
+  function offer(org, ev) {
+    if (ev.seq <= org.lastSeq) return true; // seen already (replayed after a reconnect)
+    if (ev.seq !== org.lastSeq + 1) return false;
+    applyEntry(org, ev);
+    return true;
+  }
+
+  function onOrgMessage(msg) {
+    const org = orgs[msg.org_id];
+    if (!org) return;
+    if (org.catching || !offer(org, msg)) {
+      org.buffer.push(msg);
+      catchUp(org);
+    }
+  }
+
+  async function fetchAfter(org) {
     let after = org.lastSeq;
     for (;;) {
-      const page = await api("GET", `/api/v1/orgs/${orgId}/events/?after_seq=${after}&limit=200`);
-      page.results.forEach((e) => applyEvent(e));
-      if (page.next_after_seq == null) break;
+      const page = await api("GET", `/api/v1/orgs/${org.id}/events/?after_seq=${after}&limit=200`);
+      for (const e of page.results) {
+        if (!offer(org, e)) throw new Error(`the log skipped from #${org.lastSeq} to #${e.seq}`);
+      }
+      if (page.next_after_seq == null) return;
       after = page.next_after_seq;
     }
   }
 
+  // Brings the org up to date from the API, then applies the buffered live messages. Only one runs
+  // per org; a resync or a new hole while it runs makes it go round again.
+  async function catchUp(org, force) {
+    if (force) org.again = true;
+    if (org.catching) return;
+    org.catching = true;
+    let delay = 500;
+    try {
+      for (;;) {
+        org.again = false;
+        try {
+          await fetchAfter(org);
+          org.buffer.sort((a, b) => a.seq - b.seq);
+          while (org.buffer.length && offer(org, org.buffer[0])) org.buffer.shift();
+          if (org.error) { org.error = null; showErrors(); }
+          if (!org.buffer.length && !org.again) break;
+          if (org.buffer.length) await sleep(200); // the hole's entries are not readable yet
+        } catch (e) {
+          org.error = `catch-up failed (${e.message}); retrying in ${Math.round(delay / 100) / 10} s`;
+          showErrors();
+          await sleep(delay);
+          delay = Math.min(delay * 2, 30000);
+        }
+      }
+    } finally {
+      org.catching = false;
+    }
+    refreshInboxSoon();
+  }
+
+  function showErrors() {
+    const errors = Object.values(orgs).filter((o) => o.error).map((o) => `${o.el.querySelector("h2").textContent}: ${o.error}`);
+    root.dataset.catchupError = errors.length ? "true" : "false";
+    setStatus(errors.length ? errors.join(" · ") : (root.dataset.connected === "true" ? "Live" : "Reconnecting…"));
+  }
+
   async function loadAll() {
-    for (const id of Object.keys(orgs)) {
-      let url = `/api/v1/orgs/${id}/trackers/?page_size=200`;
+    for (const org of Object.values(orgs)) {
+      let url = `/api/v1/orgs/${org.id}/trackers/?page_size=200`;
       while (url) {
         const page = await api("GET", url);
-        page.results.forEach((t) => renderTracker(orgs[id], t));
+        page.results.forEach((t) => renderTracker(org, t));
         url = page.next ? new URL(page.next, location.href).pathname + new URL(page.next, location.href).search : null;
       }
-      const recent = await api("GET", `/api/v1/orgs/${id}/events/?after_seq=${Math.max(0, Number(orgs[id].el.dataset.lastSeq) - 20)}&limit=200`);
-      recent.results.forEach((e) => applyEvent(e));
-      await catchUp(id);
+      // The last 20 entries before page load, then everything since (the timeline starts there).
+      org.lastSeq = Math.max(0, Number(org.el.dataset.lastSeq) - 20);
+      await fetchAfter(org);
     }
     await loadInbox();
   }
+
+  // --- inbox and badge ----------------------------------------------------------------------
 
   async function loadInbox() {
     const page = await api("GET", "/api/v1/notifications/?page_size=20");
     const list = document.getElementById("inbox-list");
     list.innerHTML = "";
     page.results.forEach((n) => addInbox(n, false));
+    await refreshCount();
+  }
+
+  async function refreshCount() {
     const c = await api("GET", "/api/v1/notifications/unread-count");
     document.getElementById("unread-count").textContent = c.unread;
   }
 
+  // The badge is counted up live and set from the server after catch-ups and bursts (at most every
+  // 2 s, always once after the last), so it ends equal to unread-count.
+  let refreshTimer = null;
+  let lastRefresh = 0;
+  function refreshInboxSoon() {
+    if (refreshTimer) return;
+    const wait = Math.max(300, 2000 - (Date.now() - lastRefresh));
+    refreshTimer = setTimeout(async () => {
+      refreshTimer = null;
+      lastRefresh = Date.now();
+      try { await refreshCount(); } catch (e) { refreshInboxSoon(); }
+    }, wait);
+  }
+
   function addInbox(n, prepend) {
+    knownNotifications.add(n.id);
     const list = document.getElementById("inbox-list");
     if (list.querySelector(`li[data-id="${n.id}"]`)) return;
     const li = document.createElement("li");
@@ -126,21 +224,27 @@
 
   function setStatus(text) { document.getElementById("conn-status").textContent = text; }
 
+  // --- the socket ---------------------------------------------------------------------------
+
   let backoff = 500;
   function connect() {
-    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/?client_id=${clientId}`);
-    ws.onopen = async () => {
+    const after = Object.values(orgs).map((o) => `${o.id}:${o.lastSeq}`).join(",");
+    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/?client_id=${clientId}&after=${after}`);
+    ws.onopen = () => {
       backoff = 500;
-      setStatus("Live");
       root.dataset.connected = "true";
-      for (const id of Object.keys(orgs)) await catchUp(id).catch(() => {}); // resume from last seq
+      showErrors();
+      refreshInboxSoon(); // reads synced from other devices while this one was away
     };
     ws.onmessage = (m) => {
       const msg = JSON.parse(m.data);
-      if (msg.type === "tracker.event") applyEvent(msg);
+      if (msg.type === "tracker.event" || msg.type === "log.entry") onOrgMessage(msg);
+      else if (msg.type === "resync") { if (orgs[msg.org_id]) catchUp(orgs[msg.org_id], true); }
       else if (msg.type === "notification.created") {
+        if (knownNotifications.has(msg.id)) return;
         addInbox({ id: msg.id, title: msg.title, read_at: null }, true);
         const el = document.getElementById("unread-count"); el.textContent = Number(el.textContent) + 1;
+        refreshInboxSoon();
       } else if (msg.type === "notification.read") {
         markRead(msg.ids, msg.all);
         document.getElementById("unread-count").textContent = msg.unread_count;
