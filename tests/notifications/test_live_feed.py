@@ -17,7 +17,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import transaction
 
 from config.asgi import application
-from notifications import publish, realtime
+from notifications import consumers, publish, realtime
 from notifications.models import Channel, Notification
 from notifications.services import stream_deliver
 from organizations import services as org_services
@@ -327,5 +327,34 @@ def test_members_outside_an_entrys_audience_get_its_seq_only_live_and_in_fills(o
         assert not any(f.get("private") for f in alice_frames)
         await comm_alice.disconnect()
         await comm_carol.disconnect()
+
+    run(body)
+
+
+def test_a_membership_added_while_connecting_is_not_missed(org, monkeypatch):
+    """Defect 6 (the race): memberships were read before the user group was joined, so a change
+    committed in between was pushed to nobody and the connection never joined that org."""
+    organization, alice, carol = org
+    dave = UserFactory(username="dave")
+    other = org_services.organization_create(creator=dave, name="Other")
+    real = consumers._org_ids
+
+    async def read_then_membership_added(user_id):
+        found = await real(user_id)
+        # committed after the read, before the connection is in its groups
+        await sync_to_async(org_services.membership_create)(organization=organization, email=dave.email,
+                                                            role="member")
+        return found
+
+    monkeypatch.setattr(consumers, "_org_ids", read_then_membership_added)
+
+    async def body():
+        comm = await connect(await sync_to_async(token_for)(dave))
+        await asyncio.sleep(0.3)
+        await toggle_and_drain(organization.id, alice, 1)
+        frames = await receive_all(comm)
+        assert seqs(frames) == [1], frames
+        assert other.id  # dave's own organization stays joined too
+        await comm.disconnect()
 
     run(body)
