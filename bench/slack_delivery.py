@@ -123,7 +123,7 @@ def main() -> None:
         wait_log(logdir / "providers.log", "ready", timeout=90)
         time.sleep(3)
 
-        from notifications.services import stream_kick
+        from notifications.delivery.kicks import stream_kick
 
         tick = 0.05
         start = time.monotonic()

@@ -67,7 +67,7 @@ def readyz(request):
 
 @require_GET
 def metrics(request):
-    from notifications.metrics import BacklogCollector
+    from notifications.delivery.sweeper import BacklogCollector
 
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

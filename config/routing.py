@@ -1,8 +1,11 @@
-"""Task routing: org-scoped tasks go to the org's partition queue (sends to external providers to
-the provider queue, see settings.DELIVERY_PROVIDER_QUEUE), everything else by name."""
+"""Task routing: a stream's drain goes to the organization's partition queue, or, for channels
+that send to an outside provider, to the provider queue (settings.DELIVERY_PROVIDER_QUEUE); the
+channel registry says which. Everything else by name."""
 import zlib
 
 from django.conf import settings
+
+from notifications.channels import registry
 
 MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "reports.tasks.purge", "reports.tasks.refresh",
                         "reports.tasks.sweep")
@@ -18,12 +21,16 @@ def org_queue(org_id: int) -> str:
     return f"org-{org_partition(org_id)}"
 
 
-PROVIDER_CHANNELS = ("slack", "email")
+def _provider_channel(name: str | None) -> bool:
+    try:
+        return bool(name) and registry.get(name).provider_queue
+    except registry.UnknownChannel:
+        return False
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):
     if kwargs and "org_id" in kwargs:
-        if kwargs.get("channel") in PROVIDER_CHANNELS and settings.DELIVERY_PROVIDER_QUEUE:
+        if settings.DELIVERY_PROVIDER_QUEUE and _provider_channel(kwargs.get("channel")):
             return {"queue": settings.DELIVERY_PROVIDER_QUEUE}
         return {"queue": org_queue(int(kwargs["org_id"]))}
     if name in REPORT_TASKS:

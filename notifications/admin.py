@@ -1,7 +1,11 @@
+from django.conf import settings
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from notifications.models import (Delivery, DeliveryStream, EmailDeferral, LogEntry, Notification,
+from notifications import services
+from notifications.breaker import CircuitBreaker
+from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, EmailDeferral, LogEntry,
+                                  Notification,
                                   NotificationPreference, OutboundEmail)
 
 
@@ -44,10 +48,6 @@ class DeliveryStreamAdmin(admin.ModelAdmin):
     actions = ["release_hold"]
 
     def changelist_view(self, request, extra_context=None):
-        from django.conf import settings
-
-        from notifications.breaker import CircuitBreaker
-
         breakers = []
         for name in settings.HERALD_BREAKERS:
             try:
@@ -58,11 +58,8 @@ class DeliveryStreamAdmin(admin.ModelAdmin):
 
     @admin.action(description="Release hold and resume delivery")
     def release_hold(self, request, queryset):
-        from notifications.services import stream_kick
-
         for stream in queryset.filter(held=True):
-            DeliveryStream.objects.filter(pk=stream.pk).update(held=False, updated_at=timezone.now())
-            stream_kick(org_id=stream.organization_id, channel=stream.channel, force=True)
+            services.stream_release_hold(stream=stream)
         messages.success(request, "Streams resumed.")
 
 
@@ -80,21 +77,17 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Requeue selected dead letters (sent late, or resumes a held stream)")
     def requeue(self, request, queryset):
-        from notifications.services import delivery_requeue
-
         done = 0
         for delivery in queryset.filter(status=Delivery.Status.DEAD):
-            delivery_requeue(delivery=delivery)
+            services.delivery_requeue(delivery=delivery)
             done += 1
         messages.success(request, f"{done} dead letter(s) requeued.")
 
     @admin.action(description="Discard selected dead letters")
     def discard(self, request, queryset):
-        from notifications.services import delivery_discard
-
         done = 0
         for delivery in queryset.filter(status=Delivery.Status.DEAD):
-            delivery_discard(delivery=delivery)
+            services.delivery_discard(delivery=delivery)
             done += 1
         messages.success(request, f"{done} dead letter(s) discarded.")
 
@@ -142,3 +135,24 @@ class EmailDeferralAdmin(admin.ModelAdmin):
     list_select_related = ("user",)
     raw_id_fields = ("user", "delivery", "outbound")
     ordering = ("-id",)
+
+
+@admin.register(DailySendCount)
+class DailySendCountAdmin(admin.ModelAdmin):
+    list_display = ("user", "channel", "day", "count")
+    list_filter = ("channel", "day")
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+
+
+@admin.register(ChannelDestination)
+class ChannelDestinationAdmin(admin.ModelAdmin):
+    """Per-organization destinations (webhook endpoints, ...). The secret is never shown."""
+
+    list_display = ("organization", "channel", "address", "enabled", "created_at")
+    list_filter = ("channel", "enabled")
+    search_fields = ("organization__name", "address", "description")
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization",)
+    exclude = ("secret_encrypted",)

@@ -2,7 +2,6 @@
 import logging
 
 from prometheus_client import Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
 
 logger = logging.getLogger("herald.metrics")
 
@@ -20,20 +19,6 @@ BATCH_SIZE = Histogram("herald_coalesced_batch_size", "Events per provider reque
 SWEEPER_KICKS = Counter("herald_sweeper_kicks_total", "Streams re-kicked by the sweeper")
 
 
-class BacklogCollector:
-    """Undelivered events per channel, read from Postgres at scrape time."""
-
-    def collect(self):
-        from notifications.services import backlog_by_channel
-
-        family = GaugeMetricFamily("herald_delivery_backlog", "Events not yet delivered, per channel",
-                                   labels=["channel"])
-        try:
-            for channel, backlog in backlog_by_channel().items():
-                family.add_metric([channel], float(backlog))
-        except Exception:  # a scrape must not fail because Postgres is briefly away
-            logger.warning("backlog metric unavailable", exc_info=True)
-        yield family
 
 BREAKER_STATE = Gauge("herald_breaker_state", "Circuit breaker state per provider (0 closed, 1 half-open, 2 open)",
                       ["provider"], multiprocess_mode="livemax")

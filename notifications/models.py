@@ -11,6 +11,9 @@ from organizations.models import Organization
 
 
 class Channel(models.TextChoices):
+    """The built-in channels' names, for code that means one of them. Which channels exist is
+    configuration (settings.HERALD_CHANNELS), validated by a system check, not a CHECK."""
+
     INAPP = "inapp", "In-app + WebSocket"
     SLACK = "slack", "Slack"
     EMAIL = "email", "Email"
@@ -89,7 +92,7 @@ class DeliveryStream(models.Model):
         HOLD = "hold", "Hold the stream"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="delivery_streams")
-    channel = models.CharField(max_length=16, choices=Channel.choices)
+    channel = models.CharField(max_length=32)
     destination = models.CharField(max_length=120, blank=True, default="")
     delivered_seq = models.BigIntegerField(default=0)
     head_attempts = models.PositiveIntegerField(default=0)
@@ -98,13 +101,15 @@ class DeliveryStream(models.Model):
     last_error = models.TextField(blank=True)
     on_dead_letter = models.CharField(max_length=8, choices=OnDeadLetter.choices, default=OnDeadLetter.SKIP)
     held = models.BooleanField(default=False)
-    updated_at = models.DateTimeField(auto_now=True)
+    # False while the destination is gone or disabled (Slack turned off, preference off): not
+    # kicked, not swept; kept so a send in flight and the stream's records are undisturbed.
+    active = models.BooleanField(default=True)
+    updated_at = models.DateTimeField(db_default=Now())  # set to Postgres' now() by the fence
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["organization", "channel", "destination"], name="stream_unique"),
             models.CheckConstraint(condition=Q(delivered_seq__gte=0), name="stream_seq_nonnegative"),
-            models.CheckConstraint(condition=Q(channel__in=["inapp", "slack", "email"]), name="stream_channel_valid"),
         ]
 
     def __str__(self) -> str:
@@ -122,16 +127,22 @@ class Delivery(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     stream = models.ForeignKey(DeliveryStream, on_delete=models.CASCADE, related_name="deliveries")
-    channel = models.CharField(max_length=16, choices=Channel.choices)
+    channel = models.CharField(max_length=32)
     first_seq = models.BigIntegerField()
     last_seq = models.BigIntegerField()
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
-    created_at = models.DateTimeField(auto_now_add=True)
+    created_at = models.DateTimeField(db_default=Now())  # the database's clock: the retry window counts from it
     sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     late = models.BooleanField(default=False)
     provider_ref = models.CharField(max_length=120, blank=True)
+    # An attempt ended without knowing whether the provider got it (a timeout after sending):
+    # the next attempt asks the channel to look it up first.
+    verify_first = models.BooleanField(default=False)
+    # The channel admitted it (e.g. counted it against the recipient's daily cap): never again.
+    admitted = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         constraints = [
@@ -164,7 +175,7 @@ class NotificationPreference(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, null=True, blank=True,
                                      related_name="+")
-    channel = models.CharField(max_length=16, choices=Channel.choices)
+    channel = models.CharField(max_length=32)
     category = models.CharField(max_length=32, choices=PreferenceCategory.choices)
     enabled = models.BooleanField()
     updated_at = models.DateTimeField(auto_now=True)
@@ -175,8 +186,6 @@ class NotificationPreference(models.Model):
                                     condition=Q(organization__isnull=False), name="preference_unique_org"),
             models.UniqueConstraint(fields=["user", "channel", "category"],
                                     condition=Q(organization__isnull=True), name="preference_unique_global"),
-            models.CheckConstraint(condition=Q(channel__in=["inapp", "slack", "email"]),
-                                   name="preference_channel_valid"),
             models.CheckConstraint(condition=Q(category__in=["tracker_event", "profile_updated"]),
                                    name="preference_category_valid"),
         ]
@@ -212,6 +221,7 @@ class OutboundEmail(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     provider_ref = models.CharField(max_length=200, blank=True)
+    admitted = models.BooleanField(default=False)  # counted against the recipient's daily cap
 
     class Meta:
         constraints = [
@@ -262,3 +272,40 @@ class EmailDeferral(models.Model):
 
     def __str__(self) -> str:
         return f"{self.category} for {self.user_id} until {self.release_at:%Y-%m-%d %H:%M} ({self.reason})"
+
+
+class DailySendCount(models.Model):
+    """Messages sent to one user on one channel on one calendar day of the user's time zone: the
+    per-recipient cap, counted durably (a Redis restart hands out nothing more)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=32)
+    day = models.DateField()
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "channel", "day"], name="dailysend_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}/{self.channel}/{self.day}: {self.count}"
+
+
+class ChannelDestination(models.Model):
+    """A destination an organization configures for a channel that has several per organization
+    (webhook endpoints, ...): the channel's stream destination is str(id). `secret_encrypted` is
+    Fernet-encrypted (organizations.secrets); `options` are the channel's own."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="channel_destinations")
+    channel = models.CharField(max_length=32)
+    address = models.CharField(max_length=2000)
+    secret_encrypted = models.TextField(blank=True)
+    options = models.JSONField(default=dict, blank=True)
+    description = models.CharField(max_length=200, blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        indexes = [models.Index(fields=["organization", "channel"], name="destination_org_channel")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.channel}: {self.address[:60]}"

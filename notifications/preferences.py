@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 
 from config.errors import ApplicationError, NotFound
-from notifications.models import Channel, DeliveryStream, NotificationPreference, PreferenceCategory
-from notifications.services import stream_ensure
+from notifications.models import Channel, NotificationPreference, PreferenceCategory
+from notifications.delivery.fence import stream_deactivate, stream_ensure
 from organizations.models import Membership, Organization, User
 
 DEFAULTS: dict[tuple[str, str], bool] = {
@@ -79,9 +79,8 @@ def email_streams_sync(*, user: User, organization_ids: list[int] | None = None)
         if enabled:
             stream_ensure(org_id=org_id, channel=Channel.EMAIL, destination=destination, start_at_current=True)
         else:
-            # Waits for a worker that is sending on this stream right now (it holds the row lock).
-            DeliveryStream.objects.filter(organization_id=org_id, channel=Channel.EMAIL,
-                                          destination=destination).delete()
+            # Deactivated, not deleted: a send in flight keeps its rows (no deferred FK failure).
+            stream_deactivate(org_id=org_id, channel=Channel.EMAIL, destination=destination)
 
 
 @transaction.atomic

@@ -21,7 +21,7 @@ from config.errors import NotFound
 from notifications import events, metrics, realtime
 from notifications.kinds import kind_get
 from notifications.models import LogEntry
-from notifications.services import streams_kick_all
+from notifications.delivery.kicks import streams_kick_all
 
 logger = logging.getLogger("herald.delivery")
 

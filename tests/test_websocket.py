@@ -14,7 +14,7 @@ from config.asgi import application
 from notifications import inbox, realtime
 from notifications.events import tracker_event_message
 from notifications.models import Channel, Notification
-from notifications.services import stream_deliver
+from notifications.delivery.fence import stream_deliver
 from organizations import services as org_services
 from organizations.models import Membership
 from tests.notifications.factories import NotificationFactory

@@ -112,6 +112,14 @@ if env_bool("DB_POOL", False):
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A frozen or partitioned worker host must not hold a stream's row lock for hours: Postgres ends a
+# session idle in a transaction after DB_IDLE_IN_TRANSACTION_SECONDS, TCP keepalives notice a
+# dead peer, and the fence does not send after DELIVERY_LOCK_BUDGET_SECONDS.
+DATABASES["default"].setdefault("OPTIONS", {}).update({
+    "keepalives": 1, "keepalives_idle": env_int("DB_KEEPALIVES_IDLE", 30),
+    "keepalives_interval": 10, "keepalives_count": 3,
+    "options": f"-c idle_in_transaction_session_timeout={env_int('DB_IDLE_IN_TRANSACTION_SECONDS', 60)}s",
+})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -281,8 +289,26 @@ HERALD_RATE_LIMITS = {
                       "burst": env_int("SLACK_CHANNEL_BURST", 1)},
 }
 
-# Delivery: retries with exponential backoff and jitter, then a dead letter.
-DELIVERY_MAX_ATTEMPTS = env_int("DELIVERY_MAX_ATTEMPTS", 8)
+# --- Channels (notifications.channels.registry) ---------------------------------------------
+# name -> backend class and options. Adding a channel is one module plus one entry here.
+# OPTIONS: batch_max (entries per request), retry_seconds (how long a failing head is retried
+# before it becomes a dead letter; default 24 h), plus the channel's own.
+HERALD_CHANNELS = {
+    "inapp": {"BACKEND": "notifications.channels.inapp.InAppChannel", "OPTIONS": {"batch_max": 50}},
+    "slack": {"BACKEND": "notifications.channels.slack.SlackChannel",
+              "OPTIONS": {"batch_max": 50, "retry_seconds": env_float("SLACK_RETRY_SECONDS", 24 * 3600)}},
+    "email": {"BACKEND": "notifications.channels.email.EmailChannel",
+              "OPTIONS": {"batch_max": 500, "retry_seconds": env_float("EMAIL_RETRY_SECONDS", 24 * 3600)}},
+}
+
+# Delivery: retries with exponential backoff and jitter until the channel's retry window closes,
+# then a dead letter.
+# A worker that held a stream's lock longer than this before sending (its process was frozen)
+# does not send: the database may have freed the lock (idle_in_transaction_session_timeout).
+DELIVERY_LOCK_BUDGET_SECONDS = env_float("DELIVERY_LOCK_BUDGET_SECONDS", 30.0)
+# A wait longer than this is not scheduled as a Celery countdown; the sweeper finds the stream
+# once its next_attempt_at has passed.
+DELIVERY_MAX_RETRY_COUNTDOWN = env_float("DELIVERY_MAX_RETRY_COUNTDOWN", 300.0)
 DELIVERY_BACKOFF_BASE = env_float("DELIVERY_BACKOFF_BASE", 0.5)
 DELIVERY_BACKOFF_MAX = env_float("DELIVERY_BACKOFF_MAX", 60.0)
 DELIVERY_BATCH_MAX = env_int("DELIVERY_BATCH_MAX", 50)
@@ -324,10 +350,9 @@ EMAIL_OUTBOUND_LANES = env_int("EMAIL_OUTBOUND_LANES", 2)  # drain tasks in flig
 EMAIL_OUTBOUND_LEASE_SECONDS = env_float("EMAIL_OUTBOUND_LEASE_SECONDS", 120.0)
 HERALD_RATE_LIMITS["email.api"] = {  # the provider's API limit, shared by every worker and email kind
     "rate": env_float("EMAIL_API_PER_MINUTE", 200) / 60.0, "burst": env_int("EMAIL_API_BURST", 1)}
-HERALD_RATE_LIMITS["email.recipient"] = {  # per user, across organizations and email kinds
-    "rate": env_float("EMAIL_PER_RECIPIENT_PER_DAY", 10) / 86400.0,
-    "burst": env_int("EMAIL_PER_RECIPIENT_PER_DAY", 10),
-    "headroom": 0.0}  # a count per day, not a provider clock: no jitter margin
+# Per-recipient caps: at most N messages per calendar day of the recipient's time zone, per
+# channel, across organizations and kinds, counted in Postgres (notifications.DailySendCount).
+HERALD_DAILY_CAPS = {"email": env_int("EMAIL_PER_RECIPIENT_PER_DAY", 10)}
 for _provider in ("primary", "secondary"):
     HERALD_BREAKERS[f"smtp-{_provider}"] = {
         "window": env_float("EMAIL_BREAKER_WINDOW", 30.0), "min_calls": env_int("EMAIL_BREAKER_MIN_CALLS", 3),

@@ -1,23 +1,10 @@
-"""Dispatchers for external channels. Each turns a run of events into one provider request and
-classifies failures as rate-limited, transient (retry) or permanent (dead letter)."""
-
-
-class DeliveryFailure(Exception):
-    """Base: a provider call that did not deliver."""
-
-    retry_after: float | None = None
-
-
-class RateLimitedFailure(DeliveryFailure):
-    def __init__(self, message: str, retry_after: float, scope: str = "channel"):
-        super().__init__(message)
-        self.retry_after = retry_after
-        self.scope = scope
-
-
-class TransientFailure(DeliveryFailure):
-    """5xx, timeout, connection refused: retry with backoff."""
-
-
-class PermanentFailure(DeliveryFailure):
-    """The request can never succeed as is (bad channel, revoked token): dead-letter at once."""
+"""Channels: one module per way of reaching people (in-app + WebSocket, Slack, email, webhooks,
+...), each a `Channel` subclass listed in settings.HERALD_CHANNELS (see `registry`). The failures
+a send raises live in notifications.delivery.types and are re-exported here for channel modules."""
+from notifications.delivery.types import (  # noqa: F401
+    DeliveryFailure,
+    PermanentFailure,
+    RateLimitedFailure,
+    TransientFailure,
+    UncertainFailure,
+)

@@ -6,16 +6,33 @@ breakers are open), then `send(message=, route=)`. A 5xx refusal of the recipien
 is permanent (PermanentFailure: dead letter); everything else that fails on both providers is a
 TransientFailure, the message waits in Postgres. Breakers: "smtp-primary", "smtp-secondary".
 """
+import logging
 import smtplib
 from dataclasses import dataclass, field
 
+from datetime import datetime, time, timedelta
+from datetime import UTC
+from email.utils import parseaddr
+from zoneinfo import ZoneInfo
+
+import redis
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.smtp import EmailBackend
+from django.db import connection
+from django.template.loader import render_to_string
 
 from notifications import metrics
 from notifications.breaker import BreakerDecision, CircuitBreaker
-from notifications.channels import PermanentFailure, TransientFailure
+from notifications.channels.base import Channel, Run
+from notifications.delivery.types import Gate
+from notifications.kinds import kind_get
+from notifications.models import EmailDeferral, PreferenceCategory
+from notifications.ratelimit import Scope
+from organizations.models import Organization, User
+from notifications.delivery.types import PermanentFailure, TransientFailure, UncertainFailure
+
+logger = logging.getLogger("herald.email")
 
 PROVIDERS = ("primary", "secondary")
 
@@ -24,11 +41,6 @@ class ProvidersDown(TransientFailure):
     """No provider delivered. `outage` is True when every provider tried was only being probed
     (its breaker half-open): the provider is still down, which says nothing about this message,
     so the caller does not spend an attempt. `wait` is when a breaker next allows a call."""
-
-    def __init__(self, message: str, *, outage: bool = False, wait: float | None = None):
-        super().__init__(message)
-        self.outage = outage
-        self.wait = wait
 
 
 @dataclass
@@ -55,6 +67,15 @@ class Sent:
 
 def _breaker(provider: str) -> CircuitBreaker:
     return CircuitBreaker(f"smtp-{provider}")
+
+
+def _record(provider: str, *, ok: bool) -> None:
+    """Breaker bookkeeping after the provider answered: a Redis error here must not turn a sent
+    message into a failure (and a resend)."""
+    try:
+        _breaker(provider).record(ok=ok)
+    except redis.RedisError:
+        logger.warning("breaker not updated (Redis unavailable)", extra={"breaker": f"smtp-{provider}"})
 
 
 def route() -> Route:
@@ -103,13 +124,28 @@ def _describe(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {exc}"
 
 
+class _Uncertain(Exception):
+    """The provider accepted the connection and the message was (being) transmitted, then the
+    conversation broke: it may have been delivered."""
+
+
 def _send_via(provider: str, message: EmailMultiAlternatives) -> None:
+    """Connect (a failure here: the provider is unreachable, fail over), then transmit (a timeout
+    or disconnect here: it may have been delivered, do not fail over; retry later with the same
+    Message-ID so the receiver can drop a duplicate)."""
     connection = backend(provider)
+    connection.open()
     message.connection = connection
     try:
         connection.send_messages([message])
+    except (smtplib.SMTPServerDisconnected, TimeoutError, ConnectionResetError) as exc:
+        raise _Uncertain(f"{provider}: {_describe(exc)}") from exc
     finally:
         message.connection = None
+        try:
+            connection.close()
+        except Exception:  # noqa: S110  (closing a broken connection)
+            pass
 
 
 def send(*, message: EmailMultiAlternatives, route: Route) -> Sent:
@@ -128,15 +164,18 @@ def send(*, message: EmailMultiAlternatives, route: Route) -> Sent:
         probes_only = probes_only and gate.state == "half_open"
         try:
             _send_via(provider, message)
+        except _Uncertain as exc:
+            _record(provider, ok=False)
+            raise UncertainFailure(str(exc)) from exc
         except (smtplib.SMTPException, OSError) as exc:
             if _classify(exc) == "permanent":
-                _breaker(provider).record(ok=True)  # the provider is fine; this recipient/message is not
+                _record(provider, ok=True)  # the provider is fine; this recipient/message is not
                 raise PermanentFailure(f"{provider}: {_describe(exc)}") from exc
-            _breaker(provider).record(ok=False)
+            _record(provider, ok=False)
             metrics.EMAIL_PROVIDER_FAILURES.labels(provider=provider).inc()
             errors.append(f"{provider}: {_describe(exc)}")
             continue
-        _breaker(provider).record(ok=True)
+        _record(provider, ok=True)
         if provider != PROVIDERS[0]:
             metrics.EMAIL_FAILOVERS.inc()
         metrics.EMAIL_SENT.labels(provider=provider).inc()
@@ -144,3 +183,148 @@ def send(*, message: EmailMultiAlternatives, route: Route) -> Sent:
     waits = [g.wait for g in route.gates.values() if not g.allowed and g.wait]
     raise ProvidersDown("no SMTP provider delivered: " + "; ".join(errors),
                         outage=tried == 0 or probes_only, wait=min(waits) if waits else None)
+
+
+# --- the email channel: log entries to members who opted in --------------------------------------
+# One stream per (organization, "email", destination=str(user_id)); each send covers every pending
+# entry (a backlog goes as one digest, in seq order). The recipient's cap is "at most N emails per
+# calendar day in the recipient's time zone", counted in Postgres (DailySendCount), so neither a
+# Redis restart nor a retry hands out more; a run over the cap is deferred to the recipient's next
+# local midnight, recorded (EmailDeferral), and what arrives meanwhile joins it.
+
+@dataclass(frozen=True)
+class EmailTarget:
+    organization: Organization
+    user: User
+
+
+def _domain() -> str:
+    address = parseaddr(settings.EMAIL_FROM)[1]
+    return address.rsplit("@", 1)[1] if "@" in address else "herald.local"
+
+
+def message_id(kind: str, key: str) -> str:
+    """Deterministic per delivery, across attempts and providers, so a resend after a lost
+    answer carries the same Message-ID and the receiving side can drop the duplicate."""
+    return f"<herald.{kind}.{key}@{_domain()}>"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:250]
+
+
+def recipient_name(user) -> str:
+    return user.first_name or user.username
+
+
+def _entry_context(entry) -> dict:
+    view = entry.view()
+    return {"seq": entry.seq, "actor": view.actor, "tracker": entry.payload.get("tracker_name", ""),
+            "verb": "started" if entry.payload.get("action") == "start" else "stopped",
+            "title": kind_get(entry.kind).title(view), "occurred_at": entry.occurred_at}
+
+
+def digest_build(*, organization, user, run: Run, deferred: bool = False, late: bool = False) -> EmailMultiAlternatives:
+    """One entry -> a single-entry mail; a run -> a digest listing up to EMAIL_DIGEST_MAX_LINES entries
+    in seq order and summarizing the rest."""
+    first, last = run.first_seq, run.last_seq
+    lines = [_entry_context(e) for e in run.entries[:settings.EMAIL_DIGEST_MAX_LINES]]
+    total = last - first + 1
+    context = {"organization": organization, "recipient_name": recipient_name(user), "first_seq": first,
+               "last_seq": last, "total": total, "events": lines, "deferred": deferred,
+               "more": total - len(lines), "more_first_seq": first + len(lines)}
+    if total == 1 and lines:
+        template, kind = "email/tracker_event", "tracker_event"
+        event = context["event"] = lines[0]
+        subject = f"[{organization.name}] {event['title']}"
+    else:
+        template, kind = "email/tracker_digest", "tracker_digest"
+        subject = f"[{organization.name}] {total} tracker updates (#{first}–#{last})"
+    context["subject"] = subject = _one_line(("(late) " if late else "") + subject)
+    message = EmailMultiAlternatives(
+        subject=subject, body=render_to_string(f"{template}.txt", context), from_email=settings.EMAIL_FROM,
+        to=[user.email],
+        headers={"Message-ID": message_id("delivery", str(run.delivery_id)),
+                 "Auto-Submitted": "auto-generated", "X-Herald-Kind": kind,
+                 "X-Herald-Org": str(organization.id), "X-Herald-First-Seq": str(first),
+                 "X-Herald-Last-Seq": str(last), "X-Herald-Delivery": str(run.delivery_id)},
+    )
+    message.attach_alternative(render_to_string(f"{template}.html", context), "text/html")
+    return message
+
+
+def next_local_midnight(user, now: datetime) -> datetime:
+    zone = ZoneInfo(user.time_zone or "UTC")
+    local = now.astimezone(zone)
+    tomorrow = datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=zone)
+    return tomorrow.astimezone(UTC)
+
+
+def recipient_daily_take(*, user, channel: str, now: datetime) -> bool:
+    """Count one message to `user` on `channel` for their local calendar day, if under the cap."""
+    day = now.astimezone(ZoneInfo(user.time_zone or "UTC")).date()
+    cap = settings.HERALD_DAILY_CAPS.get(channel)
+    if cap is None:
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO notifications_dailysendcount (user_id, channel, day, count) VALUES (%s, %s, %s, 1)
+               ON CONFLICT (user_id, channel, day) DO UPDATE SET count = notifications_dailysendcount.count + 1
+               WHERE notifications_dailysendcount.count < %s
+               RETURNING count""", [user.pk, channel, day, cap])
+        return cursor.fetchone() is not None
+
+
+class EmailChannel(Channel):
+    default_options = {"batch_max": 500}
+
+    @property
+    def batch_max(self) -> int:
+        return int(self.options.get("batch_max", 500))
+
+    def target(self, *, organization_id: int, destination: str) -> EmailTarget | None:
+        if not destination.isdigit():
+            return None
+        user = User.objects.filter(pk=int(destination), is_active=True,
+                                   memberships__organization_id=organization_id).first()
+        if user is None:
+            return None
+        return EmailTarget(organization=Organization.objects.get(pk=organization_id), user=user)
+
+    def scopes(self, target) -> list[Scope]:
+        return [Scope("email.api")]
+
+    def breaker_names(self, target) -> list[str]:
+        return []  # route() asks both providers' breakers; the transport records them
+
+    def gate(self, target, *, since, member) -> Gate:
+        chosen = route()
+        if not chosen.open:  # both providers failing: wait without spending an attempt or a grant
+            return Gate(False, wait=chosen.wait, reason="smtp breakers open")
+        gate = super().gate(target, since=since, member=member)
+        return Gate.go(context=chosen) if gate.allowed else gate
+
+    def admit(self, target: EmailTarget, run: Run, *, now: datetime, first_attempt: bool) -> Gate:
+        if not first_attempt:  # the recipient's slot is spent once per message, never on a retry
+            return Gate.go()
+        if recipient_daily_take(user=target.user, channel=self.name, now=now):
+            EmailDeferral.objects.filter(delivery_id=run.delivery_id, released_at__isnull=True).update(released_at=now)
+            return Gate.go()
+        until = next_local_midnight(target.user, now)
+        updated = EmailDeferral.objects.filter(delivery_id=run.delivery_id, released_at__isnull=True).update(
+            release_at=until)
+        if not updated:
+            EmailDeferral.objects.create(user=target.user, category=PreferenceCategory.TRACKER_EVENT,
+                                         delivery_id=run.delivery_id, release_at=until)
+            metrics.EMAIL_DEFERRED.labels(category=PreferenceCategory.TRACKER_EVENT).inc()
+        return Gate(False, until=until, reason="recipient_daily_limit")
+
+    def render(self, target: EmailTarget, run: Run) -> EmailMultiAlternatives:
+        if not target.user.email:
+            raise PermanentFailure("recipient has no email address")
+        deferred = EmailDeferral.objects.filter(delivery_id=run.delivery_id).exists()
+        return digest_build(organization=target.organization, user=target.user, run=run, deferred=deferred,
+                            late=run.late)
+
+    def send(self, target, run: Run, message: EmailMultiAlternatives, gate: Gate) -> str:
+        return send(message=message, route=gate.context or route()).ref

@@ -1,9 +1,13 @@
 """Slack delivery of one stream, step by step (the body of the deliver task) against a real HTTP
 server acting as Slack: permanent errors dead-letter at once and the stream moves on (or holds),
 transient errors retry the same range with backoff and then dead-letter, requeue and discard."""
+from datetime import timedelta
+
 import pytest
+from django.db.models.functions import Now
 
 from notifications import services
+from notifications.delivery.fence import stream_deliver
 from notifications.models import Channel, Delivery, DeliveryStream
 from tests.support.fakeslack import FakeSlack
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
@@ -35,7 +39,7 @@ def org_stream(db, slack):
 def _drain(org):
     results = []
     for _ in range(20):
-        result = services.stream_deliver(org_id=org.id, channel=Channel.SLACK)
+        result = stream_deliver(org_id=org.id, channel=Channel.SLACK)
         results.append(result.kind)
         if result.kind in ("idle", "held"):
             break
@@ -85,25 +89,33 @@ def test_hold_policy_stops_the_stream_until_released(org_stream, slack):
     assert [(m["first_seq"], m["last_seq"]) for m in slack.messages()] == [(1, 2)]
 
 
-def test_transient_errors_retry_same_range_then_dead_letter(org_stream, slack, settings):
+def _retry_now(org):
+    DeliveryStream.objects.filter(organization=org, channel=Channel.SLACK).update(next_attempt_at=None)
+    return stream_deliver(org_id=org.id, channel=Channel.SLACK)
+
+
+def test_transient_errors_retry_same_range_until_the_retry_window_closes(org_stream, slack, settings):
+    """Retries are bounded by time (the channel's retry_seconds, 24 h by default), not by a count:
+    eight failures in a row do not dead-letter a head that is a minute old."""
     org, tracker, stream = org_stream
-    settings.DELIVERY_MAX_ATTEMPTS = 3
-    settings.HERALD_BREAKERS = {"slack": {"min_calls": 1000}}  # keep the breaker out of this test
+    settings.HERALD_BREAKERS = {"slack": {"min_calls": 1000, "consecutive_failures": 1000}}
     slack.configure(fail_fraction=1.0)
     TrackerEventFactory(tracker=tracker)
-    services.stream_deliver(org_id=org.id, channel=Channel.SLACK)
+    stream_deliver(org_id=org.id, channel=Channel.SLACK)
     TrackerEventFactory(tracker=tracker)  # arrives while the head is failing: must not join it
-    _drain(org)
-    first, second = Delivery.objects.order_by("id")
+    for _ in range(9):
+        assert _retry_now(org).kind == "wait"
+    first = Delivery.objects.get(stream=stream)
     assert (first.first_seq, first.last_seq) == (1, 1)  # the retried head kept its range
-    assert first.status == Delivery.Status.DEAD and first.attempts == 3
-    assert "gave up after 3 attempts" in first.last_error
-    assert (second.first_seq, second.last_seq, second.status) == (2, 2, Delivery.Status.DEAD)
-    assert slack.stats()["http_500"] == 6
+    assert first.status == Delivery.Status.PENDING and first.attempts == 10
+
+    Delivery.objects.filter(pk=first.pk).update(created_at=Now() - timedelta(hours=25))  # the window closed
+    _retry_now(org)
+    first.refresh_from_db()
+    assert first.status == Delivery.Status.DEAD and "gave up after" in first.last_error
     slack.configure(fail_fraction=0.0)
-    TrackerEventFactory(tracker=tracker)
     _drain(org)
-    assert [(m["first_seq"], m["last_seq"]) for m in slack.messages()] == [(3, 3)]
+    assert [(m["first_seq"], m["last_seq"]) for m in slack.messages()] == [(2, 2)]
 
 
 def test_requeue_on_a_stream_that_moved_on_sends_late(org_stream, slack):
@@ -155,13 +167,13 @@ def test_open_breaker_waits_without_spending_attempts(org_stream, slack, setting
     settings.HERALD_BREAKERS = {"slack": {"min_calls": 2, "failure_ratio": 0.5, "open_seconds": 30}}
     slack.configure(fail_fraction=1.0)
     TrackerEventFactory(tracker=tracker)
-    services.stream_deliver(org_id=org.id, channel=Channel.SLACK)
+    stream_deliver(org_id=org.id, channel=Channel.SLACK)
     DeliveryStream.objects.filter(pk=stream.pk).update(next_attempt_at=None)
-    services.stream_deliver(org_id=org.id, channel=Channel.SLACK)
+    stream_deliver(org_id=org.id, channel=Channel.SLACK)
     assert CircuitBreaker("slack").state()["state"] == "open"
     requests_before = slack.stats()["requests"]
     DeliveryStream.objects.filter(pk=stream.pk).update(next_attempt_at=None)
-    result = services.stream_deliver(org_id=org.id, channel=Channel.SLACK)
+    result = stream_deliver(org_id=org.id, channel=Channel.SLACK)
     assert result.kind == "wait" and result.wait > 1
     head = Delivery.objects.get(stream=stream)
     assert head.attempts == 2 and head.status == Delivery.Status.PENDING

@@ -5,13 +5,16 @@ providers are down, dead-letters a 550, and several drainers never send one emai
 import threading
 from datetime import timedelta
 
+from zoneinfo import ZoneInfo
+
 import pytest
+from django.db.models import F
 import redis
 from django.db import connection
 from django.utils import timezone
 
 from notifications import email as email_service
-from notifications.models import EmailDeferral, OutboundEmail
+from notifications.models import DailySendCount, EmailDeferral, OutboundEmail
 from tests.conftest import assert_error
 from tests.organizations.factories import UserFactory
 from tests.support.fakesmtp import FakeSMTP, smtp_settings
@@ -118,8 +121,8 @@ def test_the_api_limit_makes_the_drain_wait_not_spin(providers, settings):
 @pytest.mark.django_db
 def test_the_recipient_daily_limit_defers_records_and_later_sends(providers, settings):
     primary, _ = providers
-    _limit(settings, "email.recipient", rate=2 / 86400, burst=2)
-    ada, bob = UserFactory(), UserFactory()
+    settings.HERALD_DAILY_CAPS = {"email": 2}
+    ada, bob = UserFactory(time_zone="Asia/Tokyo"), UserFactory()
     rows = _queue([ada, ada, ada, bob])
 
     assert email_service.outbound_drain().kind == "idle"
@@ -132,10 +135,19 @@ def test_the_recipient_daily_limit_defers_records_and_later_sends(providers, set
     assert (deferral.category, deferral.reason, deferral.released_at) == ("profile_updated",
                                                                           "recipient_daily_limit", None)
     assert deferral.release_at == third.next_attempt_at
-    assert 43000 < (third.next_attempt_at - timezone.now()).total_seconds() <= 43200
+    # Held until the recipient's next local midnight (Tokyo), not for a rolling 24 h.
+    tokyo = third.next_attempt_at.astimezone(ZoneInfo("Asia/Tokyo"))
+    assert (tokyo.hour, tokyo.minute, tokyo.second) == (0, 0, 0)
+    assert 0 < (third.next_attempt_at - timezone.now()).total_seconds() <= 86400
 
-    # Half a day later the recipient has a slot again.
-    redis.Redis.from_url(settings.REDIS_URL).delete(f"herald:rl:email.recipient:{ada.id}")
+    # A Redis restart hands out nothing: the count lives in Postgres.
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    OutboundEmail.objects.filter(pk=third.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    email_service.outbound_drain()
+    assert len(primary.messages(to=ada.email)) == 2
+
+    # The next local day the recipient has a slot again.
+    DailySendCount.objects.filter(user=ada).update(day=F("day") - timedelta(days=1))
     OutboundEmail.objects.filter(pk=third.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
     assert email_service.outbound_due_exists()
     email_service.outbound_drain()

@@ -18,7 +18,7 @@ def _by_key(body: dict) -> dict:
 
 
 def _email_streams(user) -> set[int]:
-    return set(DeliveryStream.objects.filter(channel="email", destination=str(user.id))
+    return set(DeliveryStream.objects.filter(channel="email", destination=str(user.id), active=True)
                .values_list("organization_id", flat=True))
 
 

@@ -8,9 +8,18 @@ BEFORE = [("notifications", "0004_inapp_streams"), ("trackers", "0002_timeentry_
 AFTER = [("notifications", "0005_org_log"), ("trackers", "0004_events_move_to_org_log")]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_tracker_events_and_notifications_move_to_the_org_log():
+@pytest.fixture
+def migrator():
     executor = MigrationExecutor(connection)
+    yield executor
+    executor = MigrationExecutor(connection)  # back to the latest schema for the tests that follow
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tracker_events_and_notifications_move_to_the_org_log(migrator):
+    executor = migrator
     executor.migrate(BEFORE)
     old = executor.loader.project_state(BEFORE).apps
     org = old.get_model("organizations", "Organization").objects.create(name="Acme", slug="acme", last_event_seq=2)

@@ -8,6 +8,9 @@ import pytest
 from django.utils import timezone
 
 from notifications import services
+from notifications.delivery.fence import stream_gate
+from notifications.delivery.types import DrainResult
+from notifications.models import DeliveryStream
 from notifications.ratelimit import Scope, limiter
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
 
@@ -35,7 +38,7 @@ def _first_granted(orgs, timeout: float = 3.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for org in orgs:  # in this order every round
-            if services._slack_gate(org.id) is None:
+            if not isinstance(stream_gate(org_id=org.id, channel="slack"), DrainResult):
                 return org
         time.sleep(0.005)
     return None
@@ -45,15 +48,15 @@ def test_the_stream_with_the_oldest_pending_event_gets_the_next_slot(slow_global
     young, old = _slack_org(event_age=1), _slack_org(event_age=30)
     assert limiter.acquire([Scope("slack.global")]).allowed  # the slot is taken: both must wait
 
-    assert services._slack_gate(young.id).kind == "wait"  # young asks first
-    assert services._slack_gate(old.id).kind == "wait"
+    assert stream_gate(org_id=young.id, channel="slack").kind == "wait"  # young asks first
+    assert stream_gate(org_id=old.id, channel="slack").kind == "wait"
 
     assert _first_granted([young, old]) == old
 
 
 def test_a_caught_up_stream_is_idle_and_takes_no_slot(slow_global):
     org = _slack_org(event_age=5)
-    services.DeliveryStream.objects.filter(organization=org).update(delivered_seq=1)
+    DeliveryStream.objects.filter(organization=org).update(delivered_seq=1)
 
-    assert services._slack_gate(org.id).kind == "idle"
+    assert stream_gate(org_id=org.id, channel="slack").kind == "idle"
     assert limiter.acquire([Scope("slack.global")]).allowed  # nothing was spent

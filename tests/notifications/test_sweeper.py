@@ -6,7 +6,9 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from notifications import services
+from notifications.delivery.fence import stream_ensure
+from notifications.delivery import sweeper
+from notifications.delivery.sweeper import streams_stalled, streams_sweep
 from notifications.models import Channel, DeliveryStream
 from organizations.models import Organization
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
@@ -18,7 +20,7 @@ STALL = 10
 def _org_with_event(event_age: float, stream_age: float):
     tracker = TrackerFactory()
     org = tracker.organization
-    services.stream_ensure(org_id=org.id, channel=Channel.INAPP, destination="")
+    stream_ensure(org_id=org.id, channel=Channel.INAPP, destination="")
     TrackerEventFactory(tracker=tracker, occurred_at=timezone.now() - timedelta(seconds=event_age))
     Organization.objects.filter(pk=org.pk).update(last_event_at=timezone.now() - timedelta(seconds=event_age))
     DeliveryStream.objects.filter(organization=org).update(
@@ -27,7 +29,7 @@ def _org_with_event(event_age: float, stream_age: float):
 
 
 def _stalled_orgs():
-    return {org_id for org_id, _, _ in services.streams_stalled(older_than=STALL)}
+    return {org_id for org_id, _, _ in streams_stalled(older_than=STALL)}
 
 
 def test_a_stream_whose_next_event_waited_past_the_stall_time_is_swept():
@@ -66,8 +68,8 @@ def test_an_organization_without_recent_events_is_not_read():
 def test_sweep_kicks_each_stalled_stream(monkeypatch):
     stuck = _org_with_event(event_age=30, stream_age=3600)
     kicked = []
-    monkeypatch.setattr(services, "stream_kick", lambda **kw: kicked.append(kw))
-    assert services.streams_sweep() == 1
+    monkeypatch.setattr(sweeper, "stream_kick", lambda **kw: kicked.append(kw))
+    assert streams_sweep() == 1
     assert kicked == [{"org_id": stuck.id, "channel": "inapp", "destination": "", "force": True}]
 
 
@@ -84,5 +86,5 @@ def test_a_new_organization_has_its_inapp_stream_so_a_lost_first_kick_is_swept()
     Organization.objects.filter(pk=org.pk).update(last_event_at=timezone.now() - timedelta(seconds=30))
     DeliveryStream.objects.filter(organization=org).update(updated_at=timezone.now() - timedelta(seconds=3600))
 
-    assert (org.id, Channel.INAPP, "") in services.streams_stalled(older_than=STALL)
+    assert (org.id, Channel.INAPP, "") in streams_stalled(older_than=STALL)
 

@@ -283,6 +283,25 @@ class FakeSlack:
             return 200, {"ok": True, "channel": channel, "ts": ts, "message": {"text": body.get("text", "")}}, \
                 {}, "answer", slow
 
+    def _history(self, token: str | None, query: dict) -> tuple[int, dict]:
+        """conversations.history: the channel's accepted messages, newest first, with their
+        metadata when include_all_metadata is set (how a client checks a post it timed out on)."""
+        with self._lock:
+            cfg = self.config
+            self._state.stats["history_calls"] = self._state.stats.get("history_calls", 0) + 1
+            valid = (token or "").startswith("xoxb-") if cfg.valid_tokens is None else token in cfg.valid_tokens
+            if not valid:
+                return 200, {"ok": False, "error": "invalid_auth"}
+            channel = query.get("channel", "")
+            oldest = float(query.get("oldest") or 0)
+            limit = int(query.get("limit") or 100)
+            with_metadata = str(query.get("include_all_metadata", "")).lower() in ("1", "true")
+            found = [m for m in self._state.messages if m["channel"] == channel and float(m["ts"]) >= oldest]
+        found = sorted(found, key=lambda m: float(m["ts"]), reverse=True)[:limit]
+        messages = [{"type": "message", "ts": m["ts"], "text": m["text"],
+                     **({"metadata": m["metadata"]} if with_metadata and m["metadata"] else {})} for m in found]
+        return 200, {"ok": True, "messages": messages, "has_more": False}
+
     def _control(self, method: str, path: str, query: dict, body: dict) -> tuple[int, object]:
         if path == "/_control/stats":
             return 200, self.stats()
@@ -347,6 +366,10 @@ def _handler_for(fake: FakeSlack):
             url = urlparse(self.path)
             if url.path.startswith("/_control/"):
                 self._answer(*fake._control("GET", url.path, parse_qs(url.query), {}))
+            elif url.path == "/api/conversations.history":
+                auth = self.headers.get("Authorization") or ""
+                token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+                self._answer(*fake._history(token, {k: v[0] for k, v in parse_qs(url.query).items()}))
             else:
                 self._answer(405, {"ok": False, "error": "method_not_supported_for_channel_type"})
 
@@ -356,11 +379,15 @@ def _handler_for(fake: FakeSlack):
             if url.path.startswith("/_control/"):
                 self._answer(*fake._control("POST", url.path, parse_qs(url.query), body))
                 return
+            auth = self.headers.get("Authorization") or ""
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else body.get("token")
+            if url.path == "/api/conversations.history":
+                query = {k: v[0] for k, v in parse_qs(url.query).items()}
+                self._answer(*fake._history(token, {**query, **{k: str(v) for k, v in body.items()}}))
+                return
             if url.path != "/api/chat.postMessage":
                 self._answer(404, {"ok": False, "error": "unknown_method"})
                 return
-            auth = self.headers.get("Authorization") or ""
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else body.get("token")
             status, payload, headers, action, slow = fake._handle_post_message(token, body, self.client_address)
             request_id = None
             if slow:

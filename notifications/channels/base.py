@@ -1,0 +1,136 @@
+"""The interface every channel implements (a template, as django-anymail's backends are): the
+fence asks a channel what its destination is, whether it may send now, how a run of log entries
+reads for one destination, and to send it. A channel never touches cursors, streams or delivery
+states: it answers, or raises one of the failures of notifications.delivery.types.
+
+A channel that sends to an outside provider (`external = True`) gets a Delivery record per
+request, retries, dead letters, breakers and limiter scopes. A local channel (in-app) applies a
+run inside the fence's transaction instead (`apply`).
+"""
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.core.checks import Error
+
+from notifications.breaker import CircuitBreaker
+from notifications.delivery.types import Gate
+from notifications.ratelimit import Scope, limiter
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a send covers: the stream's organization and destination, the delivery record (its id
+    is stable across attempts: use it for idempotency keys) and its log entries in seq order."""
+
+    organization_id: int
+    destination: str
+    delivery_id: int | None
+    first_seq: int
+    last_seq: int
+    entries: list
+    attempt: int = 1
+    late: bool = False  # a requeued dead letter sent out of band, after the stream moved on
+
+
+class Channel:
+    name: str = ""
+    external: bool = True
+    # Drains run on the provider queue (settings.DELIVERY_PROVIDER_QUEUE), so a slow provider
+    # never pins an organization's partition worker; local channels run on the partition queue.
+    provider_queue: bool = True
+    # Contiguous pending entries for one destination go as one request (up to batch_max).
+    coalesce: bool = True
+    # The limiter's first scope is shared by every destination (a provider's global limit):
+    # waiters are served oldest pending entry first.
+    fair: bool = False
+    default_options: dict = {}
+
+    def __init__(self, name: str, options: dict | None = None):
+        self.name = name
+        self.options = {**self.default_options, **(options or {})}
+
+    # --- configuration -----------------------------------------------------------------------
+    def check(self) -> list[Error]:
+        """System-check errors of this channel's configuration."""
+        return []
+
+    @property
+    def batch_max(self) -> int:
+        return int(self.options.get("batch_max", 50))
+
+    @property
+    def retry_seconds(self) -> float:
+        """How long a failing head is retried before it becomes a dead letter."""
+        return float(self.options.get("retry_seconds", 24 * 3600))
+
+    # --- destination ------------------------------------------------------------------------
+    def target(self, *, organization_id: int, destination: str) -> Any | None:
+        """The destination's current configuration (an integration, a user, an endpoint), or None
+        when it is gone or disabled: the fence then deactivates the stream."""
+        raise NotImplementedError
+
+    def scopes(self, target) -> list[Scope]:
+        return []
+
+    def breaker_names(self, target) -> list[str]:
+        return [self.name]
+
+    def gate(self, target, *, since: float | None, member: str) -> Gate:
+        """May a request go now? Asks the breaker(s) then the limiter; waiting spends nothing.
+        `since`: when the oldest pending entry occurred (fair share); `member`: the stream."""
+        for name in self.breaker_names(target):
+            decision = CircuitBreaker(name).allow()
+            if not decision.allowed:
+                return Gate(False, wait=max(0.05, decision.wait), reason=f"breaker {name} {decision.state}")
+        scopes = self.scopes(target)
+        if scopes:
+            if self.fair:
+                decision = limiter.acquire_fair(scopes, member=member, since=since, lookahead=8)
+            else:
+                decision = limiter.acquire(scopes)
+            if not decision.allowed:
+                return Gate(False, wait=decision.wait, reason=f"limit {decision.blocked_by.name}")
+        return Gate.go()
+
+    def admit(self, target, run: Run, *, now: datetime, first_attempt: bool) -> Gate:
+        """Inside the fence's transaction, before the send: a destination-level rule that may defer
+        the run (a recipient's daily cap). Default: go."""
+        return Gate.go()
+
+    def pause(self, target, scope: str, seconds: float) -> None:
+        """A 429: pause the named scope ("global" = scopes[0], else the destination's own)."""
+        scopes = self.scopes(target)
+        if not scopes:
+            return
+        chosen = scopes[0] if scope == "global" or len(scopes) == 1 else scopes[-1]
+        limiter.pause(chosen, seconds)
+
+    # --- sending ----------------------------------------------------------------------------
+    def render(self, target, run: Run) -> Any:
+        raise NotImplementedError
+
+    def send(self, target, run: Run, message: Any, gate: Gate) -> str:
+        """Deliver; return the provider's reference. Raise a DeliveryFailure otherwise."""
+        raise NotImplementedError
+
+    def verify(self, target, run: Run) -> str | None:
+        """After an UncertainFailure: the provider's reference if the run did arrive, else None."""
+        return None
+
+    def sent(self, target, run: Run, *, at: datetime) -> None:
+        """After a successful send, inside the fence's transaction (e.g. close a deferral)."""
+
+    # --- local channels --------------------------------------------------------------------
+    def apply(self, *, organization_id: int, entries: list) -> Any:
+        """Local channels: write the run inside the fence's transaction; return what `published`
+        gets after commit."""
+        raise NotImplementedError
+
+    def published(self, result: Any) -> None:
+        """Local channels: after commit (e.g. push WebSocket messages)."""
+
+    # --- API --------------------------------------------------------------------------------
+    def urlpatterns(self) -> list:
+        """REST endpoints the channel contributes under /api/v1/ (e.g. webhook endpoints)."""
+        return []

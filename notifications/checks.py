@@ -1,0 +1,46 @@
+"""System checks: the channel registry (settings.HERALD_CHANNELS) is loadable and consistent."""
+from django.conf import settings
+from django.core.checks import Error, register
+from django.utils.module_loading import import_string
+
+from notifications.channels.base import Channel
+
+
+@register()
+def channels_check(app_configs=None, **kwargs) -> list[Error]:
+    errors: list[Error] = []
+    spec = getattr(settings, "HERALD_CHANNELS", None)
+    if not isinstance(spec, dict) or not spec:
+        return [Error("HERALD_CHANNELS must be a non-empty dict of name -> {BACKEND, OPTIONS}", id="herald.E001")]
+    if "inapp" not in spec:
+        errors.append(Error("HERALD_CHANNELS must contain the 'inapp' channel (the inbox and live feed)",
+                            id="herald.E002"))
+    for name, entry in spec.items():
+        if not isinstance(name, str) or not name.isidentifier() or len(name) > 32:
+            errors.append(Error(f"channel name {name!r} must be an identifier of at most 32 characters",
+                                id="herald.E003"))
+            continue
+        if not isinstance(entry, dict) or "BACKEND" not in entry:
+            errors.append(Error(f"HERALD_CHANNELS[{name!r}] needs a BACKEND", id="herald.E004"))
+            continue
+        try:
+            backend = import_string(entry["BACKEND"])
+        except ImportError as exc:
+            errors.append(Error(f"HERALD_CHANNELS[{name!r}]: cannot import {entry['BACKEND']!r}: {exc}",
+                                id="herald.E005"))
+            continue
+        if not (isinstance(backend, type) and issubclass(backend, Channel)):
+            errors.append(Error(f"HERALD_CHANNELS[{name!r}]: {entry['BACKEND']} is not a Channel subclass",
+                                id="herald.E006"))
+            continue
+        options = entry.get("OPTIONS", {})
+        if not isinstance(options, dict):
+            errors.append(Error(f"HERALD_CHANNELS[{name!r}]['OPTIONS'] must be a dict", id="herald.E007"))
+            continue
+        channel = backend(name, options)
+        for option in ("batch_max", "retry_seconds"):
+            if option in options and not (isinstance(options[option], int | float) and options[option] > 0):
+                errors.append(Error(f"HERALD_CHANNELS[{name!r}]: {option} must be a positive number",
+                                    id="herald.E008"))
+        errors += channel.check()
+    return errors

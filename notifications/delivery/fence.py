@@ -1,0 +1,345 @@
+"""The ordering fence: one step of one stream (organization, channel, destination).
+
+For every destination, entries arrive in the order of the organization's log (DESIGN.md):
+- A worker sends only while it holds the stream row's lock (SELECT ... FOR UPDATE SKIP LOCKED; a
+  killed worker's lock dies with its connection, a frozen host's with
+  idle_in_transaction_session_timeout and TCP keepalives, see settings.DATABASES).
+- It sends strictly the head: the pending Delivery if an earlier attempt failed (its range is
+  frozen once attempted), else the entries right after the cursor (a contiguous run, coalesced).
+- It records the outcome and advances the cursor in the same transaction, after the provider
+  answered. A failed head is retried first; nothing overtakes it.
+- Times that gate work (next_attempt_at, the retry deadline, updated_at) come from Postgres'
+  clock (clock_timestamp()), never a worker's.
+
+The fence never names a channel: it asks the registry, and the channel answers through the
+interface of notifications.channels.base. Cheap checks (is there work, is the stream waiting,
+do breaker and limiter grant a slot) run before the lock, so waiting streams poll cheaply.
+"""
+import logging
+import random
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import DateTimeField, F, Func
+from django.db.models.functions import Greatest
+
+from notifications import metrics
+from notifications.breaker import CircuitBreaker
+from notifications.channels import registry
+from notifications.channels.base import Channel, Run
+from notifications.delivery.types import (
+    DrainResult,
+    PermanentFailure,
+    RateLimitedFailure,
+    TransientFailure,
+    UncertainFailure,
+)
+from notifications.models import Delivery, DeliveryStream, LogEntry
+
+logger = logging.getLogger("herald.delivery")
+
+# Cheap look before the lock: is there work, is the stream waiting, when did its head occur.
+_PEEK_SQL = """
+SELECT s.delivered_seq, o.last_event_seq, s.held, s.active,
+       GREATEST(0, extract(epoch FROM s.next_attempt_at - clock_timestamp())),
+       (SELECT extract(epoch FROM e.occurred_at) FROM notifications_logentry e
+        WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1)
+FROM notifications_deliverystream s
+JOIN organizations_organization o ON o.id = s.organization_id
+WHERE s.organization_id = %s AND s.channel = %s AND s.destination = %s
+"""
+
+
+class DbClock(Func):
+    """Postgres' clock_timestamp(): the database's current time, even inside a long transaction
+    (now() is the transaction's start). Every time that gates work is read or written with it."""
+
+    template = "clock_timestamp()"
+    output_field = DateTimeField()
+
+
+def backoff(attempts: int) -> float:
+    """Exponential backoff with "equal jitter": never less than half the step."""
+    ceiling = min(settings.DELIVERY_BACKOFF_MAX, settings.DELIVERY_BACKOFF_BASE * (2 ** max(0, attempts - 1)))
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def _later(seconds: float):
+    """The database's clock + seconds, as an expression (one clock for every worker)."""
+    return DbClock() + timedelta(seconds=seconds)
+
+
+def _entries(org_id: int, first: int, last: int) -> list[LogEntry]:
+    return list(LogEntry.objects.filter(organization_id=org_id, seq__gte=first, seq__lte=last).order_by("seq"))
+
+
+def _touch(stream_id: int, **fields) -> None:
+    DeliveryStream.objects.filter(pk=stream_id).update(updated_at=DbClock(), **fields)
+
+
+def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> DrainResult:
+    """Deliver the next run of one stream, if this worker can take its lock."""
+    try:
+        ch = registry.get(channel)
+    except registry.UnknownChannel:
+        logger.warning("drain for an unknown channel dropped", extra={"org_id": org_id, "channel": channel})
+        return DrainResult("missing")
+    if not ch.external:
+        return _deliver_local(ch, org_id, destination)
+    gated = stream_gate(org_id=org_id, channel=channel, destination=destination)
+    if isinstance(gated, DrainResult):
+        return gated
+    target, gate = gated
+    return _deliver_external(ch, target, gate, org_id, destination)
+
+
+def stream_gate(*, org_id: int, channel: str, destination: str = ""):
+    """The cheap part of an external send, before any lock: is there work, is the stream waiting,
+    is its destination still there, do breaker and limiter grant a slot? Waiting streams poll
+    this, so it is one indexed read and the channel's Redis scripts. Returns (target, gate) when
+    a slot is granted, else the DrainResult to report. Streams share a provider's global limit
+    oldest pending entry first (the head's occurred_at), so a failed send keeps its place."""
+    ch = registry.get(channel)
+    with connection.cursor() as cursor:
+        cursor.execute(_PEEK_SQL, [org_id, channel, destination])
+        row = cursor.fetchone()
+    if row is None:
+        return DrainResult("missing")
+    delivered, last, held, active, wait, head_at = row
+    if held:
+        return DrainResult("held")
+    if not active or delivered >= last:
+        return DrainResult("idle")
+    if wait and wait > 0:
+        return DrainResult("wait", wait=float(wait))
+    target = ch.target(organization_id=org_id, destination=destination)
+    if target is None:
+        _deactivate(org_id, channel, destination)
+        return DrainResult("idle")
+    gate = ch.gate(target, since=float(head_at) if head_at is not None else None,
+                   member=f"{org_id}:{channel}:{destination}")
+    if not gate.allowed:
+        metrics.DELIVERIES.labels(channel=channel, outcome="gate_wait").inc()
+        return DrainResult("wait", wait=gate.wait, notes={"reason": gate.reason})
+    return target, gate
+
+
+def _deactivate(org_id: int, channel: str, destination: str) -> None:
+    """The destination is gone or disabled: the stream stops being kicked or swept."""
+    DeliveryStream.objects.filter(organization_id=org_id, channel=channel, destination=destination).update(
+        active=False, updated_at=DbClock())
+
+
+def _lock(org_id: int, channel: str, destination: str) -> DeliveryStream | None:
+    return (DeliveryStream.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("organization").annotate(db_now=DbClock())
+            .filter(organization_id=org_id, channel=channel, destination=destination).first())
+
+
+def _busy_or_missing(org_id: int, channel: str, destination: str) -> DrainResult:
+    exists = DeliveryStream.objects.filter(organization_id=org_id, channel=channel, destination=destination).exists()
+    return DrainResult("busy" if exists else "missing")
+
+
+# --- local channels (in-app) ------------------------------------------------------------------
+
+def _deliver_local(ch: Channel, org_id: int, destination: str) -> DrainResult:
+    with transaction.atomic():
+        stream = _lock(org_id, ch.name, destination)
+        if stream is None:
+            result = _busy_or_missing(org_id, ch.name, destination)
+            if result.kind == "missing":
+                stream_ensure(org_id=org_id, channel=ch.name, destination=destination)
+                return DrainResult("busy")  # the caller retries at once and finds it
+            return result
+        if stream.held:
+            return DrainResult("held")
+        entries = list(LogEntry.objects.filter(organization_id=org_id, seq__gt=stream.delivered_seq)
+                       .order_by("seq")[:ch.batch_max])
+        if not entries:
+            return DrainResult("idle")
+        outcome = ch.apply(organization_id=org_id, entries=entries)
+        _touch(stream.pk, delivered_seq=entries[-1].seq, head_attempts=0, head_since=None, last_error="")
+        # After commit: a rolled-back drain announces nothing.
+        transaction.on_commit(lambda: ch.published(outcome), robust=True)
+    return DrainResult("delivered", count=len(entries))
+
+
+# --- external channels ------------------------------------------------------------------------
+
+def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) -> DrainResult:
+    locked_at = time.monotonic()
+    with transaction.atomic():
+        stream = _lock(org_id, ch.name, destination)
+        if stream is None:
+            return _busy_or_missing(org_id, ch.name, destination)
+        if stream.held:
+            return DrainResult("held")
+        now = stream.db_now
+        if stream.next_attempt_at and stream.next_attempt_at > now:
+            return DrainResult("wait", wait=(stream.next_attempt_at - now).total_seconds())
+        head = (Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING, late=False)
+                .order_by("first_seq").first())
+        last = stream.organization.last_event_seq if head is None else head.last_seq
+        if head is None:
+            first = stream.delivered_seq + 1
+            last = min(last, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
+            if last < first:
+                return DrainResult("idle")
+            head = Delivery.objects.create(organization_id=org_id, stream=stream, channel=ch.name,
+                                           first_seq=first, last_seq=last)
+        elif head.attempts == 0 and ch.coalesce:
+            # Never sent yet (it waited on a gate or a deferral): later entries may join it. Once
+            # attempted, its range is frozen, so every attempt carries the same message.
+            newest = min(stream.organization.last_event_seq, head.first_seq + ch.batch_max - 1)
+            if newest > head.last_seq:
+                head.last_seq = newest
+                head.save(update_fields=["last_seq"])
+        entries = _entries(org_id, head.first_seq, head.last_seq)
+        run = Run(organization_id=org_id, destination=destination, delivery_id=head.id, first_seq=head.first_seq,
+                  last_seq=head.last_seq, entries=entries, attempt=head.attempts + 1)
+        admitted = ch.admit(target, run, now=now, first_attempt=not head.admitted)
+        if not admitted.allowed:
+            return _defer(ch, stream, head, admitted)
+        if not head.admitted:
+            Delivery.objects.filter(pk=head.pk).update(admitted=True)
+        if head.verify_first:
+            ref = ch.verify(target, run)
+            if ref:
+                return _sent(ch, target, stream, head, run, ref, verified=True)
+        budget = settings.DELIVERY_LOCK_BUDGET_SECONDS
+        if time.monotonic() - locked_at > budget:
+            # This process was frozen while holding the lock (the database may have freed it and
+            # another worker moved on): do not send a stale head.
+            logger.warning("stream lock held past its budget; not sending",
+                           extra={"org_id": org_id, "channel": ch.name, "destination": destination})
+            transaction.set_rollback(True)
+            return DrainResult("busy")
+        head.attempts += 1
+        try:
+            message = ch.render(target, run)
+            ref = ch.send(target, run, message, gate)
+        except RateLimitedFailure as exc:
+            return _rate_limited(ch, target, stream, head, exc)
+        except PermanentFailure as exc:
+            _breaker_record(ch, target, ok=True)  # the provider answered; this destination is what is wrong
+            _dead_letter(ch, stream, head, str(exc))
+            return DrainResult("delivered", count=0)
+        except TransientFailure as exc:
+            return _transient(ch, target, stream, head, exc)
+        return _sent(ch, target, stream, head, run, ref)
+
+
+def _sent(ch: Channel, target, stream: DeliveryStream, head: Delivery, run: Run, ref: str,
+          verified: bool = False) -> DrainResult:
+    Delivery.objects.filter(pk=head.pk).update(status=Delivery.Status.SENT, sent_at=DbClock(), provider_ref=ref[:120],
+                                               last_error="", attempts=head.attempts, verify_first=False,
+                                               updated_at=DbClock())
+    _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), head.last_seq), head_attempts=0, head_since=None,
+           next_attempt_at=None, last_error="")
+    ch.sent(target, run, at=stream.db_now)
+    if not verified:
+        _breaker_record(ch, target, ok=True)
+    count = head.last_seq - head.first_seq + 1
+    metrics.DELIVERIES.labels(channel=ch.name, outcome="verified" if verified else "sent").inc()
+    metrics.BATCH_SIZE.labels(channel=ch.name).observe(count)
+    for entry in run.entries:
+        metrics.LATENCY.labels(channel=ch.name).observe(max(0.0, (stream.db_now - entry.occurred_at).total_seconds()))
+    return DrainResult("delivered", count=count)
+
+
+def _rate_limited(ch: Channel, target, stream: DeliveryStream, head: Delivery, exc: RateLimitedFailure):
+    head.attempts -= 1  # a 429 says nothing about this message: no attempt spent
+    try:
+        ch.pause(target, exc.scope, exc.retry_after)
+    except Exception:  # Redis down: the retry below still waits Retry-After
+        logger.warning("limiter pause failed", exc_info=True)
+    metrics.PROVIDER_429.labels(provider=ch.name).inc()
+    Delivery.objects.filter(pk=head.pk).update(last_error=str(exc)[:2000])
+    _touch(stream.pk, last_error=str(exc)[:2000], head_since=stream.head_since or stream.db_now,
+           next_attempt_at=_later(exc.retry_after))
+    return DrainResult("wait", wait=exc.retry_after)
+
+
+def _transient(ch: Channel, target, stream: DeliveryStream, head: Delivery, exc: TransientFailure) -> DrainResult:
+    if exc.outage:
+        head.attempts -= 1  # only breaker probes failed: the provider is down, not this message
+    else:
+        _breaker_record(ch, target, ok=False)
+    metrics.DELIVERIES.labels(channel=ch.name, outcome="retry").inc()
+    age = (stream.db_now - head.created_at).total_seconds()
+    if age >= ch.retry_seconds:
+        _dead_letter(ch, stream, head, f"gave up after {age:.0f} s and {head.attempts} attempts: {exc}")
+        return DrainResult("delivered", count=0)
+    delay = exc.wait if exc.outage and exc.wait else backoff(max(1, head.attempts))
+    delay = min(delay, max(0.05, ch.retry_seconds - age))
+    Delivery.objects.filter(pk=head.pk).update(attempts=head.attempts, last_error=str(exc)[:2000],
+                                               verify_first=isinstance(exc, UncertainFailure) or head.verify_first)
+    _touch(stream.pk, head_attempts=head.attempts, head_since=stream.head_since or stream.db_now,
+           last_error=str(exc)[:2000], next_attempt_at=_later(delay))
+    return DrainResult("wait", wait=delay)
+
+
+def _defer(ch: Channel, stream: DeliveryStream, head: Delivery, gate) -> DrainResult:
+    """The channel holds the run back until `gate.until` (e.g. the recipient's next calendar day):
+    the head stays pending and unattempted, so what arrives meanwhile joins it."""
+    Delivery.objects.filter(pk=head.pk).update(last_error=f"deferred: {gate.reason}"[:2000])
+    _touch(stream.pk, next_attempt_at=gate.until, last_error=f"deferred: {gate.reason}"[:2000])
+    metrics.DELIVERIES.labels(channel=ch.name, outcome="deferred").inc()
+    wait = (gate.until - stream.db_now).total_seconds() if gate.until else gate.wait
+    return DrainResult("wait", wait=max(0.05, wait), notes={"deferred": gate.reason})
+
+
+def _dead_letter(ch: Channel, stream: DeliveryStream, head: Delivery, reason: str) -> None:
+    Delivery.objects.filter(pk=head.pk).update(status=Delivery.Status.DEAD, last_error=reason[:2000],
+                                               attempts=head.attempts)
+    metrics.DEAD_LETTERS.labels(channel=ch.name).inc()
+    logger.warning("dead letter", extra={"org_id": stream.organization_id, "channel": ch.name,
+                                         "first_seq": head.first_seq, "last_seq": head.last_seq, "reason": reason})
+    if stream.on_dead_letter == DeliveryStream.OnDeadLetter.HOLD:
+        _touch(stream.pk, held=True, last_error=reason[:2000])
+    else:
+        _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), head.last_seq), head_attempts=0,
+               head_since=None, next_attempt_at=None, last_error=reason[:2000])
+
+
+def _breaker_record(ch: Channel, target, *, ok: bool) -> None:
+    """Breaker bookkeeping never decides an outcome: a Redis error here is logged, not raised, so
+    the provider's answer is recorded in Postgres either way (no rollback, no resend)."""
+    for name in ch.breaker_names(target):
+        try:
+            CircuitBreaker(name).record(ok=ok)
+        except Exception:
+            logger.warning("breaker not updated (Redis unavailable)", extra={"breaker": name})
+
+
+# --- streams ----------------------------------------------------------------------------------
+
+def stream_ensure(*, org_id: int, channel: str, destination: str = "", start_at_current: bool = False) -> None:
+    """Create the stream if missing, or re-activate it. A stream added later (Slack configured
+    today) starts at the organization's current seq rather than replaying its whole history."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO notifications_deliverystream
+                (organization_id, channel, destination, delivered_seq, head_attempts, last_error,
+                 on_dead_letter, held, active, updated_at)
+            SELECT o.id, %s, %s, CASE WHEN %s THEN o.last_event_seq ELSE 0 END, 0, '', 'skip', false, true,
+                   clock_timestamp()
+            FROM organizations_organization o WHERE o.id = %s
+            ON CONFLICT (organization_id, channel, destination) DO UPDATE
+                SET active = true, updated_at = clock_timestamp(),
+                    delivered_seq = CASE WHEN notifications_deliverystream.active OR NOT %s
+                                         THEN notifications_deliverystream.delivered_seq
+                                         ELSE GREATEST(notifications_deliverystream.delivered_seq,
+                                                       EXCLUDED.delivered_seq) END
+            """,
+            [channel, destination, start_at_current, org_id, start_at_current],
+        )
+
+
+def stream_deactivate(*, org_id: int, channel: str, destination: str = "") -> None:
+    """Stop a stream without deleting it (a send in flight keeps its rows; its records stay)."""
+    _deactivate(org_id, channel, destination)
