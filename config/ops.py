@@ -10,6 +10,9 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY
 
+from config.celery import app
+from notifications.delivery.sweeper import BacklogCollector
+
 logger = logging.getLogger("herald.ops")
 
 
@@ -41,8 +44,6 @@ def _check_redis() -> None:
 
 
 def _check_broker() -> None:
-    from config.celery import app
-
     with app.connection_for_write(settings.CELERY_BROKER_URL) as conn:
         conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
 
@@ -67,8 +68,6 @@ def readyz(request):
 
 @require_GET
 def metrics(request):
-    from notifications.delivery.sweeper import BacklogCollector
-
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.MultiProcessCollector(registry)  # every process's counters, from the shared dir

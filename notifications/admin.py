@@ -3,6 +3,7 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from notifications import services
+from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
 from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, EmailDeferral, LogEntry,
                                   Notification,
@@ -119,8 +120,6 @@ class OutboundEmailAdmin(admin.ModelAdmin):
 
     @admin.action(description="Requeue selected dead emails")
     def requeue(self, request, queryset):
-        from notifications.email import outbound_kick
-
         done = queryset.filter(status=OutboundEmail.Status.DEAD).update(
             status=OutboundEmail.Status.PENDING, attempts=0, next_attempt_at=timezone.now())
         outbound_kick()

@@ -21,7 +21,10 @@ from config.errors import NotFound
 from notifications import events, metrics, realtime
 from notifications.kinds import kind_get
 from notifications.models import LogEntry
+from notifications.preferences import email_streams_sync
+from notifications.delivery.fence import stream_ensure
 from notifications.delivery.kicks import streams_kick_all
+from notifications.email import profile_updated_email_queue
 
 logger = logging.getLogger("herald.delivery")
 
@@ -99,3 +102,33 @@ def push_org(*, organization_id: int, message: dict) -> None:
 def entry_message(entry: LogEntry) -> dict:
     """The public shape of an entry (as on the WebSocket), for other apps' API answers."""
     return events.entry_message(entry=entry)
+
+
+# --- lifecycle hooks for other apps (organizations) -------------------------------------------
+
+def organization_created(*, organization_id: int) -> None:
+    """The organization's in-app stream exists from the start, so the sweeper can find its first
+    entries even if their kick was lost (broker down at commit)."""
+    stream_ensure(org_id=organization_id, channel="inapp")
+
+
+def membership_changed(*, user_id: int) -> None:
+    """After commit, tell the user's open connections to re-read their organizations. Lost with
+    Redis down: the live consumer's periodic check re-reads memberships."""
+    def push() -> None:
+        try:
+            realtime.membership_changed_push(user_id=user_id)
+        except Exception:
+            logger.warning("membership change not pushed", extra={"user_id": user_id}, exc_info=True)
+
+    transaction.on_commit(push)
+
+
+def membership_added(*, user, organization_id: int) -> None:
+    """A member who opted in to emails everywhere gets this organization's email stream."""
+    email_streams_sync(user=user, organization_ids=[organization_id])
+
+
+def profile_updated(*, user, changed: list[str]) -> None:
+    """Queue the confirmation email of a profile change, in the caller's transaction."""
+    profile_updated_email_queue(user=user, changed=changed)

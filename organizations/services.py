@@ -8,7 +8,8 @@ from django.utils import timezone
 from django.utils.text import slugify
 
 from config.errors import ApplicationError, Conflict, NotFound
-from notifications import realtime
+from notifications import publish
+from trackers.services import tracker_create
 from organizations import secrets
 from organizations.models import ApiKey, Membership, Organization, SlackIntegration, User, UserToken
 from organizations.selectors import ApiKeyPrincipal, user_get_by_email
@@ -82,10 +83,8 @@ def user_update(*, user: User, data: dict) -> User:
     if fields:
         user.save(update_fields=fields)
     if changed:
-        from notifications.email import profile_updated_email_queue  # notifications depend on organizations
-
         # Queued in this transaction (durable with the change); the send is kicked on commit.
-        profile_updated_email_queue(user=user, changed=changed)
+        publish.profile_updated(user=user, changed=changed)
     return user
 
 
@@ -101,7 +100,6 @@ def _unique_slug(name: str) -> str:
 @transaction.atomic
 def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slug: str | None = None) -> Organization:
     """Create an organization, make the creator its owner and give it its first tracker."""
-    from trackers.services import tracker_create  # trackers depend on organizations, not the reverse
 
     if slug and Organization.objects.filter(slug=slug).exists():
         raise Conflict("That slug is taken.", code="slug_taken")
@@ -121,12 +119,7 @@ def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slu
             organization.slug = _unique_slug(name)
     Membership.objects.create(organization=organization, user=creator, role=Membership.Role.OWNER)
     tracker_create(organization=organization, name="Main tracker")
-    # The in-app stream exists from the start, so the sweeper can find the first events even if
-    # their kick was lost (broker down at commit).
-    from notifications.models import Channel
-    from notifications.services import stream_ensure
-
-    stream_ensure(org_id=organization.id, channel=Channel.INAPP)
+    publish.organization_created(organization_id=organization.id)
     return organization
 
 
@@ -142,13 +135,10 @@ def membership_create(*, organization: Organization, email: str, role: str) -> M
     try:
         with transaction.atomic():
             membership = Membership.objects.create(organization=organization, user=user, role=role)
-            from notifications.preferences import email_streams_sync  # notifications depend on organizations
-
-            # A member who had opted in to tracker emails everywhere gets this org's email stream.
-            email_streams_sync(user=user, organization_ids=[organization.id])
+            publish.membership_added(user=user, organization_id=organization.id)
     except IntegrityError as exc:
         raise Conflict("That user is already a member.", code="membership_exists") from exc
-    _membership_changed_on_commit(user_id=user.pk)
+    publish.membership_changed(user_id=user.pk)
     return membership
 
 
@@ -158,17 +148,7 @@ def membership_delete(*, membership: Membership) -> None:
     this commits (and within one live check interval if that push is lost)."""
     user_id = membership.user_id
     membership.delete()
-    _membership_changed_on_commit(user_id=user_id)
-
-
-def _membership_changed_on_commit(*, user_id: int) -> None:
-    def push() -> None:
-        try:
-            realtime.membership_changed_push(user_id=user_id)
-        except Exception:  # Redis down: the live consumer's periodic check re-reads memberships
-            logger.warning("membership change not pushed", extra={"user_id": user_id}, exc_info=True)
-
-    transaction.on_commit(push)
+    publish.membership_changed(user_id=user_id)
 
 
 def slack_token(*, integration: SlackIntegration) -> str:
