@@ -9,5 +9,3 @@ class NotificationsError(StrEnum):
     UNKNOWN_CHANNEL = "unknown_channel"
     UNKNOWN_PREFERENCE = "unknown_preference"
     PREFERENCE_LOCKED = "preference_locked"
-    WEBHOOK_NOT_FOUND = "webhook_not_found"
-    INVALID_WEBHOOK_URL = "invalid_webhook_url"

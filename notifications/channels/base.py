@@ -130,6 +130,11 @@ class Channel:
     def published(self, result: Any) -> None:
         """Local channels: after commit (e.g. push WebSocket messages)."""
 
+    def rate_limits(self) -> dict:
+        """Limiter scopes this channel declares ({name: {"rate", "burst"}}), merged into
+        settings.HERALD_RATE_LIMITS when the registry loads (settings win)."""
+        return {}
+
     # --- API --------------------------------------------------------------------------------
     def urlpatterns(self) -> list:
         """REST endpoints the channel contributes under /api/v1/ (e.g. webhook endpoints)."""

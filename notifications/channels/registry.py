@@ -25,7 +25,9 @@ def _load() -> dict[str, Channel]:
     channels = {}
     for name, spec in settings.HERALD_CHANNELS.items():
         backend = import_string(spec["BACKEND"])
-        channels[name] = backend(name, spec.get("OPTIONS", {}))
+        channel = channels[name] = backend(name, spec.get("OPTIONS", {}))
+        for scope, limit in channel.rate_limits().items():
+            settings.HERALD_RATE_LIMITS.setdefault(scope, limit)
     return channels
 
 
