@@ -299,6 +299,12 @@ HERALD_CHANNELS = {
               "OPTIONS": {"batch_max": 50, "retry_seconds": env_float("SLACK_RETRY_SECONDS", 24 * 3600)}},
     "email": {"BACKEND": "notifications.channels.email.EmailChannel",
               "OPTIONS": {"batch_max": 500, "retry_seconds": env_float("EMAIL_RETRY_SECONDS", 24 * 3600)}},
+    "webhook": {"BACKEND": "notifications.channels.webhook.WebhookChannel",
+                "OPTIONS": {"retry_seconds": env_float("WEBHOOK_RETRY_SECONDS", 24 * 3600),
+                            "timeout": env_float("WEBHOOK_TIMEOUT", 10.0),
+                            # plain http:// only to these hosts (tests, a local receiver); else https only
+                            "allow_http_hosts": [h.strip() for h in (env("WEBHOOK_ALLOW_HTTP_HOSTS", "") or "")
+                                                 .split(",") if h.strip()]}},
 }
 
 # Delivery: retries with exponential backoff and jitter until the channel's retry window closes,

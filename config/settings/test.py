@@ -1,6 +1,6 @@
 """Test settings: real Postgres and Redis, a Redis database of its own, fast hashing."""
 from config.settings.base import *  # noqa: F401,F403
-from config.settings.base import CACHES, CHANNEL_LAYERS, env
+from config.settings.base import CACHES, CHANNEL_LAYERS, HERALD_CHANNELS, env
 
 # Tests use their own Redis database so `make run` data is never flushed by a test run.
 REDIS_URL = env("TEST_REDIS_URL") or REDIS_URL.rsplit("/", 1)[0] + "/9"  # noqa: F405
@@ -28,3 +28,5 @@ STORAGES = {
 # Daphne started by browser tests serves the static files straight from static/ (no collectstatic).
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+# Webhook tests deliver to receivers on loopback over plain HTTP.
+HERALD_CHANNELS["webhook"]["OPTIONS"]["allow_http_hosts"] = ["127.0.0.1"]
