@@ -28,7 +28,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run            start web (http://127.0.0.1:8000), workers and beat with demo data"
-	@echo "make test           ruff + pytest (PYTEST_ARGS='...' passes options to pytest)"
+	@echo "make test           ruff + import layers (lint-imports) + pytest (PYTEST_ARGS='...' passes options to pytest)"
 	@echo "make embedded-test  make test with embedded Postgres/Redis (= HERALD_EMBEDDED=1 make test)"
 	@echo "make migrate        apply migrations"
 	@echo "make stop           stop embedded Postgres/Redis left running under .run/"
@@ -51,6 +51,7 @@ run: venv
 
 test: venv
 	ruff check .
+	lint-imports
 	DJANGO_SETTINGS_MODULE=config.settings.test $(BACKING) run -- python -m pytest $(PYTEST_ARGS)
 
 embedded-test:

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 
 from config.errors import ApplicationError, NotFound
 from notifications.models import Channel, NotificationPreference, PreferenceCategory
-from notifications.delivery.fence import stream_deactivate, stream_ensure
+from notifications.delivery.streams import stream_deactivate, stream_ensure
 from organizations.models import Membership, Organization, User
 
 DEFAULTS: dict[tuple[str, str], bool] = {

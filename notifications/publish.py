@@ -22,7 +22,7 @@ from notifications import events, metrics, realtime
 from notifications.kinds import kind_get
 from notifications.models import LogEntry
 from notifications.preferences import email_streams_sync
-from notifications.delivery.fence import stream_ensure
+from notifications.delivery.streams import stream_ensure
 from notifications.delivery.kicks import streams_kick_all
 from notifications.email import profile_updated_email_queue
 
@@ -122,6 +122,12 @@ def membership_changed(*, user_id: int) -> None:
             logger.warning("membership change not pushed", extra={"user_id": user_id}, exc_info=True)
 
     transaction.on_commit(push)
+
+
+def destination_enabled(*, organization_id: int, channel: str, destination: str = "") -> None:
+    """A destination was configured (e.g. the organization's Slack channel): its stream starts at
+    the organization's current seq, not with its whole history. Call in the caller's transaction."""
+    stream_ensure(org_id=organization_id, channel=channel, destination=destination, start_at_current=True)
 
 
 def membership_added(*, user, organization_id: int) -> None:

@@ -1,5 +1,5 @@
-"""Writes around delivery that are not the fence itself: Slack settings, dead letters (requeue,
-discard) and the out-of-band send of a requeued dead letter. The fence, kicks and sweeper live
+"""Writes around delivery that are not the fence itself: dead letters (requeue, discard), held
+streams, and the out-of-band send of a requeued dead letter. The fence, kicks and sweeper live
 in notifications.delivery; channels in notifications.channels."""
 import logging
 
@@ -9,26 +9,13 @@ from django.db import transaction
 from config.errors import Conflict
 from notifications.channels import registry
 from notifications.channels.base import Run
-from notifications.delivery.fence import DbClock, stream_ensure
+from notifications.delivery.streams import DbClock
 from notifications.delivery.kicks import stream_kick
 from notifications.delivery.types import DeliveryFailure, DrainResult, RateLimitedFailure
 from notifications.errors import NotificationsError
-from notifications.models import Channel, Delivery, DeliveryStream, LogEntry
-from organizations import secrets
-from organizations.models import SlackIntegration
+from notifications.models import Delivery, DeliveryStream, LogEntry
 
 logger = logging.getLogger("herald.delivery")
-
-
-@transaction.atomic
-def slack_integration_set(*, organization, channel: str, token: str) -> SlackIntegration:
-    """Store the channel and the encrypted token; Slack delivery starts with the next entry."""
-    integration, _ = SlackIntegration.objects.update_or_create(
-        organization=organization,
-        defaults={"channel": channel, "token_encrypted": secrets.encrypt(token), "enabled": True},
-    )
-    stream_ensure(org_id=organization.id, channel=Channel.SLACK, start_at_current=True)
-    return integration
 
 
 # --- dead letters ----------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from rest_framework.views import APIView
 
 from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError, Forbidden, NotFound
-from notifications.services import slack_integration_set
 from organizations import selectors, services
 from organizations.models import ApiKey, Membership, User, validate_time_zone
 from organizations.selectors import ApiKeyPrincipal
@@ -178,7 +177,7 @@ class SlackSettingsApi(APIView):
         organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        integration = slack_integration_set(organization=organization, **data.validated_data)
+        integration = services.slack_integration_set(organization=organization, **data.validated_data)
         return Response(self.Output(integration).data)
 
 

@@ -156,6 +156,17 @@ def slack_token(*, integration: SlackIntegration) -> str:
 
 
 @transaction.atomic
+def slack_integration_set(*, organization: Organization, channel: str, token: str) -> SlackIntegration:
+    """Store the channel and the encrypted token; Slack delivery starts with the next entry."""
+    integration, _ = SlackIntegration.objects.update_or_create(
+        organization=organization,
+        defaults={"channel": channel, "token_encrypted": secrets.encrypt(token), "enabled": True},
+    )
+    publish.destination_enabled(organization_id=organization.id, channel="slack")
+    return integration
+
+
+@transaction.atomic
 def api_key_create(*, organization: Organization, name: str, created_by: User | None) -> tuple[ApiKey, str]:
     full, prefix, key_hash = secrets.new_key(API_KEY_KIND)
     key = ApiKey.objects.create(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.checks import Error
 
 from notifications.breaker import CircuitBreaker
@@ -79,6 +80,7 @@ class Channel:
     def gate(self, target, *, since: float | None, member: str) -> Gate:
         """May a request go now? Asks the breaker(s) then the limiter; waiting spends nothing.
         `since`: when the oldest pending entry occurred (fair share); `member`: the stream."""
+        self._declare_limits()
         for name in self.breaker_names(target):
             decision = CircuitBreaker(name).allow()
             if not decision.allowed:
@@ -100,6 +102,7 @@ class Channel:
 
     def pause(self, target, scope: str, seconds: float) -> None:
         """A 429: pause the named scope ("global" = scopes[0], else the destination's own)."""
+        self._declare_limits()
         scopes = self.scopes(target)
         if not scopes:
             return
@@ -131,9 +134,15 @@ class Channel:
         """Local channels: after commit (e.g. push WebSocket messages)."""
 
     def rate_limits(self) -> dict:
-        """Limiter scopes this channel declares ({name: {"rate", "burst"}}), merged into
-        settings.HERALD_RATE_LIMITS when the registry loads (settings win)."""
+        """Limiter scopes this channel declares ({name: {"rate", "burst"}}); an entry of the same
+        name in settings.HERALD_RATE_LIMITS wins."""
         return {}
+
+    def _declare_limits(self) -> None:
+        limits = settings.HERALD_RATE_LIMITS
+        for name, limit in self.rate_limits().items():
+            if name not in limits:
+                limits[name] = limit
 
     # --- API --------------------------------------------------------------------------------
     def urlpatterns(self) -> list:

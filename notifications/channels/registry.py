@@ -25,9 +25,7 @@ def _load() -> dict[str, Channel]:
     channels = {}
     for name, spec in settings.HERALD_CHANNELS.items():
         backend = import_string(spec["BACKEND"])
-        channel = channels[name] = backend(name, spec.get("OPTIONS", {}))
-        for scope, limit in channel.rate_limits().items():
-            settings.HERALD_RATE_LIMITS.setdefault(scope, limit)
+        channels[name] = backend(name, spec.get("OPTIONS", {}))
     return channels
 
 

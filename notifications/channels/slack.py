@@ -22,7 +22,7 @@ from notifications.delivery.types import PermanentFailure, RateLimitedFailure, T
 from notifications.kinds import kind_get
 from notifications.ratelimit import Scope
 from organizations.models import SlackIntegration
-from organizations.services import slack_token
+from organizations import secrets
 
 EVENT_TYPE = "tracker_event"
 PERMANENT_ERRORS = {
@@ -131,7 +131,7 @@ class SlackChannel(Channel):
         integration = SlackIntegration.objects.filter(organization_id=organization_id, enabled=True).first()
         if integration is None or not integration.channel:
             return None
-        return SlackTarget(channel=integration.channel, token=slack_token(integration=integration))
+        return SlackTarget(channel=integration.channel, token=secrets.decrypt(integration.token_encrypted))
 
     def scopes(self, target: SlackTarget) -> list[Scope]:
         return [Scope("slack.global"), Scope("slack.channel", target.channel)]

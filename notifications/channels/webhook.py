@@ -33,7 +33,7 @@ from rest_framework.views import APIView
 from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError, NotFound
 from notifications.channels.base import Channel, Run
-from notifications.delivery.fence import stream_deactivate, stream_ensure
+from notifications.delivery.streams import stream_deactivate, stream_ensure
 from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
 from notifications.events import entry_message
 from notifications.models import ChannelDestination

@@ -22,7 +22,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import DateTimeField, F, Func
+from django.db.models import F
 from django.db.models.functions import Greatest
 
 from notifications import metrics
@@ -36,6 +36,7 @@ from notifications.delivery.types import (
     TransientFailure,
     UncertainFailure,
 )
+from notifications.delivery.streams import DbClock, stream_deactivate, stream_ensure
 from notifications.models import Delivery, DeliveryStream, LogEntry
 
 logger = logging.getLogger("herald.delivery")
@@ -52,12 +53,6 @@ WHERE s.organization_id = %s AND s.channel = %s AND s.destination = %s
 """
 
 
-class DbClock(Func):
-    """Postgres' clock_timestamp(): the database's current time, even inside a long transaction
-    (now() is the transaction's start). Every time that gates work is read or written with it."""
-
-    template = "clock_timestamp()"
-    output_field = DateTimeField()
 
 
 def backoff(attempts: int) -> float:
@@ -116,7 +111,7 @@ def stream_gate(*, org_id: int, channel: str, destination: str = ""):
         return DrainResult("wait", wait=float(wait))
     target = ch.target(organization_id=org_id, destination=destination)
     if target is None:
-        _deactivate(org_id, channel, destination)
+        stream_deactivate(org_id=org_id, channel=channel, destination=destination)
         return DrainResult("idle")
     gate = ch.gate(target, since=float(head_at) if head_at is not None else None,
                    member=f"{org_id}:{channel}:{destination}")
@@ -124,12 +119,6 @@ def stream_gate(*, org_id: int, channel: str, destination: str = ""):
         metrics.DELIVERIES.labels(channel=channel, outcome="gate_wait").inc()
         return DrainResult("wait", wait=gate.wait, notes={"reason": gate.reason})
     return target, gate
-
-
-def _deactivate(org_id: int, channel: str, destination: str) -> None:
-    """The destination is gone or disabled: the stream stops being kicked or swept."""
-    DeliveryStream.objects.filter(organization_id=org_id, channel=channel, destination=destination).update(
-        active=False, updated_at=DbClock())
 
 
 def _lock(org_id: int, channel: str, destination: str) -> DeliveryStream | None:
@@ -313,33 +302,3 @@ def _breaker_record(ch: Channel, target, *, ok: bool) -> None:
             CircuitBreaker(name).record(ok=ok)
         except Exception:
             logger.warning("breaker not updated (Redis unavailable)", extra={"breaker": name})
-
-
-# --- streams ----------------------------------------------------------------------------------
-
-def stream_ensure(*, org_id: int, channel: str, destination: str = "", start_at_current: bool = False) -> None:
-    """Create the stream if missing, or re-activate it. A stream added later (Slack configured
-    today) starts at the organization's current seq rather than replaying its whole history."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            INSERT INTO notifications_deliverystream
-                (organization_id, channel, destination, delivered_seq, head_attempts, last_error,
-                 on_dead_letter, held, active, updated_at)
-            SELECT o.id, %s, %s, CASE WHEN %s THEN o.last_event_seq ELSE 0 END, 0, '', 'skip', false, true,
-                   clock_timestamp()
-            FROM organizations_organization o WHERE o.id = %s
-            ON CONFLICT (organization_id, channel, destination) DO UPDATE
-                SET active = true, updated_at = clock_timestamp(),
-                    delivered_seq = CASE WHEN notifications_deliverystream.active OR NOT %s
-                                         THEN notifications_deliverystream.delivered_seq
-                                         ELSE GREATEST(notifications_deliverystream.delivered_seq,
-                                                       EXCLUDED.delivered_seq) END
-            """,
-            [channel, destination, start_at_current, org_id, start_at_current],
-        )
-
-
-def stream_deactivate(*, org_id: int, channel: str, destination: str = "") -> None:
-    """Stop a stream without deleting it (a send in flight keeps its rows; its records stay)."""
-    _deactivate(org_id, channel, destination)

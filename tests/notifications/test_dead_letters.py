@@ -7,6 +7,7 @@ import pytest
 from django.db.models.functions import Now
 
 from notifications import services
+from organizations.services import slack_integration_set
 from notifications.delivery.fence import stream_deliver
 from notifications.models import Channel, Delivery, DeliveryStream
 from tests.support.fakeslack import FakeSlack
@@ -31,7 +32,7 @@ def slack(settings):
 def org_stream(db, slack):
     tracker = TrackerFactory()
     org = tracker.organization
-    services.slack_integration_set(organization=org, channel="C1", token=TOKEN)
+    slack_integration_set(organization=org, channel="C1", token=TOKEN)
     stream = DeliveryStream.objects.get(organization=org, channel=Channel.SLACK)
     return org, tracker, stream
 

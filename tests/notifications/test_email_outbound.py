@@ -113,7 +113,7 @@ def test_the_api_limit_makes_the_drain_wait_not_spin(providers, settings):
 
     result = email_service.outbound_drain()
 
-    assert result.kind == "wait" and 0.3 < result.wait <= 0.5
+    assert result.kind == "wait" and 0 < result.wait <= 0.5  # 2/s: the next grant within 0.5 s (less on a slow box)
     assert result.count == 1 and len(primary.messages()) == 1
     assert OutboundEmail.objects.filter(status="pending").count() == 2
 

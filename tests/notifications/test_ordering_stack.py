@@ -19,7 +19,7 @@ from websockets.sync.client import connect
 
 from config.routing import org_queue
 from notifications.models import DeliveryStream, Notification
-from notifications.services import slack_integration_set
+from organizations.services import slack_integration_set
 from organizations.models import Organization, User
 from organizations.services import membership_create, organization_create, user_token_create
 from tests.support.fakeslack import FakeSlack

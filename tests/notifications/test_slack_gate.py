@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from notifications import services
+from organizations.services import slack_integration_set
 from notifications.delivery.fence import stream_gate
 from notifications.delivery.types import DrainResult
 from notifications.models import DeliveryStream
@@ -29,7 +29,7 @@ def slow_global(settings):
 def _slack_org(event_age: float):
     tracker = TrackerFactory()
     org = tracker.organization
-    services.slack_integration_set(organization=org, channel=f"C{org.id}", token="xoxb-gate")
+    slack_integration_set(organization=org, channel=f"C{org.id}", token="xoxb-gate")
     TrackerEventFactory(tracker=tracker, occurred_at=timezone.now() - timedelta(seconds=event_age))
     return org
 

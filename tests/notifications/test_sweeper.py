@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from notifications.delivery.fence import stream_ensure
+from notifications.delivery.streams import stream_ensure
 from notifications.delivery import sweeper
 from notifications.delivery.sweeper import streams_stalled, streams_sweep
 from notifications.models import Channel, DeliveryStream

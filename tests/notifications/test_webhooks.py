@@ -163,7 +163,7 @@ def test_a_deleted_endpoint_gets_nothing_more(auth_client, org_with_members, rec
     assert not DeliveryStream.objects.get(channel="webhook").active
 
 
-def test_the_channel_declares_its_routing_and_limiter_scope(settings):
+def test_the_channel_declares_its_routing_and_limiter_scope():
     channel = registry.get("webhook")
     assert channel.provider_queue and channel.external
-    assert settings.HERALD_RATE_LIMITS["webhook.endpoint"] == {"rate": 10.0, "burst": 10}
+    assert channel.rate_limits() == {"webhook.endpoint": {"rate": 10.0, "burst": 10}}
