@@ -317,7 +317,6 @@ DELIVERY_LOCK_BUDGET_SECONDS = env_float("DELIVERY_LOCK_BUDGET_SECONDS", 30.0)
 DELIVERY_MAX_RETRY_COUNTDOWN = env_float("DELIVERY_MAX_RETRY_COUNTDOWN", 300.0)
 DELIVERY_BACKOFF_BASE = env_float("DELIVERY_BACKOFF_BASE", 0.5)
 DELIVERY_BACKOFF_MAX = env_float("DELIVERY_BACKOFF_MAX", 60.0)
-DELIVERY_BATCH_MAX = env_int("DELIVERY_BATCH_MAX", 50)
 DELIVERY_STALL_SECONDS = env_float("DELIVERY_STALL_SECONDS", 10.0)
 CELERY_BEAT_SCHEDULE["notifications.sweep_streams"] = {
     "task": "notifications.tasks.sweep_streams",
@@ -348,9 +347,6 @@ EMAIL_FROM = env("EMAIL_FROM", "Herald <herald@localhost>")
 DEFAULT_FROM_EMAIL = EMAIL_FROM
 # A digest lists at most this many events; the rest are summarized ("… and N more").
 EMAIL_DIGEST_MAX_LINES = env_int("EMAIL_DIGEST_MAX_LINES", 50)
-# A per-recipient wait longer than this parks the email as a recorded deferral (sent as a digest
-# when the limit frees); a shorter one is an ordinary wait.
-EMAIL_DEFER_MIN_SECONDS = env_float("EMAIL_DEFER_MIN_SECONDS", 60.0)
 EMAIL_MAX_ATTEMPTS = env_int("EMAIL_MAX_ATTEMPTS", 8)  # account emails (OutboundEmail) before a dead letter
 EMAIL_OUTBOUND_LANES = env_int("EMAIL_OUTBOUND_LANES", 2)  # drain tasks in flight at once for OutboundEmail
 EMAIL_OUTBOUND_LEASE_SECONDS = env_float("EMAIL_OUTBOUND_LEASE_SECONDS", 120.0)
