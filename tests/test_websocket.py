@@ -8,10 +8,12 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
+from django.db import transaction
 from django.test import Client
 
 from config.asgi import application
-from notifications import inbox, realtime
+from notifications import inbox, kinds, realtime
+from notifications import publish as log_publish
 from notifications.events import tracker_event_message
 from notifications.models import Channel, Notification
 from notifications.delivery.fence import stream_deliver
@@ -314,3 +316,44 @@ def test_membership_added_or_removed_takes_effect_on_open_connections(two_orgs):
         await comm.disconnect()
 
     run(body)
+
+
+def test_an_entry_of_another_kind_reaches_its_audience_and_only_its_seq_reaches_the_others(two_orgs, monkeypatch):
+    """Every socket of the organization sees every seq (continuity); only the audience sees the
+    entry and gets `notification.created`; server-side fields (audience, ids) never leave."""
+    monkeypatch.setitem(kinds.KINDS, "test.note", kinds.Kind(name="test.note", category="tracker_event",
+                                                             title=lambda e: f"note {e.payload['n']}"))
+    org_a, alice, _, _ = two_orgs
+    carol = MembershipFactory(organization=org_a).user
+    token_a, token_c = token_for(alice), token_for(carol)
+
+    def publish_and_drain():
+        with transaction.atomic():
+            entry = log_publish.publish(organization_id=org_a.id, kind="test.note", payload={"n": 7},
+                                        audience=[alice.id])
+        for _ in range(3):
+            if stream_deliver(org_id=org_a.id, channel=Channel.INAPP).kind == "delivered":
+                break
+        return entry
+
+    async def body():
+        comm_a, comm_c = communicator(f"?token={token_a}"), communicator(f"?token={token_c}")
+        await connect_ok(comm_a)
+        await connect_ok(comm_c)
+        entry = await sync_to_async(publish_and_drain)()
+
+        seen = await comm_a.receive_json_from(timeout=3)
+        assert (seen["type"], seen["kind"], seen["seq"], seen["payload"]) == ("log.entry", "test.note", entry.seq,
+                                                                              {"n": 7})
+        assert not {"audience", "notifications"} & set(seen)
+        created = await comm_a.receive_json_from(timeout=3)
+        assert (created["type"], created["title"]) == ("notification.created", "note 7")
+        other = await comm_c.receive_json_from(timeout=3)
+        assert other == {"type": "log.entry", "org_id": org_a.id, "seq": entry.seq, "kind": "test.note",
+                         "private": True}
+        assert await comm_c.receive_nothing(timeout=QUIET)
+        await comm_a.disconnect()
+        await comm_c.disconnect()
+
+    run(body)
+    assert list(Notification.objects.values_list("recipient_id", flat=True)) == [alice.id]
