@@ -66,8 +66,8 @@ def seed(*, active_orgs: int, members: int, total_orgs: int, inactive_members: i
         cur.execute(
             """
             INSERT INTO notifications_deliverystream (organization_id, channel, destination, delivered_seq,
-                head_attempts, last_error, on_dead_letter, held, updated_at)
-            SELECT o.id, c.channel, '', 0, 0, '', 'skip', false, now()
+                head_attempts, last_error, on_dead_letter, held, active, updated_at)
+            SELECT o.id, c.channel, '', 0, 0, '', 'skip', false, true, now()
             FROM (SELECT id FROM organizations_organization ORDER BY id LIMIT %s) o
             CROSS JOIN (VALUES ('inapp'), ('slack')) c(channel)
             ON CONFLICT (organization_id, channel, destination) DO NOTHING
