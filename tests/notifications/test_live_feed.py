@@ -19,7 +19,7 @@ from django.db import transaction
 from config.asgi import application
 from notifications import consumers, publish, realtime
 from notifications.models import Channel, Notification
-from notifications.services import stream_deliver
+from notifications.delivery.fence import stream_deliver
 from organizations import services as org_services
 from organizations.models import Membership
 from tests.organizations.factories import UserFactory
