@@ -51,6 +51,25 @@ class Writer(threading.Thread):
                     next_at = time.monotonic()  # fell behind: no catch-up burst
 
 
+class LockWatch(threading.Thread):
+    """Which lock waits (pg_locks, not granted) show up while the purge runs."""
+
+    def __init__(self, db_url: str):
+        super().__init__(daemon=True)
+        self.db_url, self.seen, self.stop_event = db_url, {}, threading.Event()
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            while not self.stop_event.is_set():
+                for row in conn.execute("""SELECT w.locktype, w.relation::regclass::text, w.mode, a.query
+                                           FROM pg_locks w JOIN pg_stat_activity a ON a.pid = w.pid
+                                           WHERE NOT w.granted AND a.datname = current_database()"""):
+                    self.seen[row[:3]] = self.seen.get(row[:3], 0) + 1
+                self.stop_event.wait(0.01)
+
+
 def summary(latencies: list[float]) -> str:
     ms = [x * 1000 for x in latencies]
     return (f"n={len(ms):6d}  p50={pct(ms, 50):6.2f} ms  p95={pct(ms, 95):6.2f} ms  p99={pct(ms, 99):6.2f} ms  "
@@ -64,6 +83,8 @@ def main() -> int:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--rate", type=float, default=100.0, help="inserts/s per writer")
     ap.add_argument("--idle-seconds", type=float, default=15.0)
+    ap.add_argument("--pause", type=float, default=None, help="seconds between dropped days "
+                    "(default ACTIVITY_PURGE_PAUSE_SECONDS)")
     ap.add_argument("--db-name", default="herald_bench_activity")
     args = ap.parse_args()
     db_url = setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
@@ -106,9 +127,13 @@ def main() -> int:
     time.sleep(2)  # warm up: connections, plans
     idle_from = time.monotonic()
     time.sleep(args.idle_seconds)
+    watch = LockWatch(db_url)
+    watch.start()
     purge_from = time.monotonic()
-    dropped = activity.activity_purge()
+    dropped = activity.activity_purge(pause=args.pause)
     purge_to = time.monotonic()
+    watch.stop_event.set()
+    watch.join()
     time.sleep(1)
     for w in writers:
         w.stop_event.set()
@@ -120,8 +145,10 @@ def main() -> int:
     print(f"writers: {args.writers} x {args.rate:.0f} inserts/s, one autocommit INSERT each (the middleware's)")
     print(f"idle   : {summary(idle)}")
     print(f"purge  : {summary(during)}")
+    print(f"after  : {summary([lat for t0, lat in samples if t0 >= purge_to])}")
     print(f"purge took {purge_to - purge_from:.2f} s, dropped {len(dropped)} partitions "
           f"({per_day * len(dropped):,} rows)")
+    print(f"lock waits seen during the purge (type, relation, mode: samples): {watch.seen or 'none'}")
     p99_idle, p99_purge = pct(idle, 99), pct(during, 99)
     print(f"p99 purge / idle: {p99_purge / p99_idle:.2f}x (target <= 1.20x); box shared with other engineers")
     return 0

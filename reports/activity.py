@@ -8,6 +8,7 @@ no vacuum debt, writers never wait on the purge."""
 import datetime as dt
 import logging
 import re
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -120,11 +121,12 @@ def activity_partitions_ensure(*, days_ahead: int | None = None) -> int:
     return sum(activity_partition_create(day=today + dt.timedelta(days=n)) for n in range(days_ahead + 1))
 
 
-def activity_purge(*, keep_days: int | None = None) -> list[str]:
+def activity_purge(*, keep_days: int | None = None, pause: float | None = None) -> list[str]:
     """Drop every partition whose whole day is older than `keep_days` (default
     ACTIVITY_RETENTION_DAYS); returns the dropped names. Runs outside any transaction: DETACH
     ... CONCURRENTLY needs its own, and that is what keeps writers from waiting."""
     keep_days = settings.ACTIVITY_RETENTION_DAYS if keep_days is None else keep_days
+    pause = settings.ACTIVITY_PURGE_PAUSE_SECONDS if pause is None else pause
     if connection.in_atomic_block:
         raise RuntimeError("activity_purge must run in autocommit mode (DETACH ... CONCURRENTLY)")
     cutoff = _db_today() - dt.timedelta(days=keep_days)  # rows before cutoff 00:00 UTC are > keep_days old
@@ -138,6 +140,8 @@ def activity_purge(*, keep_days: int | None = None) -> list[str]:
             cur.execute(f'ALTER TABLE {TABLE} DETACH PARTITION "{name}" {mode}')
             cur.execute(f'DROP TABLE "{name}"')
         dropped.append(name)
+        if pause:
+            time.sleep(pause)  # one day at a time: the I/O of unlinking a day's files is spread out
     if dropped:
         logger.info("activity partitions dropped", extra={"partitions": dropped})
     return dropped

@@ -25,7 +25,8 @@ from django.utils import timezone
 from config.errors import ApplicationError, Conflict
 from organizations.models import Organization
 from organizations.selectors import ApiKeyPrincipal
-from reports import selectors, writers
+from notifications import publish
+from reports import events, selectors, writers
 from reports.errors import ReportsError
 from reports.models import ReportJob
 
@@ -275,7 +276,10 @@ def _stream(job, attempt, heartbeat, raw, sql, params, total, writer) -> int:
 # --- notifications ---------------------------------------------------------------------------------
 
 def _push_progress(job: ReportJob) -> None:
-    """`report.progress` to the requester's sockets (wired to notifications.publish when it lands)."""
+    """`report.progress` to the requester's sockets, after commit (at once outside a transaction).
+    Jobs requested with an API key have no sockets to tell."""
+    if job.requested_by_id:
+        publish.push_user(user_id=job.requested_by_id, message=events.report_progress_message(job))
 
 
 def _notify_ready(job: ReportJob) -> None:

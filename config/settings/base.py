@@ -395,6 +395,7 @@ HERALD_RATE_LIMITS["stats.org"] = {"rate": env_float("STATS_PER_MINUTE_PER_ORG",
 ACTIVITY_PATH_PREFIX = "/api/"
 ACTIVITY_RETENTION_DAYS = env_int("ACTIVITY_RETENTION_DAYS", 30)
 ACTIVITY_PARTITIONS_AHEAD_DAYS = env_int("ACTIVITY_PARTITIONS_AHEAD_DAYS", 7)
+ACTIVITY_PURGE_PAUSE_SECONDS = env_float("ACTIVITY_PURGE_PAUSE_SECONDS", 1.0)  # between two dropped days
 # URL kwarg -> model with organization_id: how a write on /trackers/{tracker_id}/... finds its org.
 ACTIVITY_OBJECT_MODELS = {"tracker_id": "trackers.Tracker", "entry_id": "trackers.TimeEntry",
                           "comment_id": "trackers.Comment", "report_id": "reports.ReportJob"}

@@ -3,16 +3,20 @@ killed mid-run (SIGKILL of its whole process group) leaves no job stuck "running
 queues it again once its heartbeat is stale and another worker finishes it."""
 import csv
 import datetime as dt
+import json
+import threading
 import time
 
 import pytest
 from django.core.files.storage import default_storage
 
+from organizations import services as org_services
 from reports import services
 from reports.models import ReportJob
 from tests.reports.factories import seed_entries
 from tests.support.stack import Stack
 from trackers.models import Tracker
+from websockets.sync.client import connect
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest.mark.timeout(180)]
 START = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
@@ -31,6 +35,29 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+class Socket(threading.Thread):
+    """A member's /ws/ connection recording every message."""
+
+    def __init__(self, url: str, origin: str, token: str):
+        super().__init__(daemon=True)
+        self.url, self.origin, self.token = url, origin, token
+        self.messages: list[dict] = []
+        self.ready, self.stopping = threading.Event(), threading.Event()
+
+    def run(self):
+        with connect(f"{self.url}/ws/?token={self.token}", origin=self.origin, open_timeout=15) as ws:
+            self.messages.append(json.loads(ws.recv(timeout=15)))  # hello
+            self.ready.set()
+            while not self.stopping.is_set():
+                try:
+                    self.messages.append(json.loads(ws.recv(timeout=0.2)))
+                except TimeoutError:
+                    continue
+
+    def progress(self) -> list[dict]:
+        return [m["report"] for m in list(self.messages) if m.get("type") == "report.progress"]
+
+
 def job_state(job_id: int) -> ReportJob:
     return ReportJob.objects.get(pk=job_id)
 
@@ -41,12 +68,20 @@ def data(org_with_members):
     return org_with_members, tracker
 
 
-def test_a_job_runs_on_a_worker_with_progress(data, settings):
+def test_a_job_runs_on_a_worker_with_progress_pushed_over_the_websocket(data, settings):
     members, tracker = data
     seed_entries(tracker=tracker, users=[members.owner, members.member], count=60_000, start=START, step_seconds=30)
+    member_token = org_services.user_token_create(user=members.member)
+    owner_token = org_services.user_token_create(user=members.owner)
     with Stack(env=FAST) as stack:
+        stack.start_daphne("web")
         stack.start_worker("reports", ["reports"])
         stack.wait_ready(timeout=60)
+        member_ws = Socket(stack.ws_url(), stack.url(), member_token)
+        owner_ws = Socket(stack.ws_url(), stack.url(), owner_token)
+        for ws in (member_ws, owner_ws):
+            ws.start()
+            assert ws.ready.wait(20)
         with stack.dump_logs_on_failure(lines=60):
             job, created = services.report_job_request(
                 organization=members.org, requester=members.member, kind="time_entries", format="csv",
@@ -60,7 +95,17 @@ def test_a_job_runs_on_a_worker_with_progress(data, settings):
                 return state if state.status in ReportJob.FINISHED else None
 
             final = wait_for(finished, 60, "the job to finish", interval=0.02)
+            pushed = wait_for(lambda: (p := member_ws.progress()) and p[-1]["status"] == "succeeded" and p, 10,
+                              "the last report.progress message")
+            for ws in (member_ws, owner_ws):
+                ws.stopping.set()
+                ws.join(timeout=5)
     assert final.status == "succeeded", final.error
+    assert [p["id"] for p in pushed] == [job.pk] * len(pushed)
+    assert any(p["status"] == "running" and 0 < p["progress"] < 100 for p in pushed), pushed
+    assert [p["progress"] for p in pushed] == sorted(p["progress"] for p in pushed)
+    assert pushed[-1]["progress"] == 100 and pushed[-1]["download_url"] == f"/api/v1/reports/{job.pk}/download"
+    assert owner_ws.progress() == []  # only the requester's sockets hear of it
     assert final.rows == 60_000 and final.progress == 100 and final.attempts == 1
     assert any(status == "running" and 0 < progress < 100 for status, progress in seen), seen
     with default_storage.open(final.file, "r") as fh:
