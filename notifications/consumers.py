@@ -289,10 +289,6 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self._apply_memberships(marks)
             await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})
 
-    async def report_progress(self, message):
-        # Sent to user.<id> only (reports.events): the requester's own job.
-        await self.send_json(message)
-
     async def notification_created(self, message):
         await self._send_frames([message])
 
