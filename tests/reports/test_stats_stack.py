@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True), pytest
 CALLER_RATE, CALLER_BURST = 60, 4   # per minute, burst
 ORG_RATE, ORG_BURST = 120, 6
 SECONDS = 4.0
+MIN_REQUESTS = 120  # on a loaded box keep hammering past SECONDS until this many were made (at most 30 s)
 
 
 def test_three_web_processes_share_one_quota_per_caller_and_per_org(org_with_members):
@@ -35,7 +36,8 @@ def test_three_web_processes_share_one_quota_per_caller_and_per_org(org_with_mem
 
         def hammer(username: str, url: str) -> None:
             with httpx.Client(headers={"Authorization": f"Token {tokens[username]}"}, timeout=10) as client:
-                while time.monotonic() - start < SECONDS:
+                while time.monotonic() - start < SECONDS or (len(results) < MIN_REQUESTS
+                                                             and time.monotonic() - start < 30):
                     response = client.get(url)
                     with lock:
                         results.append((username, response.status_code, dict(response.headers)))
@@ -57,7 +59,7 @@ def test_three_web_processes_share_one_quota_per_caller_and_per_org(org_with_mem
         assert granted[user] <= caller_cap, (user, granted, caller_cap)
     assert sum(granted.values()) <= org_cap, (granted, org_cap)
     assert sum(granted.values()) >= ORG_BURST  # the limiter grants, it does not just refuse
-    assert statuses[429] > 50  # several processes really did hammer it
+    assert len(results) >= MIN_REQUESTS and statuses[429] >= len(results) - org_cap  # the excess was refused
     for _, status, headers in results:
         assert {"ratelimit-limit", "ratelimit-remaining", "ratelimit-reset"} <= set(headers), headers
         if status == 429:
