@@ -1,4 +1,5 @@
-"""ASGI entry point: Django for HTTP, Channels for WebSockets at /ws/."""
+"""ASGI entry point: Django for HTTP, Channels for WebSockets at /ws/ (Origin checked against
+HERALD_WS_ALLOWED_ORIGINS, see config.websocket)."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -7,8 +8,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.urls import path  # noqa: E402
+
+from config.websocket import OriginGuard  # noqa: E402
 
 from notifications.consumers import LiveConsumer  # noqa: E402
 from organizations.middleware import WebSocketAuthMiddleware  # noqa: E402
@@ -16,7 +18,7 @@ from organizations.middleware import WebSocketAuthMiddleware  # noqa: E402
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": OriginGuard(
             WebSocketAuthMiddleware(URLRouter([path("ws/", LiveConsumer.as_asgi())]))
         ),
     }

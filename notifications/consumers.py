@@ -28,6 +28,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from config.api import error_payload
+from config.parsers import JsonTooDeep, json_loads_bounded
 from notifications.events import notification_created_message
 from notifications.realtime import org_group, user_group
 from notifications.selectors import LiveBacklog, live_backlog, live_watermarks
@@ -117,6 +119,29 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         for group in [user_group(self.user_id)] + [org_group(o) for o in sorted(self.org_ids)]:
             await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        """A frame that is not one JSON object (binary, too large, malformed, nested too deep) is
+        answered with an error message; the socket stays open (no 1011 from a decoding crash)."""
+        problem = None
+        if text_data is None:
+            problem = ("Binary frames are not accepted; send JSON text.", "binary_frame")
+        elif len(text_data) > settings.HERALD_MAX_WS_FRAME_BYTES:
+            problem = (f"Frame larger than {settings.HERALD_MAX_WS_FRAME_BYTES} bytes.", "frame_too_large")
+        else:
+            try:
+                content = json_loads_bounded(text_data)
+            except JsonTooDeep as exc:
+                problem = (str(exc), "json_too_deep")
+            except ValueError:
+                problem = ("Frames must be JSON.", "malformed_frame")
+            else:
+                if not isinstance(content, dict):
+                    problem = ("Frames must be JSON objects.", "malformed_frame")
+        if problem is not None:
+            await self.send_json({"type": "error", **error_payload(*problem)})
+            return
+        await self.receive_json(content, **kwargs)
 
     async def receive_json(self, content, **kwargs):
         if not isinstance(content, dict):

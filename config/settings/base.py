@@ -58,6 +58,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.middleware.TrustedProxyMiddleware",
+    "config.middleware.ApiErrorsAsJsonMiddleware",
+    "config.middleware.BodySizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -200,7 +203,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -403,3 +406,26 @@ CELERY_BEAT_SCHEDULE["reports.purge_activity_log"] = {
     "task": "reports.tasks.purge_activity_log",
     "schedule": crontab(minute=5, hour=0),  # daily, just after midnight UTC
 }
+
+# --- Security (docs/security.md) ---------------------------------------------------------------
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in (env(name, default) or "").split(",") if item.strip()]
+
+
+# Absolute URLs Herald builds (pagination links, invitation links) start with this, never with the
+# request's Host header.
+HERALD_BASE_URL = env("HERALD_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# Pages allowed to open /ws/ (config.websocket): exact `scheme://host[:port]`; `:*` = any port.
+HERALD_WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", HERALD_BASE_URL)
+# Reverse proxies (IPs or CIDRs) whose X-Forwarded-For / -Proto / -Host are believed; from any other
+# peer those headers are dropped (config.middleware.TrustedProxyMiddleware).
+HERALD_TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
+# Request bodies: larger ones are refused with 413 before anything reads them; JSON nested deeper
+# than this is refused with 400 (REST bodies and WebSocket frames).
+HERALD_MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = HERALD_MAX_BODY_BYTES
+HERALD_MAX_JSON_DEPTH = env_int("MAX_JSON_DEPTH", 32)
+HERALD_MAX_WS_FRAME_BYTES = env_int("MAX_WS_FRAME_BYTES", 64 * 1024)
+# Development only (DEBUG without HERALD_ENCRYPTION_KEYS): the Slack-token key generated once per
+# checkout, never derived from the public default SECRET_KEY.
+HERALD_DEV_ENCRYPTION_KEY_FILE = env("HERALD_DEV_ENCRYPTION_KEY_FILE", str(BASE_DIR / ".run" / "dev-encryption-key"))

@@ -19,6 +19,9 @@ LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 LOGGING["handlers"]["stdout"]["formatter"] = "console"  # noqa: F405
 LOGGING["loggers"]["herald"]["level"] = "WARNING"  # noqa: F405
 ALLOWED_HOSTS = ["*"]
+HERALD_BASE_URL = "http://testserver"
+# Stack tests run Daphne on free ports of the loopback address.
+HERALD_WS_ALLOWED_ORIGINS = ["http://127.0.0.1", "http://127.0.0.1:*", "http://localhost:*", "http://testserver"]
 HERALD_ENCRYPTION_KEYS = ["dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="]
 MEDIA_ROOT = env("MEDIA_ROOT") or str(BASE_DIR / ".run" / "test-media")  # noqa: F405
 STORAGES = {
