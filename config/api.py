@@ -1,12 +1,14 @@
 """REST wiring shared by every app: the one error format, pagination, strict input serializers."""
 import math
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import set_rollback
 
 from config.errors import ApplicationError
@@ -85,8 +87,26 @@ def json_500(request):
 
 
 class Pagination(PageNumberPagination):
+    """Page links are absolute URLs under HERALD_BASE_URL: the request's Host header (anything a
+    client sends when ALLOWED_HOSTS is "*") never ends up in a link."""
+
     page_size_query_param = "page_size"
     max_page_size = 200
+
+    def get_next_link(self):
+        if not self.page.has_next():
+            return None
+        url = settings.HERALD_BASE_URL + self.request.get_full_path()
+        return replace_query_param(url, self.page_query_param, self.page.next_page_number())
+
+    def get_previous_link(self):
+        if not self.page.has_previous():
+            return None
+        url = settings.HERALD_BASE_URL + self.request.get_full_path()
+        number = self.page.previous_page_number()
+        if number == 1:
+            return remove_query_param(url, self.page_query_param)
+        return replace_query_param(url, self.page_query_param, number)
 
 
 class StrictSerializer(serializers.Serializer):
@@ -101,3 +121,4 @@ class StrictSerializer(serializers.Serializer):
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown}, code="unknown_field")
         return super().to_internal_value(data)
+

@@ -1,6 +1,14 @@
-"""Structured request logging: one line per request with method, path, status and duration."""
+"""Request middleware: proxy-header trust, body size limit, JSON errors under /api/, structured
+request logging (one line per request), 503 when a dependency is down, error pages for browser pages."""
+import ipaddress
 import logging
 import time
+from functools import cached_property
+
+from django.conf import settings
+from django.http import HttpResponse, JsonResponse
+
+from config.api import error_payload
 
 logger = logging.getLogger("herald.request")
 
@@ -79,3 +87,92 @@ class PageErrorMiddleware:
             return None
         return render(request, "error.html", {"message": exception.message, "code": exception.code},
                       status=exception.status_code)
+
+
+_PROXY_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO", "HTTP_X_FORWARDED_HOST",
+                  "HTTP_X_FORWARDED_PORT", "HTTP_X_REAL_IP", "HTTP_FORWARDED")
+
+
+class TrustedProxyMiddleware:
+    """X-Forwarded-* headers are believed only from HERALD_TRUSTED_PROXIES; from any other peer they are
+    dropped before anything (SECURE_PROXY_SSL_HEADER, the login throttle's client address) reads them.
+    From a trusted proxy, REMOTE_ADDR becomes the client address it reports: the right-most entry of
+    X-Forwarded-For that is not itself a trusted proxy."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    @cached_property
+    def networks(self):
+        return [ipaddress.ip_network(p, strict=False) for p in settings.HERALD_TRUSTED_PROXIES]
+
+    def trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.networks)
+
+    def __call__(self, request):
+        meta = request.META
+        if not self.trusted(meta.get("REMOTE_ADDR", "")):
+            for header in _PROXY_HEADERS:
+                meta.pop(header, None)
+        else:
+            hops = [h.strip() for h in meta.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+            while hops and self.trusted(hops[-1]):
+                hops.pop()
+            if hops:
+                try:
+                    meta["REMOTE_ADDR"] = str(ipaddress.ip_address(hops[-1]))
+                except ValueError:
+                    pass
+        return self.get_response(request)
+
+
+class BodySizeLimitMiddleware:
+    """A body larger than HERALD_MAX_BODY_BYTES is refused with 413 before anything parses it (the
+    declared Content-Length is checked; a body without one is never read by the JSON parser)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        declared = request.META.get("CONTENT_LENGTH") or "0"
+        limit = settings.HERALD_MAX_BODY_BYTES
+        try:
+            length = int(declared)
+        except ValueError:
+            return JsonResponse(error_payload("Invalid Content-Length.", "bad_request"), status=400)
+        if length > limit:
+            response = JsonResponse(error_payload(f"Request body larger than {limit} bytes.", "request_too_large",
+                                                  {"max_bytes": limit}), status=413)
+            response["Connection"] = "close"
+            return response
+        return self.get_response(request)
+
+
+_STATUS_CODES = {400: "bad_request", 401: "not_authenticated", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 413: "request_too_large", 500: "server_error"}
+
+
+class ApiErrorsAsJsonMiddleware:
+    """Under /api/ every error is the JSON error shape, even the ones Django renders as HTML before or
+    around a view (DEBUG's technical 404 and 500 pages, a 405 from a plain Django view)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (response.status_code >= 400 and request.path.startswith("/api/")
+                and not response.get("Content-Type", "").startswith("application/json")):
+            status = response.status_code
+            replacement = JsonResponse(
+                error_payload(HttpResponse(status=status).reason_phrase + ".", _STATUS_CODES.get(status, "error")),
+                status=status)
+            for header in ("Retry-After", "WWW-Authenticate", "Allow"):
+                if header in response:
+                    replacement[header] = response[header]
+            return replacement
+        return response

@@ -1,11 +1,12 @@
-"""Operational endpoints: liveness, readiness (Postgres, Redis, broker) and Prometheus metrics."""
+"""Operational endpoints: liveness, readiness (Postgres, Redis, broker), Prometheus metrics, favicon."""
 import logging
 import os
 
 import redis
 from django.conf import settings
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
+from django.templatetags.static import static
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client import REGISTRY
@@ -22,6 +23,17 @@ class _ThisProcess:
     def collect(self):
         yield from REGISTRY.collect()
 CHECK_TIMEOUT = 2.0
+
+
+@require_GET
+def favicon(request):
+    """Resolved per request, not at URL import: without a collected static manifest only this
+    redirect degrades (to the unhashed name), instead of every URL failing to load."""
+    try:
+        target = static("favicon.svg")
+    except ValueError:  # ManifestStaticFilesStorage before collectstatic
+        target = settings.STATIC_URL + "favicon.svg"
+    return HttpResponseRedirect(target)
 
 
 @require_GET
