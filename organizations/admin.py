@@ -38,12 +38,24 @@ class MembershipAdmin(admin.ModelAdmin):
     list_select_related = ("user", "organization")
 
 
+class HashPrefixMixin:
+    """Stored hashes are shown by their first characters only: enough to tell rows apart, not enough to
+    test a leaked key offline or to recognise one from the full digest."""
+
+    HASH_SHOWN = 8
+
+    @admin.display(description="key hash")
+    def hash_prefix(self, obj) -> str:
+        return f"{obj.key_hash[:self.HASH_SHOWN]}…" if obj.key_hash else ""
+
+
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(HashPrefixMixin, admin.ModelAdmin):
     list_display = ("name", "prefix", "organization", "created_at", "last_used_at", "revoked_at")
     list_filter = ("revoked_at",)
     search_fields = ("name", "prefix", "organization__name")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+    exclude = ("key_hash",)
+    readonly_fields = ("prefix", "hash_prefix", "created_at", "last_used_at")
     list_select_related = ("organization",)
     raw_id_fields = ("organization", "created_by")
 
@@ -52,10 +64,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
 
 @admin.register(UserToken)
-class UserTokenAdmin(admin.ModelAdmin):
+class UserTokenAdmin(HashPrefixMixin, admin.ModelAdmin):
     list_display = ("prefix", "user", "created_at", "last_used_at")
     search_fields = ("prefix", "user__username")
-    readonly_fields = ("prefix", "key_hash", "created_at", "last_used_at")
+    exclude = ("key_hash",)
+    readonly_fields = ("prefix", "hash_prefix", "created_at", "last_used_at")
     list_select_related = ("user",)
 
     def has_add_permission(self, request):

@@ -82,7 +82,7 @@ class ApiKey(models.Model):
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="api_keys")
     name = models.CharField(max_length=100)
-    prefix = models.CharField(max_length=12, unique=True)
+    prefix = models.CharField(max_length=24, unique=True)
     key_hash = models.CharField(max_length=64)
     created_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -101,7 +101,7 @@ class UserToken(models.Model):
     """A user's API token (`Authorization: Token <key>`). Stored hashed, like API keys."""
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
-    prefix = models.CharField(max_length=12, unique=True)
+    prefix = models.CharField(max_length=24, unique=True)
     key_hash = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)

@@ -45,9 +45,26 @@ def user_register(*, username: str, email: str, password: str) -> tuple[User, st
     return candidate, user_token_create(user=candidate)
 
 
+KEY_CREATE_ATTEMPTS = 3
+
+
+def _create_with_fresh_prefix(model, kind: str, **fields):
+    """Insert a key row under a new random prefix; a prefix already taken (unique index) is drawn
+    again instead of surfacing as an IntegrityError. Returns (row, full key)."""
+    for attempt in range(KEY_CREATE_ATTEMPTS):
+        full, prefix, key_hash = secrets.new_key(kind)
+        try:
+            with transaction.atomic():
+                return model.objects.create(prefix=prefix, key_hash=key_hash, **fields), full
+        except IntegrityError:
+            if attempt == KEY_CREATE_ATTEMPTS - 1 or model.objects.filter(prefix=prefix).first() is None:
+                raise  # not the prefix (or three collisions in a row: something else is wrong)
+            logger.warning("key prefix collision; drawing again", extra={"model": model.__name__})
+    raise AssertionError("unreachable")
+
+
 def user_token_create(*, user: User) -> str:
-    full, prefix, key_hash = secrets.new_key(USER_TOKEN_KIND)
-    UserToken.objects.create(user=user, prefix=prefix, key_hash=key_hash)
+    _, full = _create_with_fresh_prefix(UserToken, USER_TOKEN_KIND, user=user)
     return full
 
 
@@ -77,11 +94,16 @@ def user_update(*, user: User, data: dict) -> User:
     for field in fields:
         setattr(user, field, data[field])
     try:
-        user.full_clean(exclude=["password", "username"])
+        # Uniqueness of the email is the explicit check above plus the unique index (409), not a 400 here.
+        user.full_clean(exclude=["password", "username"], validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         raise ApplicationError("Invalid input.", code="validation_error", extra={"fields": exc.message_dict}) from exc
     if fields:
-        user.save(update_fields=fields)
+        try:
+            with transaction.atomic():
+                user.save(update_fields=fields)
+        except IntegrityError as exc:  # the same email claimed by a concurrent update that committed first
+            raise Conflict("An account with that email exists.", code="email_taken") from exc
     if changed:
         # Queued in this transaction (durable with the change); the send is kicked on commit.
         publish.profile_updated(user=user, changed=changed)
@@ -168,11 +190,8 @@ def slack_integration_set(*, organization: Organization, channel: str, token: st
 
 @transaction.atomic
 def api_key_create(*, organization: Organization, name: str, created_by: User | None) -> tuple[ApiKey, str]:
-    full, prefix, key_hash = secrets.new_key(API_KEY_KIND)
-    key = ApiKey.objects.create(
-        organization=organization, name=name, prefix=prefix, key_hash=key_hash, created_by=created_by
-    )
-    return key, full
+    return _create_with_fresh_prefix(ApiKey, API_KEY_KIND, organization=organization, name=name,
+                                     created_by=created_by)
 
 
 @transaction.atomic
