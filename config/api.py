@@ -93,6 +93,28 @@ class Pagination(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 200
 
+    def get_page_size(self, request):
+        """page_size must be a positive integer when given (DRF would silently fall back)."""
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is not None and (not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size):
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"Must be an integer from 1 to {self.max_page_size}."]})
+        return super().get_page_size(request)
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"]["minimum"] = 1
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"]["maximum"] = self.max_page_size
+        return parameters
+
+    def get_page_number(self, request, paginator):
+        raw = request.query_params.get(self.page_query_param)
+        if raw is not None and raw != "last" and (not raw.isdigit() or int(raw) < 1):
+            raise exceptions.ValidationError({self.page_query_param: ["Must be a positive integer."]})
+        return super().get_page_number(request, paginator)
+
     def get_next_link(self):
         if not self.page.has_next():
             return None
@@ -120,5 +142,38 @@ class StrictSerializer(serializers.Serializer):
         unknown = sorted(set(data) - set(self.fields))
         if unknown:
             raise serializers.ValidationError({name: ["Unknown field."] for name in unknown}, code="unknown_field")
+        wrong = {name: [f"Expected {expected}."] for name, expected in
+                 ((name, _json_type_error(field, data[name])) for name, field in self.fields.items() if name in data)
+                 if expected}
+        if wrong:
+            raise serializers.ValidationError(wrong, code="invalid")
         return super().to_internal_value(data)
+
+
+# JSON types as the schema states them: DRF would coerce 0 into "0" or "true" into True.
+_JSON_TYPES = [
+    (serializers.BooleanField, (bool,), "a boolean"),
+    (serializers.IntegerField, (int,), "an integer"),
+    (serializers.FloatField, (int, float), "a number"),
+    (serializers.CharField, (str,), "a string"),  # also Email, Regex, Slug, URL fields
+    (serializers.ChoiceField, None, None),
+    (serializers.ListField, (list,), "an array"),
+    (serializers.DictField, (dict,), "an object"),
+    (serializers.DateTimeField, (str,), "a string"),
+    (serializers.DateField, (str,), "a string"),
+    (serializers.TimeField, (str,), "a string"),
+]
+
+
+def _json_type_error(field, value) -> str | None:
+    """What the field expects if `value` has the wrong JSON type (null is the field's own business)."""
+    if value is None or field.read_only:
+        return None
+    for cls, types, label in _JSON_TYPES:
+        if isinstance(field, cls):
+            if types is None:
+                return None
+            ok = isinstance(value, types) and not (bool not in types and isinstance(value, bool))
+            return None if ok else label
+    return None
 

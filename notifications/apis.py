@@ -12,7 +12,7 @@ from notifications.events import entry_message
 from organizations.apis import require_user
 from organizations.selectors import organization_get_for_user
 
-_BOOLEAN = {"": False, "0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
+_BOOLEAN = {"0": False, "false": False, "no": False, "1": True, "true": True, "yes": True}
 
 
 def _origin(request) -> str | None:
@@ -33,11 +33,11 @@ class NotificationOutput(serializers.Serializer):
 
 
 class NotificationListApi(APIView):
-    @extend_schema(parameters=[OpenApiParameter("unread", OpenApiTypes.BOOL, description="Only unread")],
+    @extend_schema(parameters=[OpenApiParameter("unread", OpenApiTypes.BOOL, description="Only unread (true/false)")],
                    responses=NotificationOutput(many=True))
     def get(self, request):
         user = require_user(request)
-        raw = request.query_params.get("unread", "").lower()
+        raw = request.query_params.get("unread", "false").lower()  # absent: all; empty `unread=`: 400
         if raw not in _BOOLEAN:
             raise ApplicationError("unread must be true or false.", code="validation_error",
                                    extra={"fields": {"unread": ["Must be true or false."]}})
@@ -81,8 +81,10 @@ class OrgLogListApi(APIView):
     @extend_schema(
         operation_id="org_events_list",
         parameters=[
-            OpenApiParameter("after_seq", OpenApiTypes.INT, description="Return entries with seq > after_seq (>= 0)"),
-            OpenApiParameter("limit", OpenApiTypes.INT, description=f"Page size (1..{LOG_MAX_LIMIT}, default 100)"),
+            OpenApiParameter("after_seq", {"type": "integer", "minimum": 0},
+                             description="Return entries with seq > after_seq (>= 0)"),
+            OpenApiParameter("limit", {"type": "integer", "minimum": 1, "maximum": LOG_MAX_LIMIT},
+                             description=f"Page size (1..{LOG_MAX_LIMIT}, default 100)"),
         ],
         responses=inline_serializer("EventPage", {
             "results": serializers.ListField(child=serializers.DictField()),
