@@ -5,6 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import ops
+from organizations import signin
 
 api_v1 = [
     path("", include("organizations.urls")),
@@ -18,7 +19,7 @@ urlpatterns = [
     path("", include("trackers.pages")),
     path("", include("organizations.pages")),
     path("", include("reports.pages")),
-    path("accounts/login/", auth_views.LoginView.as_view(template_name="registration/login.html"), name="login"),
+    path("accounts/login/", signin.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),

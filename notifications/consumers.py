@@ -82,6 +82,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=UNAUTHORIZED)
             return
         self.user_id = user.pk
+        self.token_id = self.scope.get("auth_token_id")  # None: authenticated by the session cookie
         query = parse_qs(self.scope.get("query_string", b"").decode())
         self.client_id = (query.get("client_id") or [None])[0]
         resume = parse_after((query.get("after") or [""])[0])
@@ -110,6 +111,13 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_json({"type": "hello", "user_id": self.user_id, "org_ids": sorted(self.org_ids)})
             await self._resume(resume, marks)
         self.watcher = asyncio.create_task(self._watch())
+
+    async def access_revoked(self, message):
+        """The user was deactivated, changed password, or revoked the token this socket was opened
+        with (organizations.services, after commit): close at once."""
+        token_ids = message.get("token_ids")
+        if token_ids is None or (self.token_id is not None and self.token_id in token_ids):
+            await self.close(code=UNAUTHORIZED)
 
     async def disconnect(self, code):
         watcher = getattr(self, "watcher", None)

@@ -1,5 +1,6 @@
 """REST endpoints for accounts, organizations, memberships, API keys and Slack settings."""
-from django.contrib.auth import authenticate
+from django.conf import settings
+from django.contrib.auth import update_session_auth_hash
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -7,10 +8,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.api import Pagination, StrictSerializer
-from config.errors import ApplicationError, Forbidden, NotFound
+from config.errors import Forbidden, NotFound
 from organizations import selectors, services
-from organizations.models import ApiKey, Membership, User, validate_time_zone
+from organizations.errors import OrganizationsError
+from organizations.models import (DEFAULT_API_KEY_SCOPES, ApiKey, ApiKeyScope, Membership, User, UserToken,
+                                  default_api_key_scopes, time_zone_choices)
 from organizations.selectors import ApiKeyPrincipal
+
+
+def client_ip(request) -> str | None:
+    """The client's address (REMOTE_ADDR, already resolved from a trusted proxy's X-Forwarded-For)."""
+    return request.META.get("REMOTE_ADDR") or None
 
 
 def require_user(request) -> User:
@@ -42,7 +50,7 @@ class RegisterApi(APIView):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        user, token = services.user_register(**data.validated_data)
+        user, token = services.user_register(**data.validated_data, ip=client_ip(request))
         return Response({"user": UserOutput(user).data, "token": token}, status=status.HTTP_201_CREATED)
 
 
@@ -59,10 +67,64 @@ class TokenApi(APIView):
     def post(self, request):
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        user = authenticate(request, **data.validated_data)
-        if user is None:
-            raise ApplicationError("Wrong username or password.", code="invalid_credentials", status=400)
-        return Response({"token": services.user_token_create(user=user)})
+        user = services.user_login(request=request, ip=client_ip(request), **data.validated_data)
+        return Response({"token": services.user_token_create(user=user, name="api login", ip=client_ip(request))})
+
+
+class UserTokenOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    prefix = serializers.CharField()
+    name = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    expires_at = serializers.DateTimeField(allow_null=True)
+    current = serializers.SerializerMethodField()
+
+    def get_current(self, obj) -> bool:
+        return obj.id == self.context.get("current_token_id")
+
+
+class TokenListApi(APIView):
+    """The caller's live tokens (not revoked, not expired), newest first."""
+
+    @extend_schema(responses=UserTokenOutput(many=True))
+    def get(self, request):
+        user = require_user(request)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.user_token_list(user=user), request, view=self)
+        current = request.auth.id if isinstance(request.auth, UserToken) else None
+        return paginator.get_paginated_response(
+            UserTokenOutput(page, many=True, context={"current_token_id": current}).data)
+
+
+class TokenDetailApi(APIView):
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, token_id: int):
+        """Revoke one of your tokens; WebSockets opened with it close."""
+        services.user_token_revoke(user=require_user(request), token_id=token_id, ip=client_ip(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class PasswordApi(APIView):
+    class Input(StrictSerializer):
+        current_password = serializers.CharField(max_length=128, write_only=True)
+        new_password = serializers.CharField(max_length=128, write_only=True)
+
+    @extend_schema(request=Input, responses={200: inline_serializer("PasswordChanged",
+                                                                    {"token": serializers.CharField()})})
+    def post(self, request):
+        """Change your password: every token is revoked and every WebSocket closed; the answer
+        carries one new token."""
+        user = require_user(request)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        ip = client_ip(request)
+        services.user_login(request=request._request, username=user.get_username(),
+                            password=data.validated_data["current_password"], ip=ip)
+        services.user_password_change(user=user, password=data.validated_data["new_password"], ip=ip)
+        if not isinstance(request.auth, UserToken):  # a browser session: keep this one signed in
+            update_session_auth_hash(request._request, user)
+        return Response({"token": services.user_token_create(user=user, name="password change", ip=ip)})
 
 
 class MeApi(APIView):
@@ -70,7 +132,7 @@ class MeApi(APIView):
         email = serializers.EmailField(max_length=254, required=False)
         first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
         last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
-        time_zone = serializers.CharField(max_length=64, required=False, validators=[validate_time_zone])
+        time_zone = serializers.ChoiceField(choices=time_zone_choices(), required=False)
         phone = serializers.RegexField(r"^\+?[0-9 ()-]{0,31}\Z", max_length=32, required=False, allow_blank=True)
         postal_code = serializers.CharField(max_length=16, required=False, allow_blank=True)
         slack_user_id = serializers.CharField(max_length=32, required=False, allow_blank=True)
@@ -101,8 +163,7 @@ class OrganizationListCreateApi(APIView):
     class Input(StrictSerializer):
         name = serializers.CharField(max_length=120)
         slug = serializers.SlugField(max_length=64, required=False)
-        time_zone = serializers.CharField(max_length=64, required=False, default="UTC",
-                                          validators=[validate_time_zone])
+        time_zone = serializers.ChoiceField(choices=time_zone_choices(), required=False, default="UTC")
 
     @extend_schema(responses=OrganizationOutput(many=True))
     def get(self, request):
@@ -131,9 +192,22 @@ class MembershipOutput(serializers.Serializer):
     id = serializers.IntegerField()
     user_id = serializers.IntegerField()
     username = serializers.CharField(source="user.username")
-    email = serializers.CharField(source="user.email")
+    email = serializers.SerializerMethodField()
     role = serializers.CharField()
     created_at = serializers.DateTimeField()
+
+    def get_email(self, obj) -> str | None:
+        """Owners and admins see members' emails; members see null (no harvesting of addresses)."""
+        return obj.user.email if self.context.get("show_emails") else None
+
+
+class InvitationOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    email = serializers.EmailField()
+    role = serializers.CharField()
+    status = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
 
 
 class MembershipListCreateApi(APIView):
@@ -146,15 +220,56 @@ class MembershipListCreateApi(APIView):
         organization = selectors.organization_get_for_user(user=request.user, id=org_id)
         paginator = Pagination()
         page = paginator.paginate_queryset(selectors.membership_list(organization=organization), request, view=self)
-        return paginator.get_paginated_response(MembershipOutput(page, many=True).data)
+        show = selectors.can_see_member_emails(principal=request.user, organization_id=organization.id)
+        return paginator.get_paginated_response(MembershipOutput(page, many=True, context={"show_emails": show}).data)
 
-    @extend_schema(request=Input, responses={201: MembershipOutput})
+    @extend_schema(request=Input, responses={201: inline_serializer(
+        "InvitationCreated", {"invitation": InvitationOutput(), "token": serializers.CharField(),
+                              "accept_url": serializers.CharField()})})
     def post(self, request, org_id: int):
+        """Invite someone by email: they join when they accept (POST /api/v1/invitations/{token}/accept,
+        signed in with that email). The same answer whether or not the address has an account."""
         organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        membership = services.membership_create(organization=organization, **data.validated_data)
-        return Response(MembershipOutput(membership).data, status=status.HTTP_201_CREATED)
+        key = request.user.api_key if isinstance(request.user, ApiKeyPrincipal) else None
+        invitation, token = services.invitation_create(
+            organization=organization, invited_by=None if key else request.user, api_key=key, ip=client_ip(request),
+            **data.validated_data)
+        return Response({"invitation": InvitationOutput(invitation).data, "token": token,
+                         "accept_url": f"{settings.HERALD_BASE_URL}/api/v1/invitations/{token}/accept"},
+                        status=status.HTTP_201_CREATED)
+
+
+class InvitationListApi(APIView):
+    @extend_schema(responses=InvitationOutput(many=True))
+    def get(self, request, org_id: int):
+        """Pending invitations of the organization, newest first (owners and admins)."""
+        organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(selectors.invitation_pending_list(organization=organization), request,
+                                           view=self)
+        return paginator.get_paginated_response(InvitationOutput(page, many=True).data)
+
+
+class InvitationDetailApi(APIView):
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, org_id: int, invitation_id: int):
+        """Withdraw a pending invitation."""
+        organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
+        key = request.user.api_key if isinstance(request.user, ApiKeyPrincipal) else None
+        services.invitation_revoke(organization=organization, invitation_id=invitation_id,
+                                   by=None if key else request.user, api_key=key, ip=client_ip(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class InvitationAcceptApi(APIView):
+    @extend_schema(request=None, responses={201: MembershipOutput})
+    def post(self, request, token: str):
+        """Join the organization you were invited to (signed in with the invited email; once)."""
+        membership = services.invitation_accept(user=require_user(request), token=token, ip=client_ip(request))
+        return Response(MembershipOutput(membership, context={"show_emails": True}).data,
+                        status=status.HTTP_201_CREATED)
 
 
 class SlackSettingsApi(APIView):
@@ -185,37 +300,56 @@ class ApiKeyOutput(serializers.Serializer):
     id = serializers.IntegerField()
     name = serializers.CharField()
     prefix = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
 
 
+def _key_actor(request) -> tuple[User | None, ApiKey | None]:
+    if isinstance(request.user, ApiKeyPrincipal):
+        return None, request.user.api_key
+    return request.user, None
+
+
 class ApiKeyListCreateApi(APIView):
     class Input(StrictSerializer):
         name = serializers.CharField(max_length=100)
+        scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKeyScope.choices), required=False,
+                                       allow_empty=False, max_length=len(ApiKeyScope.choices),
+                                       help_text="Default: " + ", ".join(DEFAULT_API_KEY_SCOPES))
 
     @extend_schema(responses=ApiKeyOutput(many=True))
     def get(self, request, org_id: int):
-        organization = selectors.organization_get_for_user(user=require_user(request), id=org_id, admin=True)
-        keys = ApiKey.objects.filter(organization=organization).order_by("-id")
-        return Response(ApiKeyOutput(keys, many=True).data)
+        organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
+        paginator = Pagination()
+        page = paginator.paginate_queryset(ApiKey.objects.filter(organization=organization).order_by("-id"), request,
+                                           view=self)
+        return paginator.get_paginated_response(ApiKeyOutput(page, many=True).data)
 
     @extend_schema(request=Input, responses={201: inline_serializer(
         "ApiKeyCreated", {"api_key": ApiKeyOutput(), "key": serializers.CharField()})})
     def post(self, request, org_id: int):
-        user = require_user(request)
-        organization = selectors.organization_get_for_user(user=user, id=org_id, admin=True)
+        organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
         data = self.Input(data=request.data)
         data.is_valid(raise_exception=True)
-        api_key, full = services.api_key_create(organization=organization, created_by=user, **data.validated_data)
+        user, key = _key_actor(request)
+        scopes = data.validated_data.get("scopes")
+        if key is not None and not set(scopes or default_api_key_scopes()) <= set(key.scopes):
+            # A key never mints a key that can do more than itself.
+            raise Forbidden("A key cannot grant scopes it does not have.", code=OrganizationsError.SCOPE_REQUIRED,
+                            extra={"scopes": sorted(set(scopes or default_api_key_scopes()) - set(key.scopes))})
+        api_key, full = services.api_key_create(organization=organization, created_by=user, scopes=scopes,
+                                                name=data.validated_data["name"], ip=client_ip(request))
         return Response({"api_key": ApiKeyOutput(api_key).data, "key": full}, status=status.HTTP_201_CREATED)
 
 
 class ApiKeyRevokeApi(APIView):
     @extend_schema(request=None, responses=ApiKeyOutput)
     def post(self, request, org_id: int, key_id: int):
-        organization = selectors.organization_get_for_user(user=require_user(request), id=org_id, admin=True)
+        organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
         api_key = ApiKey.objects.filter(organization=organization, id=key_id).first()
         if api_key is None:
-            raise NotFound("API key not found.", code="api_key_not_found")
-        return Response(ApiKeyOutput(services.api_key_revoke(api_key=api_key)).data)
+            raise NotFound("API key not found.", code=OrganizationsError.API_KEY_NOT_FOUND)
+        user, _ = _key_actor(request)
+        return Response(ApiKeyOutput(services.api_key_revoke(api_key=api_key, by=user, ip=client_ip(request))).data)

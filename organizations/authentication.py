@@ -1,7 +1,7 @@
 """DRF authentication: `Authorization: Token <user token>` and `Authorization: Bearer <org API key>`."""
 from rest_framework import authentication, exceptions
 
-from organizations.services import ApiKeyRejected, api_key_authenticate, user_token_authenticate
+from organizations.services import ApiKeyRejected, TokenRejected, api_key_authenticate, user_token_resolve
 
 
 def _credentials(request, keyword: str) -> str | None:
@@ -23,10 +23,11 @@ class UserTokenAuthentication(authentication.BaseAuthentication):
         key = _credentials(request, self.keyword)
         if key is None:
             return None
-        user = user_token_authenticate(key=key)
-        if user is None:
-            raise exceptions.AuthenticationFailed("Invalid token.", code="invalid_token")
-        return user, None
+        try:
+            token = user_token_resolve(key=key)
+        except TokenRejected as exc:
+            raise exceptions.AuthenticationFailed(exc.message, code=exc.code) from exc
+        return token.user, token  # request.auth: the UserToken row
 
     def authenticate_header(self, request):
         return self.keyword

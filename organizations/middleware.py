@@ -5,12 +5,15 @@ from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from channels.sessions import CookieMiddleware, SessionMiddleware
 
-from organizations.services import user_token_authenticate
+from organizations.services import TokenRejected, user_token_resolve
 
 
 @database_sync_to_async
-def _user_from_token(key: str):
-    return user_token_authenticate(key=key)
+def _token(key: str):
+    try:
+        return user_token_resolve(key=key)
+    except TokenRejected:
+        return None
 
 
 class _TokenOrSessionAuth(AuthMiddleware):
@@ -20,7 +23,10 @@ class _TokenOrSessionAuth(AuthMiddleware):
             # A token, even a bad one, is the only credential considered: no silent session fallback.
             from django.contrib.auth.models import AnonymousUser
 
-            scope["user"]._wrapped = (await _user_from_token(token)) or AnonymousUser()
+            row = await _token(token)
+            scope["user"]._wrapped = row.user if row is not None else AnonymousUser()
+            # The consumer closes when this token is revoked (access.revoked on the user's group).
+            scope["auth_token_id"] = row.id if row is not None else None
             return
         await super().resolve_scope(scope)
 

@@ -14,6 +14,10 @@ def _time_zones() -> frozenset[str]:
     return frozenset(zoneinfo.available_timezones())
 
 
+def time_zone_choices() -> list[str]:
+    return sorted(_time_zones())
+
+
 def validate_time_zone(value: str) -> None:
     if value not in _time_zones():
         raise ValidationError(f"Unknown time zone: {value!r}.", code="invalid_time_zone")
@@ -77,6 +81,27 @@ class Membership(models.Model):
         return f"{self.user} in {self.organization} ({self.role})"
 
 
+class ApiKeyScope(models.TextChoices):
+    """What an organization API key may do (docs/security.md). A key never manages keys or
+    memberships unless given the scope; a new key without `scopes` gets DEFAULT_API_KEY_SCOPES."""
+
+    ORGS_READ = "orgs:read", "Read the organization, its members and trackers"
+    TRACKERS_WRITE = "trackers:write", "Create, start and stop trackers"
+    EVENTS_READ = "events:read", "Read the event log"
+    NOTIFICATIONS_SEND = "notifications:send", "Send notifications"
+    INTEGRATIONS_WRITE = "integrations:write", "Change Slack and other integrations"
+    MEMBERS_WRITE = "members:write", "Invite members (as members only)"
+    API_KEYS_WRITE = "api_keys:write", "Create and revoke API keys"
+
+
+DEFAULT_API_KEY_SCOPES = [ApiKeyScope.ORGS_READ, ApiKeyScope.TRACKERS_WRITE, ApiKeyScope.EVENTS_READ,
+                          ApiKeyScope.NOTIFICATIONS_SEND]
+
+
+def default_api_key_scopes() -> list[str]:
+    return [str(s) for s in DEFAULT_API_KEY_SCOPES]
+
+
 class ApiKey(models.Model):
     """An organization's API key. Only a SHA-256 of the secret is stored; the key is shown once."""
 
@@ -88,6 +113,7 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    scopes = models.JSONField(default=default_api_key_scopes)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
@@ -98,13 +124,25 @@ class ApiKey(models.Model):
 
 
 class UserToken(models.Model):
-    """A user's API token (`Authorization: Token <key>`). Stored hashed, like API keys."""
+    """A user's API token (`Authorization: Token <key>`). Stored hashed, like API keys.
+
+    It expires HERALD_TOKEN_TTL_SECONDS after its last use (sliding; NULL: issued before expiry
+    existed, counted from its creation), ends when revoked, and is bound to the password it was
+    issued under (`auth_hash`, the user's session auth hash): a password change by any path ends it."""
 
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_tokens")
     prefix = models.CharField(max_length=24, unique=True)
     key_hash = models.CharField(max_length=64)
+    name = models.CharField(max_length=100, blank=True)
+    auth_hash = models.CharField(max_length=128, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "-id"], condition=Q(revoked_at__isnull=True),
+                                name="usertoken_active_by_user")]
 
     def __str__(self) -> str:
         return f"token {self.prefix}… for {self.user}"
@@ -121,3 +159,76 @@ class SlackIntegration(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization} → {self.channel}"
+
+
+class Invitation(models.Model):
+    """An offer to join an organization, sent to an email address. Only the invitee (signed in with
+    that email) can accept it, once, before it expires. The token is stored hashed."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        REVOKED = "revoked", "Revoked"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    email = models.EmailField(max_length=254)
+    role = models.CharField(max_length=16, choices=Membership.Role.choices, default=Membership.Role.MEMBER)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    prefix = models.CharField(max_length=24, unique=True)
+    key_hash = models.CharField(max_length=64)
+    invited_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    invited_by_api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    accepted_by = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["pending", "accepted", "revoked"]),
+                                   name="invitation_status_valid"),
+            models.CheckConstraint(condition=Q(role__in=["admin", "member"]), name="invitation_role_valid"),
+            # One pending invitation per address and organization: inviting again renews it.
+            models.UniqueConstraint(models.F("organization"), models.functions.Lower("email"),
+                                    condition=Q(status="pending"), name="invitation_one_pending_per_email"),
+        ]
+        indexes = [models.Index(fields=["organization", "-id"], condition=Q(status="pending"),
+                                name="invitation_pending_by_org")]
+
+    def __str__(self) -> str:
+        return f"{self.email} → {self.organization} ({self.status})"
+
+
+class SecurityEvent(models.Model):
+    """Audit log of security-relevant facts, written in the transaction of the change (or on its own
+    for failed logins). Read in the admin; never edited."""
+
+    class Kind(models.TextChoices):
+        LOGIN = "login", "Login"
+        LOGIN_FAILED = "login_failed", "Failed login"
+        LOGIN_LOCKED = "login_locked", "Account locked after failures"
+        REGISTERED = "registered", "Registered"
+        PASSWORD_CHANGED = "password_changed", "Password changed"
+        USER_DEACTIVATED = "user_deactivated", "User deactivated"
+        TOKEN_CREATED = "token_created", "Token created"
+        TOKEN_REVOKED = "token_revoked", "Token revoked"
+        API_KEY_CREATED = "api_key_created", "API key created"
+        API_KEY_REVOKED = "api_key_revoked", "API key revoked"
+        MEMBERSHIP_CREATED = "membership_created", "Member added"
+        INVITATION_CREATED = "invitation_created", "Invitation created"
+        INVITATION_ACCEPTED = "invitation_accepted", "Invitation accepted"
+        INVITATION_REVOKED = "invitation_revoked", "Invitation revoked"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    user = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "-created_at"]), models.Index(fields=["kind", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at {self.created_at:%Y-%m-%d %H:%M:%S}"

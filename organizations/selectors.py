@@ -5,10 +5,11 @@ sees exactly one organization with the admin role.
 """
 from dataclasses import dataclass
 
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Now
 
 from config.errors import Forbidden, NotFound
-from organizations.models import ApiKey, Membership, Organization, User
+from organizations.models import ApiKey, ApiKeyScope, Invitation, Membership, Organization, User, UserToken
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,23 @@ def membership_list(*, organization: Organization) -> QuerySet[Membership]:
 
 def member_user_ids(*, organization_id: int) -> list[int]:
     return list(Membership.objects.filter(organization_id=organization_id).values_list("user_id", flat=True))
+
+
+def can_see_member_emails(*, principal, organization_id: int) -> bool:
+    """Owners and admins (and keys with members:write) see members' emails; plain members do not."""
+    if isinstance(principal, ApiKeyPrincipal):
+        return ApiKeyScope.MEMBERS_WRITE in principal.api_key.scopes
+    return role_in_organization(user=principal, organization_id=organization_id) in Membership.ADMIN_ROLES
+
+
+def invitation_pending_list(*, organization: Organization) -> QuerySet[Invitation]:
+    return Invitation.objects.filter(organization=organization, status=Invitation.Status.PENDING).order_by("-id")
+
+
+def user_token_list(*, user: User) -> QuerySet[UserToken]:
+    """Live tokens of the user, newest first (a token past its sliding expiry is not listed)."""
+    return (UserToken.objects.filter(user=user, revoked_at__isnull=True)
+            .filter(Q(expires_at__isnull=True) | Q(expires_at__gt=Now())).order_by("-id"))
 
 
 def user_get_by_email(*, email: str) -> User | None:

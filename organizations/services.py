@@ -1,17 +1,24 @@
 """Writes for identity and tenancy. Each runs in one transaction."""
+import hashlib
+import hmac
 import logging
+from datetime import timedelta
 
+from django.conf import settings
+from django.contrib.auth import authenticate
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from config.errors import ApplicationError, Conflict, NotFound
+from config.errors import ApplicationError, Conflict, Forbidden, NotFound, RateLimited
 from notifications import publish
 from trackers.services import tracker_create
-from organizations import secrets
-from organizations.models import ApiKey, Membership, Organization, SlackIntegration, User, UserToken
+from organizations import secrets, throttle
+from organizations.errors import OrganizationsError
+from organizations.models import (ApiKey, ApiKeyScope, Invitation, Membership, Organization, SecurityEvent,
+                                  SlackIntegration, User, UserToken, default_api_key_scopes)
 from organizations.selectors import ApiKeyPrincipal, user_get_by_email
 
 logger = logging.getLogger("herald.organizations")
@@ -24,13 +31,34 @@ def _validation(exc: ValidationError, field: str) -> ApplicationError:
     return ApplicationError("Invalid input.", code="validation_error", extra={"fields": {field: exc.messages}})
 
 
+def security_event_record(*, kind: str, user: User | None = None, organization: Organization | None = None,
+                          api_key: ApiKey | None = None, ip: str | None = None, detail: dict | None = None
+                          ) -> SecurityEvent:
+    """Append to the audit log, in the caller's transaction (so it commits or rolls back with the change)."""
+    return SecurityEvent.objects.create(kind=kind, user=user, organization=organization, api_key=api_key,
+                                        ip=ip or None, detail=detail or {})
+
+
+def _push_access_revoked_on_commit(*, user_id: int, token_ids: list[int] | None) -> None:
+    """After commit, tell the user's open WebSockets that access ended: those authenticated by one of
+    `token_ids` (None: every socket of the user, cookie or token) close themselves. If Redis is down
+    then, the sockets are refused at their next connect."""
+    publish.push_user(user_id=user_id, message={"type": "access.revoked", "token_ids": token_ids})
+
+
+_UNAVAILABLE = "That username or email cannot be used; choose another or sign in."
+
+
 @transaction.atomic
-def user_register(*, username: str, email: str, password: str) -> tuple[User, str]:
-    """Create a user and a first API token. Returns (user, token shown once)."""
-    if User.objects.filter(username__iexact=username).exists():
-        raise Conflict("That username is taken.", code="username_taken")
-    if User.objects.filter(email__iexact=email).exists():
-        raise Conflict("An account with that email exists.", code="email_taken")
+def user_register(*, username: str, email: str, password: str, ip: str | None = None) -> tuple[User, str]:
+    """Create a user and a first API token. Returns (user, token shown once).
+
+    A taken username and a taken email get the same answer (409 registration_unavailable), so the
+    endpoint does not say which emails have accounts; registrations are throttled per address."""
+    throttle.registration_check(ip=ip)
+    if (User.objects.filter(username__iexact=username).exists()
+            or User.objects.filter(email__iexact=email).exists()):
+        raise Conflict(_UNAVAILABLE, code=OrganizationsError.REGISTRATION_UNAVAILABLE)
     candidate = User(username=username, email=email)
     try:
         validate_password(password, user=candidate)
@@ -41,8 +69,44 @@ def user_register(*, username: str, email: str, password: str) -> tuple[User, st
         with transaction.atomic():
             candidate.save()
     except IntegrityError as exc:  # a concurrent registration won the race
-        raise Conflict("That username or email is taken.", code="username_taken") from exc
-    return candidate, user_token_create(user=candidate)
+        raise Conflict(_UNAVAILABLE, code=OrganizationsError.REGISTRATION_UNAVAILABLE) from exc
+    security_event_record(kind=SecurityEvent.Kind.REGISTERED, user=candidate, ip=ip)
+    return candidate, user_token_create(user=candidate, name="registration", ip=ip)
+
+
+def user_login_check(*, username: str, ip: str | None) -> None:
+    """Before a password is checked: 429 when the address or the account is throttled or locked."""
+    throttle.login_attempt_check(username=username, ip=ip)
+
+
+def user_login_failed(*, username: str, ip: str | None, via: str) -> None:
+    """Record a wrong password (audit log, lockout counter); raises 429 account_locked when this
+    failure locks the account."""
+    user = User.objects.filter(username__iexact=username).first()
+    security_event_record(kind=SecurityEvent.Kind.LOGIN_FAILED, user=user, ip=ip,
+                          detail={"username": username[:150], "via": via})
+    locked_for = throttle.login_failure_record(username=username)
+    if locked_for is not None:
+        security_event_record(kind=SecurityEvent.Kind.LOGIN_LOCKED, user=user, ip=ip,
+                              detail={"username": username[:150], "seconds": locked_for})
+        raise RateLimited("Too many failed logins for this account; try again later.", retry_after=locked_for,
+                          code=OrganizationsError.ACCOUNT_LOCKED)
+
+
+def user_login_succeeded(*, user: User, ip: str | None, via: str) -> None:
+    security_event_record(kind=SecurityEvent.Kind.LOGIN, user=user, ip=ip, detail={"via": via})
+
+
+def user_login(*, request, username: str, password: str, ip: str | None) -> User:
+    """A password login for the API: throttled before the hash is computed, audited either way."""
+    user_login_check(username=username, ip=ip)
+    user = authenticate(request, username=username, password=password)
+    if user is None:
+        user_login_failed(username=username, ip=ip, via="api")
+        raise ApplicationError("Wrong username or password.", code=OrganizationsError.INVALID_CREDENTIALS,
+                               status=400)
+    user_login_succeeded(user=user, ip=ip, via="api")
+    return user
 
 
 KEY_CREATE_ATTEMPTS = 3
@@ -63,22 +127,104 @@ def _create_with_fresh_prefix(model, kind: str, **fields):
     raise AssertionError("unreachable")
 
 
-def user_token_create(*, user: User) -> str:
-    _, full = _create_with_fresh_prefix(UserToken, USER_TOKEN_KIND, user=user)
+def _password_binding(user: User) -> str:
+    """Changes whenever the password does (any path: API, admin, manage.py changepassword)."""
+    return hashlib.sha256(user.password.encode()).hexdigest()[:32]
+
+
+def _token_expiry(now):
+    return now + timedelta(seconds=settings.HERALD_TOKEN_TTL_SECONDS)
+
+
+@transaction.atomic
+def user_token_create(*, user: User, name: str = "", ip: str | None = None) -> str:
+    token, full = _create_with_fresh_prefix(UserToken, USER_TOKEN_KIND, user=user, name=name[:100],
+                                            auth_hash=_password_binding(user),
+                                            expires_at=_token_expiry(timezone.now()))
+    security_event_record(kind=SecurityEvent.Kind.TOKEN_CREATED, user=user, ip=ip,
+                          detail={"token_id": token.id, "prefix": token.prefix, "name": token.name})
     return full
 
 
-def user_token_authenticate(*, key: str) -> User | None:
+class TokenRejected(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def user_token_resolve(*, key: str) -> UserToken:
+    """The live token for `key` (with its user), or TokenRejected. Slides the expiry on use."""
     prefix = secrets.split_key(USER_TOKEN_KIND, key)
-    if prefix is None:
-        return None
-    token = UserToken.objects.select_related("user").filter(prefix=prefix).first()
+    token = UserToken.objects.select_related("user").filter(prefix=prefix).first() if prefix else None
     if token is None or not secrets.matches(key, token.key_hash) or not token.user.is_active:
-        return None
+        raise TokenRejected(OrganizationsError.INVALID_TOKEN, "Invalid token.")
+    if token.revoked_at is not None or (token.auth_hash and not hmac.compare_digest(
+            token.auth_hash, _password_binding(token.user))):
+        raise TokenRejected(OrganizationsError.TOKEN_REVOKED, "This token has been revoked.")
     now = timezone.now()
+    ttl = timedelta(seconds=settings.HERALD_TOKEN_TTL_SECONDS)
+    expires_at = token.expires_at or ((token.last_used_at or token.created_at) + ttl)
+    if expires_at <= now:
+        raise TokenRejected(OrganizationsError.TOKEN_EXPIRED, "This token has expired; sign in again.")
     if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
-        UserToken.objects.filter(pk=token.pk).update(last_used_at=now)
-    return token.user
+        token.last_used_at, token.expires_at = now, _token_expiry(now)
+        UserToken.objects.filter(pk=token.pk).update(last_used_at=now, expires_at=token.expires_at)
+    return token
+
+
+def user_token_authenticate(*, key: str) -> User | None:
+    try:
+        return user_token_resolve(key=key).user
+    except TokenRejected:
+        return None
+
+
+@transaction.atomic
+def user_token_revoke(*, user: User, token_id: int, ip: str | None = None) -> UserToken:
+    """Revoke one of the user's own tokens (another user's is 404); its open WebSockets close."""
+    token = UserToken.objects.select_for_update().filter(user=user, id=token_id, revoked_at__isnull=True).first()
+    if token is None:
+        raise NotFound("Token not found.", code=OrganizationsError.TOKEN_NOT_FOUND)
+    token.revoked_at = timezone.now()
+    token.save(update_fields=["revoked_at"])
+    security_event_record(kind=SecurityEvent.Kind.TOKEN_REVOKED, user=user, ip=ip,
+                          detail={"token_id": token.id, "prefix": token.prefix})
+    _push_access_revoked_on_commit(user_id=user.id, token_ids=[token.id])
+    return token
+
+
+def _revoke_all_tokens(*, user: User) -> int:
+    return UserToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+@transaction.atomic
+def user_password_change(*, user: User, password: str, ip: str | None = None, via: str = "api") -> User:
+    """Set a new password; every token of the user is revoked and every open WebSocket closed."""
+    try:
+        validate_password(password, user=user)
+    except ValidationError as exc:
+        raise _validation(exc, "new_password") from exc
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    revoked = _revoke_all_tokens(user=user)
+    security_event_record(kind=SecurityEvent.Kind.PASSWORD_CHANGED, user=user, ip=ip,
+                          detail={"via": via, "tokens_revoked": revoked})
+    _push_access_revoked_on_commit(user_id=user.id, token_ids=None)
+    return user
+
+
+@transaction.atomic
+def user_deactivate(*, user: User, by: User | None = None) -> User:
+    """Deactivate an account: its tokens are revoked and its open WebSockets closed after commit."""
+    if user.is_active:
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    revoked = _revoke_all_tokens(user=user)
+    security_event_record(kind=SecurityEvent.Kind.USER_DEACTIVATED, user=user,
+                          detail={"by": by.pk if by else None, "tokens_revoked": revoked})
+    _push_access_revoked_on_commit(user_id=user.id, token_ids=None)
+    return user
 
 
 PROFILE_FIELDS = ("email", "first_name", "last_name", "time_zone", "phone", "postal_code", "slack_user_id")
@@ -158,6 +304,8 @@ def membership_create(*, organization: Organization, email: str, role: str) -> M
         with transaction.atomic():
             membership = Membership.objects.create(organization=organization, user=user, role=role)
             publish.membership_added(user=user, organization_id=organization.id)
+            security_event_record(kind=SecurityEvent.Kind.MEMBERSHIP_CREATED, user=user, organization=organization,
+                                  detail={"role": role})
     except IntegrityError as exc:
         raise Conflict("That user is already a member.", code="membership_exists") from exc
     publish.membership_changed(user_id=user.pk)
@@ -171,6 +319,85 @@ def membership_delete(*, membership: Membership) -> None:
     user_id = membership.user_id
     membership.delete()
     publish.membership_changed(user_id=user_id)
+
+
+INVITATION_KIND = "hin"
+
+
+@transaction.atomic
+def invitation_create(*, organization: Organization, email: str, role: str, invited_by: User | None = None,
+                      api_key: ApiKey | None = None, ip: str | None = None) -> tuple[Invitation, str]:
+    """Invite an email address to the organization. Returns (invitation, token shown once).
+
+    The answer does not depend on whether an account with that email exists (nothing to probe);
+    inviting the same address again while an invitation is pending renews it (new token, new expiry).
+    An API key (scope members:write) may invite members only, never admins."""
+    if role == Membership.Role.OWNER:
+        raise ApplicationError("Owners are made by transfer, not by invitation.", code=OrganizationsError.INVALID_ROLE)
+    if api_key is not None and role != Membership.Role.MEMBER:
+        raise Forbidden("An API key can invite members only; an admin invites admins.",
+                        code=OrganizationsError.INVALID_ROLE)
+    email = email.strip()
+    if Membership.objects.filter(organization=organization, user__email__iexact=email).exists():
+        raise Conflict("That person is already a member.", code=OrganizationsError.MEMBERSHIP_EXISTS)
+    expires_at = timezone.now() + timedelta(seconds=settings.HERALD_INVITATION_TTL_SECONDS)
+    full, prefix, key_hash = secrets.new_key(INVITATION_KIND)
+    pending = (Invitation.objects.select_for_update()
+               .filter(organization=organization, email__iexact=email, status=Invitation.Status.PENDING).first())
+    if pending is not None:
+        pending.role, pending.prefix, pending.key_hash, pending.expires_at = role, prefix, key_hash, expires_at
+        pending.invited_by, pending.invited_by_api_key = invited_by, api_key
+        pending.save(update_fields=["role", "prefix", "key_hash", "expires_at", "invited_by", "invited_by_api_key"])
+        invitation = pending
+    else:
+        try:
+            with transaction.atomic():
+                invitation = Invitation.objects.create(
+                    organization=organization, email=email, role=role, prefix=prefix, key_hash=key_hash,
+                    expires_at=expires_at, invited_by=invited_by, invited_by_api_key=api_key)
+        except IntegrityError as exc:  # the same address invited at the same moment
+            raise Conflict("That address was just invited.", code=OrganizationsError.MEMBERSHIP_EXISTS) from exc
+    security_event_record(kind=SecurityEvent.Kind.INVITATION_CREATED, user=invited_by, organization=organization,
+                          api_key=api_key, ip=ip, detail={"invitation_id": invitation.id, "role": role})
+    return invitation, full
+
+
+@transaction.atomic
+def invitation_accept(*, user: User, token: str, ip: str | None = None) -> Membership:
+    """The invitee joins: the token must be valid, pending, unexpired, and addressed to the signed-in
+    user's email (anyone else gets 404, as for an unknown token). Single use."""
+    prefix = secrets.split_key(INVITATION_KIND, token)
+    invitation = (Invitation.objects.select_for_update().select_related("organization")
+                  .filter(prefix=prefix).first()) if prefix else None
+    if (invitation is None or not secrets.matches(token, invitation.key_hash)
+            or not user.email or invitation.email.lower() != user.email.lower()):
+        raise NotFound("Invitation not found.", code=OrganizationsError.INVITATION_NOT_FOUND)
+    if invitation.status != Invitation.Status.PENDING:
+        raise Conflict("This invitation has already been used or withdrawn.", code=OrganizationsError.INVITATION_USED)
+    if invitation.expires_at <= timezone.now():
+        raise ApplicationError("This invitation has expired; ask for a new one.",
+                               code=OrganizationsError.INVITATION_EXPIRED, status=410)
+    membership = membership_create(organization=invitation.organization, email=user.email, role=invitation.role)
+    invitation.status, invitation.accepted_by, invitation.decided_at = (Invitation.Status.ACCEPTED, user,
+                                                                        timezone.now())
+    invitation.save(update_fields=["status", "accepted_by", "decided_at"])
+    security_event_record(kind=SecurityEvent.Kind.INVITATION_ACCEPTED, user=user, organization=invitation.organization,
+                          ip=ip, detail={"invitation_id": invitation.id, "role": invitation.role})
+    return membership
+
+
+@transaction.atomic
+def invitation_revoke(*, organization: Organization, invitation_id: int, by: User | None = None,
+                      api_key: ApiKey | None = None, ip: str | None = None) -> Invitation:
+    invitation = (Invitation.objects.select_for_update()
+                  .filter(organization=organization, id=invitation_id, status=Invitation.Status.PENDING).first())
+    if invitation is None:
+        raise NotFound("Invitation not found.", code=OrganizationsError.INVITATION_NOT_FOUND)
+    invitation.status, invitation.decided_at = Invitation.Status.REVOKED, timezone.now()
+    invitation.save(update_fields=["status", "decided_at"])
+    security_event_record(kind=SecurityEvent.Kind.INVITATION_REVOKED, user=by, organization=organization,
+                          api_key=api_key, ip=ip, detail={"invitation_id": invitation.id})
+    return invitation
 
 
 def slack_token(*, integration: SlackIntegration) -> str:
@@ -188,17 +415,28 @@ def slack_integration_set(*, organization: Organization, channel: str, token: st
     return integration
 
 
-@transaction.atomic
-def api_key_create(*, organization: Organization, name: str, created_by: User | None) -> tuple[ApiKey, str]:
-    return _create_with_fresh_prefix(ApiKey, API_KEY_KIND, organization=organization, name=name,
-                                     created_by=created_by)
+def api_key_create(*, organization: Organization, name: str, created_by: User | None,
+                   scopes: list[str] | None = None, ip: str | None = None) -> tuple[ApiKey, str]:
+    """A new key of the organization with `scopes` (default DEFAULT_API_KEY_SCOPES: no key or
+    membership management). Returns (key row, full key shown once)."""
+    chosen = sorted(set(default_api_key_scopes() if scopes is None else scopes))
+    unknown = [s for s in chosen if s not in ApiKeyScope.values]
+    if unknown:
+        raise ApplicationError("Unknown scope.", code=OrganizationsError.INVALID_SCOPE, extra={"scopes": unknown})
+    api_key, full = _create_with_fresh_prefix(ApiKey, API_KEY_KIND, organization=organization, name=name,
+                                              created_by=created_by, scopes=chosen)
+    security_event_record(kind=SecurityEvent.Kind.API_KEY_CREATED, user=created_by, organization=organization,
+                          api_key=api_key, ip=ip, detail={"prefix": api_key.prefix, "scopes": chosen})
+    return api_key, full
 
 
 @transaction.atomic
-def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
+def api_key_revoke(*, api_key: ApiKey, by: User | None = None, ip: str | None = None) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+        security_event_record(kind=SecurityEvent.Kind.API_KEY_REVOKED, user=by, organization=api_key.organization,
+                              api_key=api_key, ip=ip, detail={"prefix": api_key.prefix})
     return api_key
 
 

@@ -194,7 +194,8 @@ REST_FRAMEWORK = {
         "organizations.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated",
+                                   "organizations.permissions.ApiKeyScopes"],
     "DEFAULT_PAGINATION_CLASS": "config.api.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "config.schema.AutoSchema",
@@ -429,3 +430,26 @@ HERALD_MAX_WS_FRAME_BYTES = env_int("MAX_WS_FRAME_BYTES", 64 * 1024)
 # Development only (DEBUG without HERALD_ENCRYPTION_KEYS): the Slack-token key generated once per
 # checkout, never derived from the public default SECRET_KEY.
 HERALD_DEV_ENCRYPTION_KEY_FILE = env("HERALD_DEV_ENCRYPTION_KEY_FILE", str(BASE_DIR / ".run" / "dev-encryption-key"))
+# Login and registration throttles (organizations.throttle), on the shared Redis limiter. An attempt
+# takes one from its client address and one from the account; LOGIN_LOCKOUT_FAILURES failed
+# passwords for one account within LOGIN_LOCKOUT_WINDOW_SECONDS lock it for LOGIN_LOCKOUT_SECONDS
+# (password logins only: existing tokens and sessions keep working). 429 with Retry-After.
+LOGIN_LOCKOUT_FAILURES = env_int("LOGIN_LOCKOUT_FAILURES", 10)
+LOGIN_LOCKOUT_WINDOW_SECONDS = env_float("LOGIN_LOCKOUT_WINDOW_SECONDS", 900.0)
+LOGIN_LOCKOUT_SECONDS = env_float("LOGIN_LOCKOUT_SECONDS", 900.0)
+HERALD_RATE_LIMITS.update({
+    "auth.login.ip": {"rate": env_float("LOGIN_PER_IP_PER_MINUTE", 30) / 60.0,
+                      "burst": env_int("LOGIN_PER_IP_PER_MINUTE", 30), "headroom": 0.0},
+    "auth.login.account": {"rate": env_float("LOGIN_PER_ACCOUNT_PER_MINUTE", 20) / 60.0,
+                           "burst": env_int("LOGIN_PER_ACCOUNT_PER_MINUTE", 20), "headroom": 0.0},
+    "auth.login.failures": {"rate": LOGIN_LOCKOUT_FAILURES / LOGIN_LOCKOUT_WINDOW_SECONDS,
+                            "burst": LOGIN_LOCKOUT_FAILURES, "headroom": 0.0},
+    # Never limits by itself (a pass is a millisecond); a lockout pauses it for the account.
+    "auth.login.lockout": {"rate": 1000.0, "burst": 1000, "headroom": 0.0},
+    "auth.register.ip": {"rate": env_float("REGISTER_PER_IP_PER_HOUR", 20) / 3600.0,
+                         "burst": env_int("REGISTER_PER_IP_PER_HOUR", 20), "headroom": 0.0},
+})
+# User tokens expire this long after their last use (sliding window).
+HERALD_TOKEN_TTL_SECONDS = env_int("TOKEN_TTL_SECONDS", 30 * 86400)
+# Invitations to join an organization expire after this long.
+HERALD_INVITATION_TTL_SECONDS = env_int("INVITATION_TTL_SECONDS", 7 * 86400)

@@ -50,8 +50,9 @@ class ApiKeyFactory(factory.django.DjangoModelFactory):
     created_by = None
 
     @classmethod
-    def _create(cls, model_class, *, organization, name, created_by=None, revoked=False, **kwargs):
-        api_key, full = services.api_key_create(organization=organization, name=name, created_by=created_by)
+    def _create(cls, model_class, *, organization, name, created_by=None, revoked=False, scopes=None, **kwargs):
+        api_key, full = services.api_key_create(organization=organization, name=name, created_by=created_by,
+                                                scopes=scopes)
         if revoked:
             services.api_key_revoke(api_key=api_key)
         api_key.plaintext = full

@@ -26,7 +26,8 @@ def test_create_shows_key_once_and_stores_only_hash(auth_client, org_with_member
     body = response.json()
     key = body["key"]
     assert key.startswith("hak_")
-    assert set(body["api_key"]) == {"id", "name", "prefix", "created_at", "last_used_at", "revoked_at"}
+    assert set(body["api_key"]) == {"id", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"}
+    assert body["api_key"]["scopes"] == sorted(["orgs:read", "trackers:write", "events:read", "notifications:send"])
     stored = ApiKey.objects.get(pk=body["api_key"]["id"])
     assert stored.created_by == org_with_members.admin
     assert stored.key_hash == hash_secret(key)
@@ -34,8 +35,8 @@ def test_create_shows_key_once_and_stores_only_hash(auth_client, org_with_member
 
     listing = client.get(keys_url(org_with_members.org.id))
     assert listing.status_code == 200
-    assert [k["id"] for k in listing.json()] == [stored.id]
-    assert all("key" not in k and "key_hash" not in k for k in listing.json())
+    assert [k["id"] for k in listing.json()["results"]] == [stored.id]
+    assert all("key" not in k and "key_hash" not in k for k in listing.json()["results"])
     assert key not in listing.content.decode()
     assert key.split("_", 2)[2] not in listing.content.decode()
 
@@ -47,7 +48,8 @@ def test_list_is_newest_first_and_tenant_scoped(auth_client, org_with_members, o
 
     response = auth_client(org_with_members.owner).get(keys_url(org_with_members.org.id))
 
-    assert [k["id"] for k in response.json()] == [second.id, first.id]
+    assert [k["id"] for k in response.json()["results"]] == [second.id, first.id]
+    assert response.json()["count"] == 2
 
 
 @pytest.mark.parametrize("method", ["get", "post"])
@@ -72,9 +74,12 @@ def test_create_bad_input_is_400(auth_client, org_with_members):
     body = assert_error(client.post(keys_url(org_with_members.org.id), {"name": "x" * 101}, format="json"),
                         400, "validation_error")
     assert "name" in body["extra"]["fields"]
+    body = assert_error(client.post(keys_url(org_with_members.org.id), {"name": "x", "owner": 1}, format="json"),
+                        400, "validation_error")
+    assert body["extra"]["fields"] == {"owner": ["Unknown field."]}
     body = assert_error(client.post(keys_url(org_with_members.org.id), {"name": "x", "scopes": []}, format="json"),
                         400, "validation_error")
-    assert body["extra"]["fields"] == {"scopes": ["Unknown field."]}
+    assert set(body["extra"]["fields"]) == {"scopes"}  # a key that can do nothing is a mistake
 
 
 def test_bearer_key_sees_only_its_org(api_key_client, org_with_members, other_org):
@@ -187,13 +192,14 @@ def test_api_key_on_user_endpoints_is_403_user_required(api_key_client, org_with
 
 
 def test_api_key_cannot_manage_api_keys(api_key_client, org_with_members):
+    """A key made with the default scopes (no api_keys:write)."""
     key = ApiKeyFactory(organization=org_with_members.org)
     client = api_key_client(key.plaintext)
 
-    assert_error(client.get(keys_url(org_with_members.org.id)), 403, "user_required")
+    assert_error(client.get(keys_url(org_with_members.org.id)), 403, "scope_required")
     assert_error(client.post(keys_url(org_with_members.org.id), {"name": "child"}, format="json"), 403,
-                 "user_required")
-    assert_error(client.post(f"{keys_url(org_with_members.org.id)}{key.id}/revoke"), 403, "user_required")
+                 "scope_required")
+    assert_error(client.post(f"{keys_url(org_with_members.org.id)}{key.id}/revoke"), 403, "scope_required")
     assert ApiKey.objects.count() == 1
 
 

@@ -62,7 +62,7 @@ def test_same_username_registered_at_once_one_wins():
 
     assert errors == [], errors
     assert len(results) == 1
-    assert [e.code for e in app_errors] == ["username_taken"]
+    assert [e.code for e in app_errors] == ["registration_unavailable"]
     assert User.objects.filter(username="racer").count() == 1
 
 

@@ -141,6 +141,15 @@ def test_members_list(auth_client, org_with_members):
         (org_with_members.owner.id, "owner"), (org_with_members.admin.id, "admin"),
         (org_with_members.member.id, "member")]
     assert set(results[0]) == {"id", "user_id", "username", "email", "role", "created_at"}
+    # A plain member does not see the others' email addresses (issue 11 #9).
+    assert {m["email"] for m in results} == {None}
+
+
+@pytest.mark.parametrize("role", ["owner", "admin"])
+def test_members_list_shows_emails_to_admins(auth_client, org_with_members, role):
+    response = auth_client(getattr(org_with_members, role)).get(org_url(org_with_members.org.id, "members/"))
+    assert [m["email"] for m in response.json()["results"]] == [
+        org_with_members.owner.email, org_with_members.admin.email, org_with_members.member.email]
 
 
 def test_members_list_of_another_org_is_404(auth_client, org_with_members, other_org):
@@ -152,17 +161,17 @@ def test_members_list_query_count_does_not_grow(auth_client, org_with_members, d
     client = auth_client(org_with_members.member)
     url = org_url(org_with_members.org.id, "members/")
     client.get(url)
-    few, _ = queries_for(django_assert_max_num_queries, 4, lambda: client.get(url))
+    few, _ = queries_for(django_assert_max_num_queries, 5, lambda: client.get(url))
 
     MembershipFactory.create_batch(15, organization=org_with_members.org)
-    many, response = queries_for(django_assert_max_num_queries, 4, lambda: client.get(url))
+    many, response = queries_for(django_assert_max_num_queries, 5, lambda: client.get(url))
 
     assert response.json()["count"] == 18
     assert many == few
 
 
 @pytest.mark.parametrize("role", ["owner", "admin"])
-def test_members_add_by_admin(auth_client, org_with_members, role):
+def test_members_add_by_admin_is_an_invitation(auth_client, org_with_members, role):
     newcomer = UserFactory(email="newcomer@example.com")
     actor = getattr(org_with_members, role)
 
@@ -170,9 +179,13 @@ def test_members_add_by_admin(auth_client, org_with_members, role):
                                        {"email": "NewComer@example.com", "role": "admin"}, format="json")
 
     assert response.status_code == 201, response.content
-    assert response.json()["user_id"] == newcomer.id
-    assert response.json()["role"] == "admin"
-    assert Membership.objects.get(organization=org_with_members.org, user=newcomer).role == "admin"
+    body = response.json()
+    assert set(body) == {"invitation", "token", "accept_url"}
+    assert (body["invitation"]["email"], body["invitation"]["role"], body["invitation"]["status"]) == (
+        "NewComer@example.com", "admin", "pending")
+    assert body["token"].startswith("hin_") and body["accept_url"].endswith(f"/invitations/{body['token']}/accept")
+    # Nobody joins without consent: no membership until the invitee accepts.
+    assert not Membership.objects.filter(organization=org_with_members.org, user=newcomer).exists()
 
 
 def test_members_add_defaults_to_member_role(auth_client, org_with_members):
@@ -181,7 +194,7 @@ def test_members_add_defaults_to_member_role(auth_client, org_with_members):
     response = auth_client(org_with_members.owner).post(org_url(org_with_members.org.id, "members/"),
                                                         {"email": "newcomer@example.com"}, format="json")
     assert response.status_code == 201
-    assert response.json()["role"] == "member"
+    assert response.json()["invitation"]["role"] == "member"
 
 
 def test_members_add_by_plain_member_is_403(auth_client, org_with_members):
@@ -207,17 +220,15 @@ def test_members_add_duplicate_is_409(auth_client, org_with_members):
     assert_error(response, 409, "membership_exists")
 
 
-def test_members_add_unknown_email_is_404(auth_client, org_with_members):
-    response = auth_client(org_with_members.owner).post(org_url(org_with_members.org.id, "members/"),
-                                                        {"email": "ghost@example.com"}, format="json")
-    assert_error(response, 404, "user_not_found")
-
-
-def test_members_add_inactive_user_is_404(auth_client, org_with_members):
+@pytest.mark.parametrize("email", ["ghost@example.com", "gone@example.com", "newcomer@example.com"])
+def test_members_add_answers_the_same_whether_or_not_the_account_exists(auth_client, org_with_members, email):
+    """No account enumeration (issue 11 #9): unknown, inactive and existing addresses get one answer."""
     UserFactory(email="gone@example.com", is_active=False)
+    UserFactory(email="newcomer@example.com")
     response = auth_client(org_with_members.owner).post(org_url(org_with_members.org.id, "members/"),
-                                                        {"email": "gone@example.com"}, format="json")
-    assert_error(response, 404, "user_not_found")
+                                                        {"email": email}, format="json")
+    assert response.status_code == 201
+    assert set(response.json()["invitation"]) == {"id", "email", "role", "status", "created_at", "expires_at"}
 
 
 def test_members_add_as_owner_is_400(auth_client, org_with_members):
