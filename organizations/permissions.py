@@ -30,6 +30,9 @@ API_KEY_SCOPES_BY_ROUTE: dict[tuple[str, str], str] = {
     ("tracker-stop", "POST"): S.TRACKERS_WRITE,
     ("org-events", "GET"): S.EVENTS_READ,
     ("send", "POST"): S.NOTIFICATIONS_SEND,
+    # A report is a read of the organization's data, run in the background.
+    ("org-reports", "POST"): S.ORGS_READ,
+    ("report-cancel", "POST"): S.ORGS_READ,
 }
 
 
