@@ -67,6 +67,16 @@ class AutoSchema(SpectacularAutoSchema):
                     schema.setdefault("maximum", Pagination.max_page_size)
         return parameters
 
+    def _map_serializer_field(self, field, direction, bypass_extensions=False):
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if (isinstance(field, (serializers.ListField, serializers.ListSerializer))
+                and not getattr(field, "allow_empty", True) and schema.get("type") == "array"):
+            schema.setdefault("minItems", 1)  # "This list may not be empty."
+        if (isinstance(field, (serializers.ListField, serializers.ListSerializer))
+                and getattr(field, "max_length", None) is not None and schema.get("type") == "array"):
+            schema.setdefault("maxItems", field.max_length)
+        return schema
+
     def _map_serializer(self, serializer, direction, bypass_extensions=False):
         schema = super()._map_serializer(serializer, direction, bypass_extensions)
         if direction == "request" and isinstance(serializer, StrictSerializer):
