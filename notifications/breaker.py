@@ -1,13 +1,27 @@
 """Circuit breaker per provider, its state in Redis so every worker shares it.
 
 closed -> open when, over the last `window` seconds, at least `min_calls` calls were made and the
-failure ratio reached `failure_ratio`. While open, `allow` answers "wait N s" and deliveries wait
-without spending attempts. After `open_seconds` one caller at a time gets a half-open probe; a
-successful probe closes the breaker, a failed one re-opens it (for twice as long, up to
-`max_open_seconds`). Only transient failures (5xx, timeouts, connection errors) count: a permanent
-error of one destination or a 429 says nothing about the provider's health.
-Breakers are declared in settings.HERALD_BREAKERS.
+failure ratio reached `failure_ratio`, or when `consecutive_failures` calls in a row failed (each
+within `consecutive_window` of the previous one), whatever the traffic: a provider called once every
+few seconds opens it too. While open, `allow` answers "wait N s" and deliveries wait without
+spending attempts. After `open_seconds` one caller at a time gets a half-open probe
+(`BreakerDecision.probe`); a successful probe closes the breaker, a failed one re-opens it (for
+twice as long, up to `max_open_seconds`). `record()` returns the new state and whether the recorded
+call was that probe (`BreakerRecord.probe`), so a caller does not spend a delivery attempt on a
+failed probe. Only transient failures (5xx, timeouts, connection errors) count: a permanent error of
+one destination or a 429 says nothing about the provider's health.
+
+Redis unavailable: `record()` never raises (it runs after the provider answered; the outcome is
+recorded in Postgres whatever happens here): it logs and returns "unknown". `allow()` fails closed:
+it answers "wait `unavailable_wait` s" with state "unknown" (without Redis the limiter cannot vouch
+for the provider's limits either). `state()` and `reset()` raise as any Redis call does.
+
+Breakers are declared in settings.HERALD_BREAKERS. Keys carry the breaker's name as a Redis Cluster
+hash tag (`herald:cb:{slack}:state`, `herald:cb:{slack}:calls`), so each script call stays in one slot.
 """
+import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -15,7 +29,14 @@ from django.conf import settings
 
 from notifications import metrics
 
+logger = logging.getLogger("herald.delivery")
+
 STATE_CODES = {"closed": 0, "half_open": 1, "open": 2}
+UNKNOWN = "unknown"  # Redis did not answer: the state could not be read or written
+
+DEFAULTS = {"window": 30.0, "min_calls": 10, "failure_ratio": 0.5, "open_seconds": 5.0,
+            "max_open_seconds": 60.0, "probe_seconds": 10.0, "consecutive_failures": 5,
+            "consecutive_window": 300.0, "unavailable_wait": 5.0}
 
 # KEYS: state hash, calls zset. ARGV: now_ms, probe_ms. Returns {allowed, wait_ms, state}.
 _ALLOW = """
@@ -31,23 +52,41 @@ redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(
 return {1, 0, 'half_open'}
 """
 
-# KEYS: state hash, calls zset. ARGV: now_ms, ok(1/0), window_ms, min_calls, ratio, open_ms, max_open_ms, member
+# KEYS: state hash, calls zset. ARGV: now_ms, ok(1/0), window_ms, min_calls, ratio, open_ms, max_open_ms,
+# member, consecutive_failures, consecutive_window_ms. Returns {state, probe(1/0)}.
+# The state hash also counts consecutive failures while closed (field `fails`, expiring
+# consecutive_window after the last one); any success clears it.
 _RECORD = """
 local now = tonumber(ARGV[1])
 local ok = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
+local function open_for(ms)
+  redis.call('HDEL', KEYS[1], 'fails')
+  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + ms, 'open_ms', ms, 'probe_until', 0)
+  redis.call('PERSIST', KEYS[1])
+  redis.call('DEL', KEYS[2])
+end
 if st == 'half_open' then
   if ok == 1 then
     redis.call('DEL', KEYS[1], KEYS[2])
-    return 'closed'
+    return {'closed', 1}
   end
   local last = tonumber(redis.call('HGET', KEYS[1], 'open_ms') or ARGV[6])
-  local next_open = math.min(last * 2, tonumber(ARGV[7]))
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + next_open, 'open_ms', next_open, 'probe_until', 0)
-  return 'open'
+  open_for(math.min(last * 2, tonumber(ARGV[7])))
+  return {'open', 1}
 end
-if st == 'open' then return 'open' end
+if st == 'open' then return {'open', 0} end
+if ok == 1 then
+  redis.call('HDEL', KEYS[1], 'fails')
+else
+  local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  if fails >= tonumber(ARGV[9]) then
+    open_for(tonumber(ARGV[6]))
+    return {'open', 0}
+  end
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[10]))
+end
 redis.call('ZADD', KEYS[2], now, ARGV[8] .. ':' .. ok)
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
 redis.call('PEXPIRE', KEYS[2], window * 2)
@@ -57,11 +96,10 @@ for _, m in ipairs(calls) do
   if string.sub(m, -2) == ':0' then failed = failed + 1 end
 end
 if total >= tonumber(ARGV[4]) and failed / total >= tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + tonumber(ARGV[6]), 'open_ms', ARGV[6], 'probe_until', 0)
-  redis.call('DEL', KEYS[2])
-  return 'open'
+  open_for(tonumber(ARGV[6]))
+  return {'open', 0}
 end
-return 'closed'
+return {'closed', 0}
 """
 
 
@@ -70,12 +108,37 @@ class BreakerDecision:
     allowed: bool
     wait: float
     state: str
+    probe: bool = False  # this call is the half-open probe: its outcome decides the breaker
+
+
+class BreakerRecord(str):
+    """What record() returns: the new state ("closed", "open", "half_open" or "unknown"), as a str
+    so `record(ok=False) == "open"` keeps working, plus `probe`: the recorded call was the
+    half-open probe (a failed probe is the breaker's business, not a delivery attempt)."""
+
+    probe: bool
+
+    def __new__(cls, state: str, *, probe: bool = False) -> "BreakerRecord":
+        record = super().__new__(cls, state)
+        record.probe = probe
+        return record
+
+    @property
+    def state(self) -> str:
+        return str(self)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class CircuitBreaker:
-    def __init__(self, name: str, client: redis.Redis | None = None):
+    def __init__(self, name: str, client: redis.Redis | None = None, *, clock: Callable[[], float] | None = None):
+        """`clock`: seconds since the epoch; default Redis TIME, the one clock every worker shares
+        (tests pass their own to replay minutes of traffic in milliseconds)."""
         self.name = name
         self._client = client
+        self._clock = clock
 
     @property
     def client(self) -> redis.Redis:
@@ -85,37 +148,47 @@ class CircuitBreaker:
 
     @property
     def config(self) -> dict:
-        defaults = {"window": 30.0, "min_calls": 10, "failure_ratio": 0.5, "open_seconds": 5.0,
-                    "max_open_seconds": 60.0, "probe_seconds": 10.0}
-        return {**defaults, **settings.HERALD_BREAKERS.get(self.name, {})}
+        return {**DEFAULTS, **settings.HERALD_BREAKERS.get(self.name, {})}
 
     def _keys(self) -> list[str]:
-        return [f"herald:cb:{self.name}:state", f"herald:cb:{self.name}:calls"]
+        return [f"herald:cb:{{{self.name}}}:state", f"herald:cb:{{{self.name}}}:calls"]
 
     def _now_ms(self) -> int:
+        if self._clock is not None:
+            return int(self._clock() * 1000)
         seconds, micros = self.client.time()
         return seconds * 1000 + micros // 1000
 
     def allow(self) -> BreakerDecision:
+        """May a call go now? Fails closed (wait `unavailable_wait`, state "unknown") when Redis errs."""
         cfg = self.config
-        allowed, wait_ms, state = self.client.eval(_ALLOW, 2, *self._keys(), self._now_ms(),
-                                                   int(cfg["probe_seconds"] * 1000))
-        state = state.decode() if isinstance(state, bytes) else state
+        try:
+            allowed, wait_ms, state = self.client.eval(_ALLOW, 2, *self._keys(), self._now_ms(),
+                                                       int(cfg["probe_seconds"] * 1000))
+        except redis.RedisError as exc:
+            logger.warning("breaker unavailable (Redis): calls wait", extra={"breaker": self.name, "error": repr(exc)})
+            return BreakerDecision(False, float(cfg["unavailable_wait"]), UNKNOWN)
+        state = _text(state)
         metrics.BREAKER_STATE.labels(provider=self.name).set(STATE_CODES[state])
-        return BreakerDecision(bool(allowed), wait_ms / 1000, state)
+        return BreakerDecision(bool(allowed), wait_ms / 1000, state, probe=bool(allowed) and state == "half_open")
 
-    def record(self, *, ok: bool) -> str:
-        import uuid
-
+    def record(self, *, ok: bool) -> BreakerRecord:
+        """Count one call's outcome. Never raises on a Redis error (logs, returns "unknown")."""
         cfg = self.config
-        state = self.client.eval(
-            _RECORD, 2, *self._keys(), self._now_ms(), 1 if ok else 0, int(cfg["window"] * 1000),
-            int(cfg["min_calls"]), float(cfg["failure_ratio"]), int(cfg["open_seconds"] * 1000),
-            int(cfg["max_open_seconds"] * 1000), uuid.uuid4().hex[:12],
-        )
-        state = state.decode() if isinstance(state, bytes) else state
+        try:
+            state, probe = self.client.eval(
+                _RECORD, 2, *self._keys(), self._now_ms(), 1 if ok else 0, int(cfg["window"] * 1000),
+                int(cfg["min_calls"]), float(cfg["failure_ratio"]), int(cfg["open_seconds"] * 1000),
+                int(cfg["max_open_seconds"] * 1000), uuid.uuid4().hex[:12], int(cfg["consecutive_failures"]),
+                int(cfg["consecutive_window"] * 1000),
+            )
+        except redis.RedisError as exc:
+            logger.warning("breaker outcome not recorded (Redis unavailable)",
+                           extra={"breaker": self.name, "ok": ok, "error": repr(exc)})
+            return BreakerRecord(UNKNOWN)
+        state = _text(state)
         metrics.BREAKER_STATE.labels(provider=self.name).set(STATE_CODES[state])
-        return state
+        return BreakerRecord(state, probe=bool(probe))
 
     def state(self) -> dict:
         raw = self.client.hgetall(self._keys()[0])

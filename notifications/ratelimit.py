@@ -1,29 +1,71 @@
 """One rate limiter for every provider: GCRA in a single Redis Lua script, several scopes at once.
 
 A request names the scopes it needs (e.g. Slack global + Slack channel #ops); the script either
-grants all of them together or grants none and says how long to wait. A provider's 429 with
-Retry-After pauses a scope for every worker by pushing its theoretical arrival time forward.
-Scopes are declared in settings.HERALD_RATE_LIMITS: {name: {"rate": per_second, "burst": n}};
+grants all of them together or grants none and says how long to wait. Scopes are declared in
+settings.HERALD_RATE_LIMITS: {name: {"rate": per_second, "burst": n, "headroom": f, "tag": t}};
 a new provider declares its scopes there, with no new limiter code.
+
+Redis Cluster: every key of one script call carries the same hash tag, the scope's provider
+(`tag`, default the name up to its first dot: "slack.channel" -> `herald:rl:{slack}:...`), so
+scopes checked together must share it (acquire raises ValueError otherwise).
+
+Lost history: each provider tag has an epoch key without expiry, `herald:rl:{<tag>}:epoch`. When
+it is missing (Redis restarted empty, FLUSHDB, failover to an empty replica) the script records
+the time and treats every bucket missing from then on as if its burst had been spent at that
+moment, so no window of the provider's period holds more than rate*period + burst grants across
+the loss. A brand-new Redis known to hold no history (tests, first deployment) may call
+`RateLimiter.start_fresh()` to grant full bursts at once.
+
+429s: a provider's Retry-After pauses the scope(s) it names, for every worker:
+
+    scopes = [Scope("slack.global"), Scope("slack.channel", channel)]   # what the request acquired
+    except RateLimitedFailure as exc:                                   # exc.scope: "global" | "channel"
+        limiter.pause(scopes_named(scopes, exc.scope), exc.retry_after)
+
+`scopes_named(scopes, "global")` is the shared scope (scopes[0]), "channel" / "destination" the
+request's own (scopes[1:]), "all" every one, a declared name ("slack.channel") that scope; a name
+it does not know pauses every scope (the safe side). A paused global scope blocks every channel.
 """
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import redis
 from django.conf import settings
 
-_ACQUIRE = """
+logger = logging.getLogger("herald.delivery")
+
+# Every script starts with this: Redis's clock, the provider's epoch (KEYS[#KEYS]) and the bucket
+# reader. A missing bucket is "as if its burst was spent at the epoch": harmless long after the
+# epoch (the tat is in the past, i.e. a full burst), conservative right after lost history.
+_PRELUDE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS
+local epoch_key = KEYS[#KEYS]
+local epoch = tonumber(redis.call('GET', epoch_key) or -1)
+if epoch < 0 then
+  epoch = now
+  redis.call('SET', epoch_key, now)
+end
+local function bucket_tat(key, interval, burst)
+  local v = redis.call('GET', key)
+  local tat
+  if v then tat = tonumber(v) else tat = epoch + burst * interval end
+  if tat < now then tat = now end
+  return tat
+end
+"""
+
+# KEYS = scope keys..., epoch. ARGV = interval/burst pairs.
+_ACQUIRE = _PRELUDE + """
+local n = #KEYS - 1
 local wait = 0
 local blocker = 0
 local new_tats = {}
 for i = 1, n do
   local interval = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + interval
+  local new_tat = bucket_tat(KEYS[i], interval, burst) + interval
   local allow_at = new_tat - burst * interval
   if allow_at > now and allow_at - now > wait then
     wait = allow_at - now
@@ -38,16 +80,14 @@ end
 return {1, 0, 0}
 """
 
-# Fair variant: KEYS = scope keys..., queue zset, seen zset. ARGV = interval/burst pairs..., member,
+# Fair variant: KEYS = scope keys..., queue zset, seen zset, epoch. ARGV = interval/burst pairs..., member,
 # stale_us, lookahead, grace_us, priority_us (0: none). Waiters join a queue ordered by when they
 # first waited, or by the caller's priority (e.g. when its oldest pending message was created); only the
 # first `lookahead` of them may take a grant, and the one at rank r only once the slot has been free
 # for r * grace, so the longest waiter gets first claim and a late head wastes at most a little.
 # Waiters that stop polling for stale_us are dropped from the queue.
-_ACQUIRE_FAIR = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local n = #KEYS - 2
+_ACQUIRE_FAIR = _PRELUDE + """
+local n = #KEYS - 3
 local q, seen = KEYS[n + 1], KEYS[n + 2]
 local member = ARGV[2 * n + 1]
 local stale = tonumber(ARGV[2 * n + 2])
@@ -65,9 +105,7 @@ local wait, blocker = 0, 0
 for i = 2, n do
   local interval = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
-  local tat = tonumber(redis.call('GET', KEYS[i]) or now)
-  if tat < now then tat = now end
-  new_tats[i] = tat + interval
+  new_tats[i] = bucket_tat(KEYS[i], interval, burst) + interval
   local allow_at = new_tats[i] - burst * interval
   if allow_at > now and allow_at - now > wait then
     wait = allow_at - now
@@ -93,9 +131,7 @@ if rank >= lookahead then  -- come back about when its turn is due, not every sl
   return {0, rank * interval, -1, rank}
 end
 local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-new_tats[1] = tat + interval
+new_tats[1] = bucket_tat(KEYS[1], interval, burst) + interval
 local allow_at = new_tats[1] - burst * interval + rank * grace  -- the head gets first claim on a free slot
 if allow_at > now then
   return {0, allow_at - now + rank * interval, 1, rank}  -- the slots ahead go to lower ranks
@@ -108,16 +144,18 @@ redis.call('ZREM', seen, member)
 return {1, 0, 0, rank}
 """
 
-_PAUSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local pause = tonumber(ARGV[3])
-local target = now + pause + (burst - 1) * interval
-local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
-if target > tat then
-  redis.call('SET', KEYS[1], target, 'PX', math.ceil((target - now) / 1000) + 1000)
+# KEYS = scope keys..., epoch. ARGV = interval/burst pairs..., pause_us. Every scope: nobody is
+# granted before now + pause; a shorter pause never shortens a longer one.
+_PAUSE = _PRELUDE + """
+local n = #KEYS - 1
+local pause = tonumber(ARGV[2 * n + 1])
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local target = now + pause + (burst - 1) * interval
+  if target > bucket_tat(KEYS[i], interval, burst) then
+    redis.call('SET', KEYS[i], target, 'PX', math.ceil((target - now) / 1000) + 1000)
+  end
 end
 return 1
 """
@@ -131,20 +169,50 @@ class Scope:
     key: str = ""
 
     @property
+    def spec(self) -> dict:
+        return settings.HERALD_RATE_LIMITS[self.name]
+
+    @property
+    def tag(self) -> str:
+        """The Redis Cluster hash tag: the provider, shared by every scope checked with this one."""
+        return str(self.spec.get("tag") or self.name.split(".", 1)[0])
+
+    @property
     def redis_key(self) -> str:
-        return f"herald:rl:{self.name}:{self.key}"
+        return f"herald:rl:{{{self.tag}}}:{self.name}:{self.key}"
 
     @property
     def config(self) -> tuple[float, int]:
         """(rate actually granted, burst). The rate keeps RATE_LIMIT_HEADROOM below the provider's
         figure so network jitter between our grant and the provider's clock never looks like a breach."""
-        spec = settings.HERALD_RATE_LIMITS[self.name]
+        spec = self.spec
         headroom = float(spec.get("headroom", settings.RATE_LIMIT_HEADROOM))
         return float(spec["rate"]) * (1.0 - headroom), int(spec.get("burst", 1))
 
     def interval_us(self) -> int:
         rate, _ = self.config
         return max(1, int(round(1_000_000 / rate)))
+
+
+def epoch_key(tag: str) -> str:
+    """The provider's epoch marker (no expiry): when it is missing, the limiter's history was lost."""
+    return f"herald:rl:{{{tag}}}:epoch"
+
+
+def scopes_named(scopes: Sequence[Scope], name: str) -> list[Scope]:
+    """The scopes of a request (shared scope first, as acquired) that a provider's 429 names:
+    "global" -> [scopes[0]]; "channel" / "destination" -> scopes[1:] (scopes[0] if it is the only
+    one); "all" -> every scope; a declared scope name ("slack.channel") -> that scope. Anything
+    else pauses every scope: a limit we cannot place is safer held everywhere."""
+    scopes = list(scopes)
+    if not scopes:
+        return []
+    if name == "global":
+        return scopes[:1]
+    if name in ("channel", "destination"):
+        return scopes[1:] or scopes[:1]
+    by_name = [s for s in scopes if s.name == name]
+    return by_name or scopes
 
 
 @dataclass(frozen=True)
@@ -164,12 +232,27 @@ class RateLimiter:
             self._client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
         return self._client
 
-    def acquire(self, scopes: list[Scope]) -> Decision:
-        """Take one request from every scope, or from none; never blocks."""
+    @staticmethod
+    def _tag_of(scopes: Sequence[Scope]) -> str:
+        tags = {scope.tag for scope in scopes}
+        if len(tags) != 1:
+            raise ValueError(f"scopes checked together must share one provider tag (Redis Cluster slot), got {tags}")
+        return tags.pop()
+
+    @staticmethod
+    def _limits(scopes: Sequence[Scope]) -> list[int]:
         args: list[int] = []
         for scope in scopes:
             args += [scope.interval_us(), scope.config[1]]
-        allowed, wait_us, blocker = self.client.eval(_ACQUIRE, len(scopes), *[s.redis_key for s in scopes], *args)
+        return args
+
+    def acquire(self, scopes: list[Scope]) -> Decision:
+        """Take one request from every scope, or from none; never blocks."""
+        if not scopes:
+            return Decision(True, 0.0)
+        tag = self._tag_of(scopes)
+        allowed, wait_us, blocker = self.client.eval(
+            _ACQUIRE, len(scopes) + 1, *[s.redis_key for s in scopes], epoch_key(tag), *self._limits(scopes))
         if allowed:
             return Decision(True, 0.0)
         return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
@@ -184,13 +267,11 @@ class RateLimiter:
         that); a waiter that vanished (killed worker) is dropped after `stale` seconds. A caller
         blocked by its own scopes (scopes[1:], e.g. its channel) is told to wait for those and
         takes no place in the queue, so it never holds back callers that could go."""
-        args: list[int] = []
-        for scope in scopes:
-            args += [scope.interval_us(), scope.config[1]]
+        tag = self._tag_of(scopes)
         queue = scopes[0].redis_key + ":queue"
         allowed, wait_us, blocker, _rank = self.client.eval(
-            _ACQUIRE_FAIR, len(scopes) + 2, *[s.redis_key for s in scopes], queue, queue + ":seen",
-            *args, member, int(stale * 1_000_000), lookahead,
+            _ACQUIRE_FAIR, len(scopes) + 3, *[s.redis_key for s in scopes], queue, queue + ":seen", epoch_key(tag),
+            *self._limits(scopes), member, int(stale * 1_000_000), lookahead,
             int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
             int(since * 1_000_000) if since else 0,
         )
@@ -199,9 +280,31 @@ class RateLimiter:
         blocked_by = scopes[0] if blocker == -1 else scopes[blocker - 1]
         return Decision(False, min(wait_us / 1_000_000, stale / 2), blocked_by)
 
-    def pause(self, scope: Scope, seconds: float) -> None:
-        """Nobody gets this scope for `seconds` (a provider's Retry-After)."""
-        self.client.eval(_PAUSE, 1, scope.redis_key, scope.interval_us(), scope.config[1], int(seconds * 1_000_000))
+    def pause(self, scope: Scope | Sequence[Scope], seconds: float) -> bool:
+        """Nobody gets this scope (or these scopes, one provider's) for `seconds`: a provider's
+        Retry-After. Runs after the provider answered, so a Redis error is logged, not raised
+        (the next acquire meets the same error and waits); returns whether the pause was stored."""
+        scopes = [scope] if isinstance(scope, Scope) else list(scope)
+        if not scopes:
+            return True
+        tag = self._tag_of(scopes)
+        try:
+            self.client.eval(_PAUSE, len(scopes) + 1, *[s.redis_key for s in scopes], epoch_key(tag),
+                             *self._limits(scopes), int(seconds * 1_000_000))
+        except redis.RedisError as exc:
+            logger.warning("rate-limit pause not stored (Redis unavailable)",
+                           extra={"scopes": [s.name for s in scopes], "seconds": seconds, "error": repr(exc)})
+            return False
+        return True
+
+    def start_fresh(self, tags: Iterable[str] | None = None) -> None:
+        """Declare that this Redis holds no history for these provider tags (default: every tag in
+        HERALD_RATE_LIMITS) and none was lost: missing buckets grant full bursts at once. For a
+        brand-new Redis (tests, a first deployment), never after a restart."""
+        if tags is None:
+            tags = {Scope(name).tag for name in settings.HERALD_RATE_LIMITS}
+        for tag in tags:
+            self.client.set(epoch_key(tag), 0)
 
 
 limiter = RateLimiter()

@@ -8,6 +8,7 @@ import pytest
 import redis
 from rest_framework.test import APIClient
 
+from notifications.ratelimit import RateLimiter
 from organizations import services
 from organizations.models import Membership, Organization, User
 from tests.organizations.factories import MembershipFactory, UserFactory
@@ -39,7 +40,8 @@ def _redis_db(url: str) -> int:
 
 @pytest.fixture(autouse=True)
 def _flush_test_redis(settings):
-    """Each test starts with an empty test Redis database (kick flags, rate limits, channel layer).
+    """Each test starts with an empty test Redis database (kick flags, rate limits, channel layer),
+    declared fresh to the rate limiter (an empty Redis otherwise starts every bucket as spent).
 
     Refuses to flush database 0 (where `make run` keeps its data) unless TEST_REDIS_URL asks for it."""
     url = settings.REDIS_URL
@@ -48,6 +50,7 @@ def _flush_test_redis(settings):
     client = redis.Redis.from_url(url)
     try:
         client.flushdb()
+        RateLimiter(client).start_fresh()
     finally:
         client.close()
 

@@ -80,3 +80,86 @@ def test_breaker_state_is_exported_in_metrics(breaker, client):
     breaker.allow()
     body = client.get("/metrics").content.decode()
     assert 'herald_breaker_state{provider="test"} 2.0' in body
+
+
+class Clock:
+    """A clock the test drives (seconds), handed to the breaker instead of Redis TIME."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def low_traffic(settings):
+    """Slack's production thresholds: 10 calls in 30 s before the ratio counts, 5 in a row."""
+    settings.HERALD_BREAKERS = {"low": {"window": 30.0, "min_calls": 10, "failure_ratio": 0.5,
+                                        "open_seconds": 5.0, "consecutive_failures": 5}}
+    clock = Clock()
+    return CircuitBreaker("low", clock=clock), clock
+
+
+def test_consecutive_failures_open_it_at_low_traffic(low_traffic):
+    """One call every 15 s: the 30 s window never holds 10 calls, yet five failures in a row
+    (spread over 60 s) are an outage."""
+    breaker, clock = low_traffic
+    states = []
+    for _ in range(5):
+        states.append(breaker.record(ok=False))
+        clock.now += 15
+    assert states == ["closed"] * 4 + ["open"]
+    clock.now -= 15
+    decision = breaker.allow()
+    assert not decision.allowed and decision.state == "open"
+    assert 4.9 <= decision.wait <= 5.0
+
+
+def test_a_success_resets_the_consecutive_count(low_traffic):
+    breaker, clock = low_traffic
+    for ok in (False, False, False, False, True, False, False, False, False):
+        assert breaker.record(ok=ok) == "closed"
+        clock.now += 12
+    assert breaker.record(ok=False) == "open"  # the fifth failure since the success
+
+
+def test_failures_far_apart_are_not_consecutive(low_traffic, settings):
+    """The count lives `consecutive_window` after the last failure (a Redis expiry, real time)."""
+    settings.HERALD_BREAKERS["low"]["consecutive_window"] = 0.3
+    breaker, _clock = low_traffic
+    for _ in range(4):
+        assert breaker.record(ok=False) == "closed"
+    time.sleep(0.4)
+    assert breaker.record(ok=False) == "closed"
+    for _ in range(3):
+        assert breaker.record(ok=False) == "closed"
+    assert breaker.record(ok=False) == "open"
+
+
+def test_record_says_whether_the_call_was_the_probe(low_traffic):
+    breaker, clock = low_traffic
+    assert not breaker.allow().probe
+    first = breaker.record(ok=False)
+    assert (first.state, first.probe) == ("closed", False)
+    for _ in range(4):
+        breaker.record(ok=False)
+    clock.now += 5.0
+    probe = breaker.allow()
+    assert probe.allowed and probe.probe and probe.state == "half_open"
+
+    failed = breaker.record(ok=False)
+    assert (failed.state, failed.probe) == ("open", True)  # a failed probe: not the caller's attempt
+    clock.now += 10.0  # re-opened for twice as long
+    assert breaker.allow().probe
+    succeeded = breaker.record(ok=True)
+    assert (succeeded.state, succeeded.probe) == ("closed", True)
+    after = breaker.record(ok=False)
+    assert (after.state, after.probe) == ("closed", False)
+
+
+def test_keys_share_the_breakers_hash_tag(breaker):
+    """Redis Cluster: both keys of each script call hash to one slot (the breaker's name)."""
+    breaker.record(ok=False)
+    keys = sorted(k.decode() for k in breaker.client.keys("herald:cb:*"))
+    assert keys == ["herald:cb:{test}:calls", "herald:cb:{test}:state"]

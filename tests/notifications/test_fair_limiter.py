@@ -10,7 +10,9 @@ from notifications.ratelimit import Scope, limiter
 
 @pytest.fixture
 def scopes(settings):
-    settings.HERALD_RATE_LIMITS = {"g": {"rate": 20, "burst": 1}, "c": {"rate": 1000, "burst": 1}}
+    settings.HERALD_RATE_LIMITS = {"g": {"rate": 20, "burst": 1, "tag": "fair"},
+                                   "c": {"rate": 1000, "burst": 1, "tag": "fair"}}
+    limiter.start_fresh()
 
 
 def _run(members: list[str], seconds: float, greedy: set[str] = frozenset()):

@@ -7,7 +7,7 @@ import uuid
 import pytest
 import redis
 
-from notifications.ratelimit import RateLimiter, Scope
+from notifications.ratelimit import RateLimiter, Scope, epoch_key, scopes_named
 
 # headroom 0: these scopes grant exactly their rate (the limiter's arithmetic, not its safety margin).
 SCOPES = {
@@ -17,6 +17,8 @@ SCOPES = {
     "test.paused": {"rate": 10, "burst": 3, "headroom": 0.0},
     "test.shared": {"rate": 20, "burst": 2, "headroom": 0.0},
     "test.margin": {"rate": 10, "burst": 1},  # the default headroom applies
+    "test.global": {"rate": 20, "burst": 10, "headroom": 0.0},  # a provider limit, e.g. Slack's global one
+    "test.channel": {"rate": 1, "burst": 1, "headroom": 0.0},
 }
 
 
@@ -26,7 +28,9 @@ def limiter(settings):
     settings.HERALD_RATE_LIMITS = {**settings.HERALD_RATE_LIMITS, **SCOPES}
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.flushdb()
-    yield RateLimiter(client)
+    limiter = RateLimiter(client)
+    limiter.start_fresh()
+    yield limiter
     client.close()
 
 
@@ -171,3 +175,136 @@ def test_limit_holds_across_processes(limiter, settings):
     print(f"grants per process {grants}, total {total} of at most {ceiling}")
     assert total <= ceiling, f"{total} grants > {ceiling} ({grants})"
     assert total >= 0.9 * ceiling, f"{total} grants < 90% of {ceiling} ({grants})"
+
+
+def _wipe(client: redis.Redis, tag: str) -> int:
+    """What a Redis restart without persistence (or a FLUSHDB) does to one provider's limiter
+    state, in this test's own database: every key, the epoch marker included, is gone."""
+    keys = list(client.scan_iter(match=f"herald:rl:{{{tag}}}:*"))
+    return client.delete(*keys) if keys else 0
+
+
+def _max_in_window(times: list[float], period: float) -> int:
+    """The most grants any sliding window of `period` seconds held (windows start at a grant)."""
+    most, j = 0, 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j < len(times) and times[j] < start + period:
+            j += 1
+        most = max(most, j - i)
+    return most
+
+
+def test_wiped_limiter_state_never_lets_a_window_exceed_the_limit(limiter):
+    """Send at the limit, lose every key mid-window, keep sending: no window of the scope's period
+    holds more than rate * period + burst grants (old code: a wiped bucket gave a full burst on
+    top of the burst and steady rate already spent in that window)."""
+    scope = Scope("test.global")
+    rate, burst = scope.config
+    period = 1.0
+    times: list[float] = []
+    start = time.monotonic()
+    wiped = False
+    while (now := time.monotonic()) - start < 2.0:
+        if not wiped and now - start >= 0.4:
+            assert _wipe(limiter.client, scope.tag) >= 2  # the bucket and the epoch
+            wiped = True
+        decision = limiter.acquire([scope])
+        if decision.allowed:
+            times.append(time.monotonic())
+        else:
+            time.sleep(min(decision.wait, 0.01))
+
+    ceiling = rate * period + burst  # 30
+    # Timestamps are taken in this process just after each grant: a window 20 ms short of the
+    # period absorbs that jitter without hiding a burst (a burst is 10 grants in one instant).
+    most = _max_in_window(times, period - 0.02)
+    print(f"{len(times)} grants in 2 s; most in one {period:g} s window: {most} (ceiling {ceiling:g})")
+    assert most <= ceiling, most
+    after = [t for t in times if t >= start + 0.45]
+    assert len(after) >= rate * 1.3, len(after)  # it kept sending at the rate afterwards
+
+
+def test_every_bucket_missing_after_the_loss_starts_spent(limiter, k):
+    """Not only the first bucket asked after the loss: one first asked later in the same stretch
+    (another channel) may have been just as full, so it starts spent too, for one burst's time."""
+    g, c1, c2 = Scope("test.global"), Scope("test.channel", k("C1")), Scope("test.channel", k("C2"))
+    assert limiter.acquire([g, c1]).allowed and limiter.acquire([g, c2]).allowed
+    _wipe(limiter.client, g.tag)
+
+    first = limiter.acquire([g, c1])  # the epoch is written now: history lost at this instant
+    later = limiter.acquire([g, c2])
+
+    assert not first.allowed and not later.allowed
+    assert later.blocked_by == c2 and 0.9 <= later.wait <= 1.0  # c2 as if its burst was spent
+    time.sleep(1.0)
+    assert limiter.acquire([g, c2]).allowed
+
+
+def test_a_bucket_that_simply_expired_starts_with_its_full_burst(limiter, k):
+    """The epoch survives; a bucket idle long enough to expire is no loss: full burst at once."""
+    g = Scope("test.global")
+    assert limiter.acquire([g]).allowed
+    limiter.client.delete(g.redis_key)  # what its expiry does once it is idle
+
+    assert [limiter.acquire([g]).allowed for _ in range(11)] == [True] * 10 + [False]
+    assert limiter.client.get(epoch_key(g.tag)) == b"0"  # start_fresh's epoch, no expiry
+    assert limiter.client.ttl(epoch_key(g.tag)) == -1
+
+
+def test_an_unknown_redis_starts_conservatively_then_recovers(limiter):
+    """A Redis never declared fresh (a restart empty): the first grants come at the steady rate,
+    no burst, until one burst's worth of time has passed."""
+    g = Scope("test.global")
+    _wipe(limiter.client, g.tag)
+    assert not limiter.acquire([g]).allowed
+    time.sleep(burst_seconds := g.config[1] * g.interval_us() / 1e6)  # 0.5 s
+    assert [limiter.acquire([g]).allowed for _ in range(11)] == [True] * 10 + [False], burst_seconds
+
+
+def test_scopes_named_maps_a_providers_429_to_scopes(limiter, k):
+    g, c = Scope("test.global"), Scope("test.channel", k("C1"))
+    assert scopes_named([g, c], "global") == [g]
+    assert scopes_named([g, c], "channel") == [c]
+    assert scopes_named([g, c], "destination") == [c]
+    assert scopes_named([g, c], "test.channel") == [c]
+    assert scopes_named([g, c], "all") == [g, c]
+    assert scopes_named([g, c], "something-else") == [g, c]  # unknown: hold everything
+    assert scopes_named([g], "channel") == [g]
+    assert scopes_named([], "global") == []
+
+
+def test_a_global_429_pauses_every_channel(limiter, k):
+    g = Scope("test.global")
+    c1, c2, c3 = (Scope("test.channel", k(name)) for name in ("C1", "C2", "C3"))
+    assert limiter.acquire([g, c1]).allowed
+
+    limiter.pause(scopes_named([g, c1], "global"), 1.0)  # C1's request got a 429 naming the global limit
+
+    for channel in (c2, c3):  # channels that never saw a 429
+        decision = limiter.acquire([g, channel])
+        assert not decision.allowed and decision.blocked_by == g and 0.9 <= decision.wait <= 1.0
+    fair = limiter.acquire_fair([g, c2], member="stream-c2")
+    assert not fair.allowed and fair.blocked_by == g
+    time.sleep(1.0)
+    assert limiter.acquire([g, c2]).allowed
+
+
+def test_a_channel_429_pauses_only_that_channel(limiter, k):
+    g = Scope("test.global")
+    c1, c2 = Scope("test.channel", k("C1")), Scope("test.channel", k("C2"))
+    assert limiter.acquire([g, c1]).allowed
+
+    limiter.pause(scopes_named([g, c1], "channel"), 3.0)
+
+    decision = limiter.acquire([g, c1])
+    assert not decision.allowed and decision.blocked_by == c1 and 2.9 <= decision.wait <= 3.0
+    assert limiter.acquire([g, c2]).allowed
+    assert limiter.acquire_fair([g, Scope("test.channel", k("C3"))], member="stream-c3").allowed
+
+
+def test_pause_of_several_scopes_is_one_call(limiter, k):
+    g, c = Scope("test.global"), Scope("test.channel", k("C1"))
+    limiter.pause([g, c], 0.5)
+    assert limiter.acquire([g, Scope("test.channel", k("C9"))]).blocked_by == g
+    assert limiter.acquire([Scope("test.channel", k("C1"))]).blocked_by == c
