@@ -276,7 +276,8 @@ LOGGING = {
 # process (web, workers); without it, only the serving process.
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
 
-# Rate-limit scopes (notifications.ratelimit): requests per second and burst, per scope key.
+# Rate-limit scopes (notifications.ratelimit): requests per second and burst, per scope key. Scopes
+# checked together share a Redis Cluster hash tag: "tag", default the name up to its first dot.
 SLACK_API_URL = env("SLACK_API_URL", "https://slack.com/api/")
 SLACK_TIMEOUT = env_float("SLACK_TIMEOUT", 5.0)
 RATE_LIMIT_HEADROOM = env_float("RATE_LIMIT_HEADROOM", 0.02)
@@ -328,10 +329,12 @@ CELERY_BEAT_SCHEDULE["notifications.sweep_streams"] = {
 }
 
 # Circuit breakers per provider (notifications.breaker); keys override the defaults there.
+# Besides the ratio over the window, `consecutive_failures` in a row open a breaker at any traffic.
 HERALD_BREAKERS = {
     "slack": {"window": env_float("SLACK_BREAKER_WINDOW", 30.0), "min_calls": env_int("SLACK_BREAKER_MIN_CALLS", 10),
               "failure_ratio": env_float("SLACK_BREAKER_RATIO", 0.5),
-              "open_seconds": env_float("SLACK_BREAKER_OPEN_SECONDS", 5.0)},
+              "open_seconds": env_float("SLACK_BREAKER_OPEN_SECONDS", 5.0),
+              "consecutive_failures": env_int("SLACK_BREAKER_CONSECUTIVE", 5)},
 }
 
 # --- Email (notifications.email, notifications.channels.email) ---------------------------------
@@ -364,7 +367,8 @@ for _provider in ("primary", "secondary"):
         "window": env_float("EMAIL_BREAKER_WINDOW", 30.0), "min_calls": env_int("EMAIL_BREAKER_MIN_CALLS", 3),
         "failure_ratio": env_float("EMAIL_BREAKER_RATIO", 0.5),
         "open_seconds": env_float("EMAIL_BREAKER_OPEN_SECONDS", 5.0),
-        "max_open_seconds": env_float("EMAIL_BREAKER_MAX_OPEN_SECONDS", 60.0)}
+        "max_open_seconds": env_float("EMAIL_BREAKER_MAX_OPEN_SECONDS", 60.0),
+        "consecutive_failures": env_int("EMAIL_BREAKER_CONSECUTIVE", 5)}
 CELERY_BEAT_SCHEDULE["notifications.sweep_email"] = {
     "task": "notifications.tasks.sweep_email",
     "schedule": env_float("EMAIL_SWEEP_INTERVAL_SECONDS", 30.0),
