@@ -84,7 +84,10 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import connection, transaction
 
+    from notifications.ratelimit import RateLimiter
+
     redis.Redis.from_url(redis_url).flushdb()
+    RateLimiter(redis.Redis.from_url(redis_url)).start_fresh()  # an empty Redis, not a lost history
     call_command("migrate", verbosity=0)
     from bench.seed import seed
 
