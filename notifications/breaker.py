@@ -17,7 +17,7 @@ it answers "wait `unavailable_wait` s" with state "unknown" (without Redis the l
 for the provider's limits either). `state()` and `reset()` raise as any Redis call does.
 
 Breakers are declared in settings.HERALD_BREAKERS. Keys carry the breaker's name as a Redis Cluster
-hash tag (`herald:cb:{slack}:state`, `herald:cb:{slack}:calls`), so each script call stays in one slot.
+hash tag (`herald:cb:{slack}:state|calls|failures`), so each script call stays in one slot.
 """
 import logging
 import uuid
@@ -38,7 +38,7 @@ DEFAULTS = {"window": 30.0, "min_calls": 10, "failure_ratio": 0.5, "open_seconds
             "max_open_seconds": 60.0, "probe_seconds": 10.0, "consecutive_failures": 5,
             "consecutive_window": 300.0, "unavailable_wait": 5.0}
 
-# KEYS: state hash, calls zset. ARGV: now_ms, probe_ms. Returns {allowed, wait_ms, state}.
+# KEYS: state hash, calls zset, failures zset. ARGV: now_ms, probe_ms. Returns {allowed, wait_ms, state}.
 _ALLOW = """
 local now = tonumber(ARGV[1])
 local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
@@ -52,10 +52,11 @@ redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(
 return {1, 0, 'half_open'}
 """
 
-# KEYS: state hash, calls zset. ARGV: now_ms, ok(1/0), window_ms, min_calls, ratio, open_ms, max_open_ms,
-# member, consecutive_failures, consecutive_window_ms. Returns {state, probe(1/0)}.
-# The state hash also counts consecutive failures while closed (field `fails`, expiring
-# consecutive_window after the last one); any success clears it.
+# KEYS: state hash, calls zset, failures zset. ARGV: now_ms, ok(1/0), window_ms, min_calls, ratio,
+# open_ms, max_open_ms, member, consecutive_failures, consecutive_window_ms. Returns {state, probe(1/0)}.
+# Calls and failures of the window are two sorted sets counted with ZCARD (O(log n) a call, not a
+# scan of the window). The state hash also counts consecutive failures while closed (field
+# `fails`, the hash expiring consecutive_window after the last one); any success clears it.
 _RECORD = """
 local now = tonumber(ARGV[1])
 local ok = tonumber(ARGV[2])
@@ -65,11 +66,11 @@ local function open_for(ms)
   redis.call('HDEL', KEYS[1], 'fails')
   redis.call('HSET', KEYS[1], 'state', 'open', 'until', now + ms, 'open_ms', ms, 'probe_until', 0)
   redis.call('PERSIST', KEYS[1])
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[3])
 end
 if st == 'half_open' then
   if ok == 1 then
-    redis.call('DEL', KEYS[1], KEYS[2])
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
     return {'closed', 1}
   end
   local last = tonumber(redis.call('HGET', KEYS[1], 'open_ms') or ARGV[6])
@@ -86,15 +87,15 @@ else
     return {'open', 0}
   end
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[10]))
+  redis.call('ZADD', KEYS[3], now, ARGV[8])
+  redis.call('PEXPIRE', KEYS[3], window * 2)
 end
-redis.call('ZADD', KEYS[2], now, ARGV[8] .. ':' .. ok)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZADD', KEYS[2], now, ARGV[8])
 redis.call('PEXPIRE', KEYS[2], window * 2)
-local calls = redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf')
-local total, failed = #calls, 0
-for _, m in ipairs(calls) do
-  if string.sub(m, -2) == ':0' then failed = failed + 1 end
-end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - window)
+local total = redis.call('ZCARD', KEYS[2])
+local failed = redis.call('ZCARD', KEYS[3])
 if total >= tonumber(ARGV[4]) and failed / total >= tonumber(ARGV[5]) then
   open_for(tonumber(ARGV[6]))
   return {'open', 0}
@@ -151,7 +152,7 @@ class CircuitBreaker:
         return {**DEFAULTS, **settings.HERALD_BREAKERS.get(self.name, {})}
 
     def _keys(self) -> list[str]:
-        return [f"herald:cb:{{{self.name}}}:state", f"herald:cb:{{{self.name}}}:calls"]
+        return [f"herald:cb:{{{self.name}}}:{part}" for part in ("state", "calls", "failures")]
 
     def _now_ms(self) -> int:
         if self._clock is not None:
@@ -163,7 +164,7 @@ class CircuitBreaker:
         """May a call go now? Fails closed (wait `unavailable_wait`, state "unknown") when Redis errs."""
         cfg = self.config
         try:
-            allowed, wait_ms, state = self.client.eval(_ALLOW, 2, *self._keys(), self._now_ms(),
+            allowed, wait_ms, state = self.client.eval(_ALLOW, 3, *self._keys(), self._now_ms(),
                                                        int(cfg["probe_seconds"] * 1000))
         except redis.RedisError as exc:
             logger.warning("breaker unavailable (Redis): calls wait", extra={"breaker": self.name, "error": repr(exc)})
@@ -177,7 +178,7 @@ class CircuitBreaker:
         cfg = self.config
         try:
             state, probe = self.client.eval(
-                _RECORD, 2, *self._keys(), self._now_ms(), 1 if ok else 0, int(cfg["window"] * 1000),
+                _RECORD, 3, *self._keys(), self._now_ms(), 1 if ok else 0, int(cfg["window"] * 1000),
                 int(cfg["min_calls"]), float(cfg["failure_ratio"]), int(cfg["open_seconds"] * 1000),
                 int(cfg["max_open_seconds"] * 1000), uuid.uuid4().hex[:12], int(cfg["consecutive_failures"]),
                 int(cfg["consecutive_window"] * 1000),

@@ -162,4 +162,4 @@ def test_keys_share_the_breakers_hash_tag(breaker):
     """Redis Cluster: both keys of each script call hash to one slot (the breaker's name)."""
     breaker.record(ok=False)
     keys = sorted(k.decode() for k in breaker.client.keys("herald:cb:*"))
-    assert keys == ["herald:cb:{test}:calls", "herald:cb:{test}:state"]
+    assert keys == ["herald:cb:{test}:calls", "herald:cb:{test}:failures", "herald:cb:{test}:state"]

@@ -58,8 +58,9 @@ def _exercise(client: redis.Redis) -> None:
     """Every script call the providers make, with the scope declarations of settings."""
     limiter = RateLimiter(client)
     slack = [Scope("slack.global"), Scope("slack.channel", "C1")]
-    email = [Scope("email.api"), Scope("email.recipient", "42")]
-    for scopes in (slack, email):
+    email = [Scope("email.api")]
+    stats = [Scope("stats.caller", "user:1"), Scope("stats.org", "1")]
+    for scopes in (slack, email, stats):
         limiter.acquire(scopes)
         limiter.acquire_fair(scopes, member="stream-1", since=time.time())
         limiter.pause(scopes_named(scopes, "all"), 0.01)
@@ -74,7 +75,7 @@ def test_every_key_of_one_script_call_shares_one_slot(settings):
     client = RecordingRedis.from_url(settings.REDIS_URL)
     _exercise(client)
 
-    assert len(client.eval_keys) == 14
+    assert len(client.eval_keys) == 18
     for keys in client.eval_keys:
         assert len(keys) >= 2, keys
         assert len({key_slot(k) for k in keys}) == 1, keys
