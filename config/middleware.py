@@ -6,9 +6,15 @@ import time
 from functools import cached_property
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
+from django.shortcuts import render
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from config.api import error_payload
+from config.errors import ApplicationError
 
 logger = logging.getLogger("herald.request")
 
@@ -46,14 +52,6 @@ class DependencyUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        from django.db import InterfaceError, OperationalError
-        from django.http import JsonResponse
-
-        from config.api import error_payload
-        from kombu.exceptions import OperationalError as BrokerError
-        from redis.exceptions import ConnectionError as RedisConnectionError
-        from redis.exceptions import TimeoutError as RedisTimeoutError
-
         if isinstance(exception, (OperationalError, InterfaceError)):
             dependency = "database"
         elif isinstance(exception, (RedisConnectionError, RedisTimeoutError, BrokerError)):
@@ -79,10 +77,6 @@ class PageErrorMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        from django.shortcuts import render
-
-        from config.errors import ApplicationError
-
         if not isinstance(exception, ApplicationError):
             return None
         return render(request, "error.html", {"message": exception.message, "code": exception.code},
