@@ -34,7 +34,12 @@ class Kind:
     # One line in a Slack message or an email digest; Slack's *bold* is allowed.
     line: Callable[[EntryView], str] | None = None
     ws_type: str = "log.entry"  # the WebSocket message type (tracker.event keeps its own shape)
+    # The channels an entry of this kind may reach (a member's preferences narrow it further).
+    # "inapp" = an inbox row for each audience member; the live feed carries every entry anyway.
     channels: tuple[str, ...] = field(default=("inapp", "slack", "email", "webhook"))
+    # Private: only the audience hears of it (a reply to your comment, your report is ready);
+    # never posted to an organization-wide destination such as its Slack channel or webhooks.
+    private: bool = False
 
     def render_line(self, entry: EntryView) -> str:
         return (self.line or self.title)(entry) + f" (#{entry.seq})"

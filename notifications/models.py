@@ -153,6 +153,8 @@ class Delivery(models.Model):
         indexes = [
             models.Index(fields=["stream", "first_seq"]),
             models.Index(fields=["status", "created_at"], condition=Q(status="dead"), name="delivery_dead"),
+            # The fence's head lookup and the peek's "is a head pending" (a stream's sent history grows).
+            models.Index(fields=["stream", "first_seq"], condition=Q(status="pending"), name="delivery_pending"),
         ]
         verbose_name_plural = "deliveries"
 

@@ -16,6 +16,7 @@ from django.core.checks import Error
 
 from notifications.breaker import CircuitBreaker
 from notifications.delivery.types import Gate
+from notifications.kinds import KINDS
 from notifications.ratelimit import Scope, limiter
 
 
@@ -45,6 +46,10 @@ class Channel:
     # The limiter's first scope is shared by every destination (a provider's global limit):
     # waiters are served oldest pending entry first.
     fair: bool = False
+    # A destination is one member (their address, phone, device): it gets only the entries whose
+    # audience holds that member. Otherwise the destination is the organization's (a Slack channel,
+    # a webhook endpoint) and gets only entries for the whole organization (kinds not private).
+    per_recipient: bool = False
     default_options: dict = {}
 
     def __init__(self, name: str, options: dict | None = None):
@@ -70,6 +75,20 @@ class Channel:
         """The destination's current configuration (an integration, a user, an endpoint), or None
         when it is gone or disabled: the fence then deactivates the stream."""
         raise NotImplementedError
+
+    def recipient_id(self, target) -> int | None:
+        """Per-recipient channels: the user a destination belongs to."""
+        return None
+
+    def wants(self, target, entry) -> bool:
+        """Does this destination get this log entry? Decided from the entry (its kind and audience)
+        and the destination's identity only, so every attempt of a run carries the same entries."""
+        kind = KINDS.get(entry.kind)
+        if kind is None or self.name not in kind.channels:
+            return False
+        if self.per_recipient:
+            return self.recipient_id(target) in (entry.audience or ())
+        return not kind.private
 
     def scopes(self, target) -> list[Scope]:
         return []

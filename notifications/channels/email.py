@@ -218,28 +218,32 @@ def recipient_name(user) -> str:
 
 
 def _entry_context(entry) -> dict:
-    view = entry.view()
-    return {"seq": entry.seq, "actor": view.actor, "tracker": entry.payload.get("tracker_name", ""),
+    view, kind = entry.view(), kind_get(entry.kind)
+    tracker = entry.payload.get("tracker_name", "") if entry.kind == "tracker.event" else ""
+    return {"seq": entry.seq, "actor": view.actor, "tracker": tracker,
             "verb": "started" if entry.payload.get("action") == "start" else "stopped",
-            "title": kind_get(entry.kind).title(view), "occurred_at": entry.occurred_at}
+            "title": kind.title(view), "body": kind.body(view), "occurred_at": entry.occurred_at}
 
 
 def digest_build(*, organization, user, run: Run, deferred: bool = False, late: bool = False) -> EmailMultiAlternatives:
     """One entry -> a single-entry mail; a run -> a digest listing up to EMAIL_DIGEST_MAX_LINES entries
-    in seq order and summarizing the rest."""
+    in seq order and summarizing the rest. The run's entries are those meant for this recipient
+    (the fence filtered its seq range), so a digest may skip numbers."""
     first, last = run.first_seq, run.last_seq
     lines = [_entry_context(e) for e in run.entries[:settings.EMAIL_DIGEST_MAX_LINES]]
-    total = last - first + 1
+    total = len(run.entries)
+    rest = run.entries[len(lines):]
     context = {"organization": organization, "recipient_name": recipient_name(user), "first_seq": first,
                "last_seq": last, "total": total, "events": lines, "deferred": deferred,
-               "more": total - len(lines), "more_first_seq": first + len(lines)}
+               "more": len(rest), "more_first_seq": rest[0].seq if rest else None}
     if total == 1 and lines:
         template, kind = "email/tracker_event", "tracker_event"
         event = context["event"] = lines[0]
         subject = f"[{organization.name}] {event['title']}"
     else:
         template, kind = "email/tracker_digest", "tracker_digest"
-        subject = f"[{organization.name}] {total} tracker updates (#{first}–#{last})"
+        noun = "tracker updates" if all(e.kind == "tracker.event" for e in run.entries) else "updates"
+        subject = f"[{organization.name}] {total} {noun} (#{first}–#{last})"
     context["subject"] = subject = _one_line(("(late) " if late else "") + subject)
     message = EmailMultiAlternatives(
         subject=subject, body=render_to_string(f"{template}.txt", context), from_email=settings.EMAIL_FROM,
@@ -276,7 +280,11 @@ def recipient_daily_take(*, user, channel: str, now: datetime) -> bool:
 
 
 class EmailChannel(Channel):
+    per_recipient = True
     default_options = {"batch_max": 500}
+
+    def recipient_id(self, target: EmailTarget) -> int:
+        return target.user.pk
 
     @property
     def batch_max(self) -> int:

@@ -50,15 +50,20 @@ class InAppChannel(Channel):
         return organization_id
 
     def apply(self, *, organization_id: int, entries: list) -> Published:
-        ids, titles, bodies = [], [], []
+        titles, bodies, inbox = [], [], ([], [], [])
         for entry in entries:
             kind, view = kind_get(entry.kind), entry.view()
-            ids.append(entry.id)
-            titles.append(kind.title(view)[:255])
-            bodies.append(kind.body(view))
-        with connection.cursor() as cursor:
-            cursor.execute(_FANOUT_SQL, [ids, titles, bodies])
-            rows = cursor.fetchall()
+            title, body = kind.title(view)[:255], kind.body(view)
+            titles.append(title)
+            bodies.append(body)
+            if self.name in kind.channels:  # else live only: no inbox row
+                for column, value in zip(inbox, (entry.id, title, body), strict=True):
+                    column.append(value)
+        rows = []
+        if inbox[0]:
+            with connection.cursor() as cursor:
+                cursor.execute(_FANOUT_SQL, list(inbox))
+                rows = cursor.fetchall()
         by_seq: dict[int, dict[str, int]] = {}
         for notification_id, recipient_id, seq in rows:
             by_seq.setdefault(seq, {})[str(recipient_id)] = notification_id

@@ -43,12 +43,16 @@ def _line(entry) -> str:
     return kind_get(entry.kind).render_line(entry.view())
 
 
-def build_message(*, org_id: int, events: list) -> dict:
-    first, last = events[0].seq, events[-1].seq
+def build_message(*, org_id: int, events: list, first_seq: int | None = None, last_seq: int | None = None) -> dict:
+    """`first_seq`..`last_seq`: the run's range (its metadata, which verify() looks up), which may
+    be wider than the events when the fence skipped entries not meant for the channel."""
+    first = events[0].seq if first_seq is None else first_seq
+    last = events[-1].seq if last_seq is None else last_seq
     if len(events) == 1:
         text = _line(events[0])
     else:
-        text = f"{len(events)} tracker updates (#{first}–#{last}):\n" + "\n".join(f"• {_line(e)}" for e in events)
+        noun = "tracker updates" if all(e.kind == "tracker.event" for e in events) else "updates"
+        text = f"{len(events)} {noun} (#{first}–#{last}):\n" + "\n".join(f"• {_line(e)}" for e in events)
     return {
         "text": text,
         "metadata": {
@@ -140,7 +144,8 @@ class SlackChannel(Channel):
         return ["slack"]
 
     def render(self, target: SlackTarget, run: Run) -> dict:
-        message = build_message(org_id=run.organization_id, events=run.entries)
+        message = build_message(org_id=run.organization_id, events=run.entries, first_seq=run.first_seq,
+                                last_seq=run.last_seq)
         if run.late:  # a requeued dead letter, after later entries went out
             message["text"] = "(late) " + message["text"]
             message["metadata"]["event_payload"]["late"] = True

@@ -46,7 +46,8 @@ _PEEK_SQL = """
 SELECT s.delivered_seq, o.last_event_seq, s.held, s.active,
        GREATEST(0, extract(epoch FROM s.next_attempt_at - clock_timestamp())),
        (SELECT extract(epoch FROM e.occurred_at) FROM notifications_logentry e
-        WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1)
+        WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1),
+       EXISTS (SELECT 1 FROM notifications_delivery d WHERE d.stream_id = s.id AND d.status = 'pending' AND NOT d.late)
 FROM notifications_deliverystream s
 JOIN organizations_organization o ON o.id = s.organization_id
 WHERE s.organization_id = %s AND s.channel = %s AND s.destination = %s
@@ -68,6 +69,22 @@ def _later(seconds: float):
 
 def _entries(org_id: int, first: int, last: int) -> list[LogEntry]:
     return list(LogEntry.objects.filter(organization_id=org_id, seq__gte=first, seq__lte=last).order_by("seq"))
+
+
+def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
+    """The entries of a range this destination gets (its kind lists the channel; a per-recipient
+    channel's user is in the audience; private kinds never reach org-wide channels). Decided from
+    the entries alone, so every attempt of a frozen range carries the same entries."""
+    return [e for e in entries if ch.wants(target, e)]
+
+
+def _skip(ch: Channel, stream: DeliveryStream, last_seq: int) -> DrainResult:
+    """A range with nothing for this destination: the cursor moves past it without a provider call
+    (no Delivery record, no limiter grant spent beyond the one this step holds)."""
+    _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), last_seq), head_attempts=0, head_since=None,
+           next_attempt_at=None, last_error="")
+    metrics.DELIVERIES.labels(channel=ch.name, outcome="skipped").inc()
+    return DrainResult("delivered", count=0)
 
 
 def _touch(stream_id: int, **fields) -> None:
@@ -102,7 +119,7 @@ def stream_gate(*, org_id: int, channel: str, destination: str = ""):
         row = cursor.fetchone()
     if row is None:
         return DrainResult("missing")
-    delivered, last, held, active, wait, head_at = row
+    delivered, last, held, active, wait, head_at, pending = row
     if held:
         return DrainResult("held")
     if not active or delivered >= last:
@@ -113,6 +130,9 @@ def stream_gate(*, org_id: int, channel: str, destination: str = ""):
     if target is None:
         stream_deactivate(org_id=org_id, channel=channel, destination=destination)
         return DrainResult("idle")
+    if not pending and not _wanted(ch, target, _entries(org_id, delivered + 1, min(last, delivered + ch.batch_max))):
+        # Nothing ahead is for this destination: move past it without asking for a slot.
+        return _skip_unwanted(ch, target, org_id, destination)
     gate = ch.gate(target, since=float(head_at) if head_at is not None else None,
                    member=f"{org_id}:{channel}:{destination}")
     if not gate.allowed:
@@ -125,6 +145,24 @@ def _lock(org_id: int, channel: str, destination: str) -> DeliveryStream | None:
     return (DeliveryStream.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("organization").annotate(db_now=DbClock())
             .filter(organization_id=org_id, channel=channel, destination=destination).first())
+
+
+def _skip_unwanted(ch: Channel, target, org_id: int, destination: str) -> DrainResult:
+    """Under the stream's lock, skip the next range if it still has no pending head and nothing
+    wanted (another worker may have moved the cursor meanwhile)."""
+    with transaction.atomic():
+        stream = _lock(org_id, ch.name, destination)
+        if stream is None:
+            return _busy_or_missing(org_id, ch.name, destination)
+        if stream.held or Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING, late=False).exists():
+            return DrainResult("busy")
+        first = stream.delivered_seq + 1
+        last = min(stream.organization.last_event_seq, stream.delivered_seq + ch.batch_max)
+        if last < first:
+            return DrainResult("idle")
+        if _wanted(ch, target, _entries(org_id, first, last)):
+            return DrainResult("busy")  # the caller's next step takes a slot and sends it
+        return _skip(ch, stream, last)
 
 
 def _busy_or_missing(org_id: int, channel: str, destination: str) -> DrainResult:
@@ -177,16 +215,23 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
             last = min(last, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
             if last < first:
                 return DrainResult("idle")
+            entries = _wanted(ch, target, _entries(org_id, first, last))
+            if not entries:
+                return _skip(ch, stream, last)
             head = Delivery.objects.create(organization_id=org_id, stream=stream, channel=ch.name,
                                            first_seq=first, last_seq=last)
-        elif head.attempts == 0 and ch.coalesce:
-            # Never sent yet (it waited on a gate or a deferral): later entries may join it. Once
-            # attempted, its range is frozen, so every attempt carries the same message.
-            newest = min(stream.organization.last_event_seq, head.first_seq + ch.batch_max - 1)
-            if newest > head.last_seq:
-                head.last_seq = newest
-                head.save(update_fields=["last_seq"])
-        entries = _entries(org_id, head.first_seq, head.last_seq)
+        else:
+            if head.attempts == 0 and ch.coalesce:
+                # Never sent yet (it waited on a gate or a deferral): later entries may join it. Once
+                # attempted, its range is frozen, so every attempt carries the same message.
+                newest = min(stream.organization.last_event_seq, head.first_seq + ch.batch_max - 1)
+                if newest > head.last_seq:
+                    head.last_seq = newest
+                    head.save(update_fields=["last_seq"])
+            entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq))
+            if not entries:  # nothing in its range is for this destination (any more)
+                Delivery.objects.filter(pk=head.pk).delete()
+                return _skip(ch, stream, head.last_seq)
         run = Run(organization_id=org_id, destination=destination, delivery_id=head.id, first_seq=head.first_seq,
                   last_seq=head.last_seq, entries=entries, attempt=head.attempts + 1)
         admitted = ch.admit(target, run, now=now, first_attempt=not head.admitted)
