@@ -7,7 +7,8 @@ from django.conf import settings
 
 from notifications.channels import registry
 
-MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "reports.tasks.purge", "reports.tasks.refresh",
+MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "notifications.tasks.archive", "reports.tasks.purge",
+                        "reports.tasks.refresh",
                         "reports.tasks.sweep")
 REPORT_TASKS = ("reports.tasks.run_report",)
 

@@ -8,7 +8,7 @@ import logging
 from celery import shared_task
 from django.db import OperationalError
 
-from notifications import email, services
+from notifications import email, retention, services
 from notifications.delivery import drain, kicks, sweeper
 
 logger = logging.getLogger("herald.delivery")
@@ -63,3 +63,10 @@ def drain_outbound_email(*, lane: int = 0) -> str:
 @shared_task(name="notifications.tasks.sweep_email", acks_late=True, time_limit=60)
 def sweep_email() -> int:
     return email.email_sweep()
+
+
+@shared_task(name="notifications.tasks.archive_notifications", acks_late=True, time_limit=6 * 3600,
+             soft_time_limit=6 * 3600 - 60)
+def archive_notifications() -> dict:
+    """Daily: archive and remove notifications and delivery records past the retention."""
+    return {a.model: a.rows for a in retention.notifications_archive()}

@@ -412,6 +412,18 @@ CELERY_BEAT_SCHEDULE["reports.purge_activity_log"] = {
     "schedule": crontab(minute=5, hour=0),  # daily, just after midnight UTC
 }
 
+# Retention of notifications and delivery records (notifications/retention.py): archived as
+# gzipped JSON lines to the storage below, then removed from the hot tables in small batches.
+NOTIFICATION_RETENTION_DAYS = env_int("NOTIFICATION_RETENTION_DAYS", 90)
+NOTIFICATION_RETENTION_BATCH = env_int("NOTIFICATION_RETENTION_BATCH", 2000)
+NOTIFICATION_RETENTION_PAUSE_SECONDS = env_float("NOTIFICATION_RETENTION_PAUSE_SECONDS", 0.2)
+NOTIFICATION_ARCHIVE_STORAGE = env("NOTIFICATION_ARCHIVE_STORAGE", "default")  # a STORAGES alias
+NOTIFICATION_ARCHIVE_PREFIX = env("NOTIFICATION_ARCHIVE_PREFIX", "archive")
+CELERY_BEAT_SCHEDULE["notifications.archive_notifications"] = {
+    "task": "notifications.tasks.archive_notifications",
+    "schedule": crontab(minute=35, hour=1),  # daily
+}
+
 # --- Security (docs/security.md) ---------------------------------------------------------------
 def env_list(name: str, default: str = "") -> list[str]:
     return [item.strip() for item in (env(name, default) or "").split(",") if item.strip()]
