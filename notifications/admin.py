@@ -1,13 +1,16 @@
 from django.conf import settings
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from notifications import services
+from config.errors import ApplicationError
+from notifications import services, templating
 from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
 from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, EmailDeferral, LogEntry,
                                   Notification,
-                                  NotificationPreference, OutboundEmail)
+                                  NotificationPreference, NotificationTemplate, OutboundEmail)
 
 
 @admin.register(LogEntry)
@@ -155,3 +158,41 @@ class ChannelDestinationAdmin(admin.ModelAdmin):
     list_select_related = ("organization",)
     raw_id_fields = ("organization",)
     exclude = ("secret_encrypted",)
+
+
+class NotificationTemplateForm(forms.ModelForm):
+    class Meta:
+        model = NotificationTemplate
+        fields = ["organization", "kind", "locale", "category", "description", "variables", "parts"]
+
+    def clean(self):
+        """The API's validation (syntax, declared variables, sandbox rules), with its message."""
+        cleaned = super().clean()
+        try:
+            cleaned.update(templating.template_validate(
+                kind=cleaned.get("kind", ""), locale=cleaned.get("locale", ""), category=cleaned.get("category", ""),
+                variables=cleaned.get("variables") or [], parts=cleaned.get("parts") or {}))
+        except ApplicationError as exc:
+            raise ValidationError(f"{exc.message} ({exc.code})") from exc
+        return cleaned
+
+
+@admin.register(NotificationTemplate)
+class NotificationTemplateAdmin(admin.ModelAdmin):
+    form = NotificationTemplateForm
+    list_display = ("organization", "kind", "locale", "category", "version", "updated_at")
+    list_filter = ("category", "locale")
+    search_fields = ("organization__name", "kind", "description")
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization",)
+    ordering = ("organization", "kind", "locale")
+
+    def save_model(self, request, obj, form, change):
+        fields = {name: form.cleaned_data[name] for name in ("kind", "locale", "category", "variables", "parts")}
+        if change:
+            templating.template_update(template=obj, description=form.cleaned_data["description"], **fields)
+        else:
+            created = templating.template_create(organization=form.cleaned_data["organization"],
+                                                 description=form.cleaned_data["description"],
+                                                 created_by=request.user, **fields)
+            obj.pk = created.pk

@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Now
 
+from notifications.categories import CATEGORY_NAMES
 from notifications.kinds import EntryView
 from organizations.models import Organization
 
@@ -311,3 +312,34 @@ class ChannelDestination(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id}/{self.channel}: {self.address[:60]}"
+
+
+# --- templates -----------------------------------------------------------------------------------
+
+
+class NotificationTemplate(models.Model):
+    """What an organization sends for one kind (the send API's template key) in one locale: a part
+    per channel ({channel: {field: template text}}), rendered in a sandbox by
+    notifications.templating with the declared `variables` only. Validated there on every save."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="notification_templates")
+    kind = models.CharField(max_length=64)
+    locale = models.CharField(max_length=16)
+    category = models.CharField(max_length=32)
+    description = models.CharField(max_length=200, blank=True)
+    variables = models.JSONField(default=list, blank=True)
+    parts = models.JSONField(default=dict)
+    version = models.PositiveIntegerField(default=1)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "kind", "locale"], name="template_unique_kind_locale"),
+            models.CheckConstraint(condition=Q(category__in=list(CATEGORY_NAMES)), name="template_category_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}/{self.kind}/{self.locale}"

@@ -12,7 +12,7 @@ from config.errors import Forbidden, NotFound
 from organizations import selectors, services
 from organizations.errors import OrganizationsError
 from organizations.models import (DEFAULT_API_KEY_SCOPES, ApiKey, ApiKeyScope, Membership, User, UserToken,
-                                  default_api_key_scopes, time_zone_choices)
+                                  LOCALE_PATTERN, default_api_key_scopes, time_zone_choices)
 from organizations.selectors import ApiKeyPrincipal
 
 
@@ -155,6 +155,7 @@ class OrganizationOutput(serializers.Serializer):
     name = serializers.CharField()
     slug = serializers.CharField()
     time_zone = serializers.CharField()
+    locale = serializers.CharField(help_text="Default locale of the organization's notification templates")
     last_event_seq = serializers.IntegerField()
     created_at = serializers.DateTimeField()
 
@@ -164,6 +165,7 @@ class OrganizationListCreateApi(APIView):
         name = serializers.CharField(max_length=120)
         slug = serializers.SlugField(max_length=64, required=False)
         time_zone = serializers.ChoiceField(choices=time_zone_choices(), required=False, default="UTC")
+        locale = serializers.RegexField(LOCALE_PATTERN, max_length=16, required=False, default="en")
 
     @extend_schema(responses=OrganizationOutput(many=True))
     def get(self, request):

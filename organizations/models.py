@@ -23,6 +23,10 @@ def validate_time_zone(value: str) -> None:
         raise ValidationError(f"Unknown time zone: {value!r}.", code="invalid_time_zone")
 
 
+# A language tag as notification templates name their locales ("en", "pt-BR").
+LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,2}\Z"
+
+
 class User(AbstractUser):
     email = models.EmailField("email address", blank=True, db_index=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
@@ -42,6 +46,7 @@ class Organization(models.Model):
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=64, unique=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    locale = models.CharField(max_length=16, default="en", help_text="Default locale of notification templates")
     # Last per-organization event sequence number handed out (see trackers.services).
     last_event_seq = models.BigIntegerField(default=0)
     last_event_at = models.DateTimeField(null=True, blank=True)
@@ -92,6 +97,7 @@ class ApiKeyScope(models.TextChoices):
     INTEGRATIONS_WRITE = "integrations:write", "Change Slack and other integrations"
     MEMBERS_WRITE = "members:write", "Invite members (as members only)"
     API_KEYS_WRITE = "api_keys:write", "Create and revoke API keys"
+    TEMPLATES_WRITE = "templates:write", "Create, change and delete notification templates"
 
 
 DEFAULT_API_KEY_SCOPES = [ApiKeyScope.ORGS_READ, ApiKeyScope.TRACKERS_WRITE, ApiKeyScope.EVENTS_READ,

@@ -266,12 +266,13 @@ def _unique_slug(name: str) -> str:
 
 
 @transaction.atomic
-def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slug: str | None = None) -> Organization:
+def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slug: str | None = None,
+                        locale: str = "en") -> Organization:
     """Create an organization, make the creator its owner and give it its first tracker."""
 
     if slug and Organization.objects.filter(slug=slug).exists():
         raise Conflict("That slug is taken.", code="slug_taken")
-    organization = Organization(name=name, time_zone=time_zone, slug=slug or _unique_slug(name))
+    organization = Organization(name=name, time_zone=time_zone, slug=slug or _unique_slug(name), locale=locale)
     try:
         organization.full_clean(validate_unique=False)
     except ValidationError as exc:

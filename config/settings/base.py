@@ -469,3 +469,8 @@ HERALD_RATE_LIMITS.update({
 HERALD_TOKEN_TTL_SECONDS = env_int("TOKEN_TTL_SECONDS", 30 * 86400)
 # Invitations to join an organization expire after this long.
 HERALD_INVITATION_TTL_SECONDS = env_int("INVITATION_TTL_SECONDS", 7 * 86400)
+
+# Notification templates (notifications.templating): the sandbox's budgets.
+TEMPLATE_RENDER_TIMEOUT_SECONDS = env_float("TEMPLATE_RENDER_TIMEOUT_SECONDS", 1.0)  # per render of a template
+TEMPLATE_MAX_SOURCE_CHARS = env_int("TEMPLATE_MAX_SOURCE_CHARS", 20_000)  # per field, at save
+TEMPLATE_MAX_OUTPUT_CHARS = env_int("TEMPLATE_MAX_OUTPUT_CHARS", 100_000)  # per field and per intermediate value

@@ -31,7 +31,7 @@ def test_org_list_shows_only_my_orgs(auth_client, org_with_members, other_org):
     assert body["count"] == 1
     [org] = body["results"]
     assert org["id"] == org_with_members.org.id
-    assert set(org) == {"id", "name", "slug", "time_zone", "last_event_seq", "created_at"}
+    assert set(org) == {"id", "name", "slug", "time_zone", "locale", "last_event_seq", "created_at"}
 
 
 def test_org_list_unauthenticated_is_401(api_client):

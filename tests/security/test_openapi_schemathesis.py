@@ -62,10 +62,15 @@ def owner_token(db):
 @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                      suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
 @pytest.mark.django_db
+@pytest.mark.timeout(1800)  # one test for every operation: the suite's 300 s is too short on a loaded box
 def test_every_operation_answers_as_its_schema_says(case, owner_token):
     response = case.call()
     excluded = [positive_data_acceptance] if _semantic_rejection(case, response) else []
     case.validate_response(response, excluded_checks=excluded)
+
+
+TEMPLATE_400 = ["invalid_template", "template_syntax_error", "template_undeclared_variable", "template_forbidden",
+                "template_too_large", "unknown_channel", "unknown_category"]
 
 
 # Answers that depend on state or rules no schema can state (a password's strength, whether the
@@ -76,6 +81,11 @@ SEMANTIC_400 = {
     ("POST", "/api/v1/me/password"): [("invalid_credentials", None),
                                       ("validation_error", {"new_password", "current_password"})],
     ("PUT", "/api/v1/me/preferences"): [("preference_locked", None)],
+    # Template text is checked by parsing it (syntax, declared variables, the sandbox's rules).
+    ("POST", "/api/v1/orgs/{org_id}/templates/"): [(code, None) for code in TEMPLATE_400],
+    ("PUT", "/api/v1/templates/{template_id}"): [(code, None) for code in TEMPLATE_400],
+    ("POST", "/api/v1/templates/{template_id}/preview"): [("template_render_error", None),
+                                                          ("unknown_template", None)],
 }
 
 
