@@ -3,7 +3,6 @@
 Everything is INSERT ... SELECT generate_series (no per-row round trips), so a million
 organizations take tens of seconds, not hours."""
 import hashlib
-import secrets
 import time
 
 from django.db import connection
@@ -75,14 +74,16 @@ def seed(*, active_orgs: int, members: int, total_orgs: int, inactive_members: i
         # One API token per active member, stored hashed exactly as the app stores them.
         tokens: list[tuple[int, int, str]] = []  # (org_id, user_id, token)
         rows = []
+        # Bound to the seeded password ('!') exactly as organizations.services binds a token.
+        auth_hash = hashlib.sha256(b"!").hexdigest()[:32]
         for i in range(active_users):
-            prefix = secrets.token_hex(4)
-            full = f"hut_{prefix}_{secrets.token_urlsafe(24)}"
-            rows.append((user0 + i, prefix, hashlib.sha256(full.encode()).hexdigest()))
+            full, prefix, key_hash = herald_secrets.new_key("hut")
+            rows.append((user0 + i, prefix, key_hash))
             tokens.append((org0 + i // members, user0 + i, full))
-        with cur.copy("COPY organizations_usertoken (user_id, prefix, key_hash, created_at) FROM STDIN") as copy:
+        with cur.copy("COPY organizations_usertoken (user_id, prefix, key_hash, auth_hash, name, created_at) "
+                      "FROM STDIN") as copy:
             for user_id, prefix, key_hash in rows:
-                copy.write_row((user_id, prefix, key_hash, "now"))
+                copy.write_row((user_id, prefix, key_hash, auth_hash, "bench", "now"))
         cur.execute("ANALYZE")
     # Measure the steady state, not the aftermath of a bulk load: vacuum what was just written (else
     # autovacuum's insert threshold fires on the new million-row tables during the run) and flush it.
