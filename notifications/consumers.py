@@ -18,7 +18,6 @@ up to date before any live message, which closes the window between page load an
 """
 import asyncio
 import logging
-import random
 import time
 from collections import OrderedDict
 from urllib.parse import parse_qs
@@ -32,7 +31,7 @@ from config.api import error_payload
 from config.parsers import JsonTooDeep, json_loads_bounded
 from notifications.events import notification_created_message
 from notifications.realtime import org_group, user_group
-from notifications.selectors import LiveBacklog, live_backlog, live_watermarks
+from notifications.selectors import LiveBacklog, live_backlog, live_watermarks, live_watermarks_many
 from organizations.models import Membership
 
 logger = logging.getLogger("herald.realtime")
@@ -52,6 +51,65 @@ def _org_ids(user_id: int) -> set[int]:
 @database_sync_to_async
 def _watermarks(user_id: int) -> dict[int, int]:
     return live_watermarks(user_id=user_id)
+
+
+@database_sync_to_async
+def _watermarks_many(user_ids: list[int]) -> dict[int, dict[int, int]]:
+    return live_watermarks_many(user_ids=user_ids)
+
+
+class LiveWatch:
+    """The periodic check of every connection of one event loop (one web process), batched: one
+    query every LIVE_CHECK_SECONDS reads the watermarks of all connected users, then each
+    connection runs its check with its user's marks. A query per connection per interval cost
+    100 queries/s (and as many thread hops) at 500 open sockets, more than the events themselves."""
+
+    _by_loop: dict = {}
+
+    def __init__(self):
+        self.consumers: dict[LiveConsumer, None] = {}
+        self.task: asyncio.Task | None = None
+
+    @classmethod
+    def of_running_loop(cls) -> "LiveWatch":
+        loop = asyncio.get_running_loop()
+        watch = cls._by_loop.get(loop)
+        if watch is None:
+            for old in [lp for lp in cls._by_loop if lp.is_closed()]:
+                del cls._by_loop[old]  # a finished loop (tests run one per test)
+            watch = cls._by_loop[loop] = cls()
+        return watch
+
+    def add(self, consumer: "LiveConsumer") -> None:
+        self.consumers[consumer] = None
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def discard(self, consumer: "LiveConsumer") -> None:
+        self.consumers.pop(consumer, None)
+
+    async def _run(self) -> None:
+        while self.consumers:
+            await asyncio.sleep(settings.LIVE_CHECK_SECONDS)
+            consumers = list(self.consumers)
+            if not consumers:
+                break
+            try:
+                marks = await _watermarks_many(sorted({c.user_id for c in consumers}))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Postgres away for a moment: try again next time
+                logger.warning("live check failed", extra={"connections": len(consumers)}, exc_info=True)
+                continue
+            for consumer in consumers:
+                if consumer not in self.consumers:
+                    continue  # closed meanwhile
+                try:
+                    await consumer._check(marks.get(consumer.user_id, {}))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # Redis away for a moment, or this socket broke: next time
+                    logger.warning("live check failed", extra={"user_id": consumer.user_id}, exc_info=True)
 
 
 @database_sync_to_async
@@ -110,7 +168,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             self.seen_marks = dict(marks)
             await self.send_json({"type": "hello", "user_id": self.user_id, "org_ids": sorted(self.org_ids)})
             await self._resume(resume, marks)
-        self.watcher = asyncio.create_task(self._watch())
+        self.watch = LiveWatch.of_running_loop()
+        self.watch.add(self)
 
     async def access_revoked(self, message):
         """The user was deactivated, changed password, or revoked the token this socket was opened
@@ -120,9 +179,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=UNAUTHORIZED)
 
     async def disconnect(self, code):
-        watcher = getattr(self, "watcher", None)
-        if watcher is not None:
-            watcher.cancel()
+        watch = getattr(self, "watch", None)
+        if watch is not None:
+            watch.discard(self)
         if not hasattr(self, "user_id"):
             return
         for group in [user_group(self.user_id)] + [org_group(o) for o in sorted(self.org_ids)]:
@@ -280,23 +339,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.verified_at = time.monotonic()
         return changed
 
-    async def _watch(self) -> None:
-        interval = settings.LIVE_CHECK_SECONDS
-        await asyncio.sleep(random.uniform(0, interval))  # connections opened together check apart
-        while True:
-            try:
-                await self._check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # Postgres or Redis away for a moment: try again next time
-                logger.warning("live check failed", extra={"user_id": self.user_id}, exc_info=True)
-            await asyncio.sleep(interval)
-
-    async def _check(self) -> None:
-        """One indexed read: memberships and each organization's published seq. Fills what was
-        published at least one interval ago and never arrived (a lost tail), so messages still in
-        flight are not fetched twice."""
-        marks = await _watermarks(self.user_id)
+    async def _check(self, marks: dict[int, int]) -> None:
+        """With the user's memberships and each organization's published seq (`marks`, read for
+        every connection at once by LiveWatch): fills what was published at least one interval ago
+        and never arrived (a lost tail), so messages still in flight are not fetched twice."""
         async with self.lock:
             if await self._apply_memberships(marks):
                 await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})

@@ -63,6 +63,28 @@ def live_watermarks(*, user_id: int) -> dict[int, int]:
         return dict(cursor.fetchall())
 
 
+_LIVE_WATERMARKS_MANY_SQL = """
+SELECT m.user_id, m.organization_id, COALESCE(s.delivered_seq, 0)
+FROM organizations_membership m
+LEFT JOIN notifications_deliverystream s
+       ON s.organization_id = m.organization_id AND s.channel = 'inapp' AND s.destination = ''
+WHERE m.user_id = ANY(%s)
+"""
+
+
+def live_watermarks_many(*, user_ids) -> dict[int, dict[int, int]]:
+    """live_watermarks for many users in one query: user id -> {organization id: seq}; a user
+    without memberships maps to {} (so a removed member's connections leave their groups)."""
+    marks: dict[int, dict[int, int]] = {user_id: {} for user_id in user_ids}
+    if not marks:
+        return marks
+    with connection.cursor() as cursor:
+        cursor.execute(_LIVE_WATERMARKS_MANY_SQL, [list(marks)])
+        for user_id, org_id, seq in cursor.fetchall():
+            marks[user_id][org_id] = seq
+    return marks
+
+
 def live_backlog(*, user_id: int, organization_id: int, after_seq: int, upto_seq: int, limit: int) -> LiveBacklog:
     """The log entries after_seq < seq <= upto_seq (at most `limit`) as `user_id` is to see them:
     redacted outside their audience, each followed by this user's notification.created for it. Two
