@@ -1,5 +1,5 @@
-"""ASGI entry point: Django for HTTP, Channels for WebSockets at /ws/ (Origin checked against
-HERALD_WS_ALLOWED_ORIGINS, see config.websocket)."""
+"""ASGI entry point: Django for HTTP (behind admission control, config.admission), Channels for
+WebSockets at /ws/ (Origin checked against HERALD_WS_ALLOWED_ORIGINS, see config.websocket)."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -10,6 +10,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
 
+from config.admission import AdmissionControl  # noqa: E402
 from config.websocket import OriginGuard  # noqa: E402
 
 from notifications.consumers import LiveConsumer  # noqa: E402
@@ -17,7 +18,7 @@ from organizations.middleware import WebSocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": AdmissionControl(django_asgi_app),
         "websocket": OriginGuard(
             WebSocketAuthMiddleware(URLRouter([path("ws/", LiveConsumer.as_asgi())]))
         ),

@@ -58,6 +58,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "config.admission.QueueDeadlineMiddleware",
     "config.middleware.TrustedProxyMiddleware",
     "config.middleware.ApiErrorsAsJsonMiddleware",
     "config.middleware.BodySizeLimitMiddleware",
@@ -159,6 +160,13 @@ LIVE_CHECK_SECONDS = env_float("LIVE_CHECK_SECONDS", 5.0)
 LIVE_GAP_MAX = env_int("LIVE_GAP_MAX", 1000)
 LIVE_GROUP_REFRESH_SECONDS = env_float("LIVE_GROUP_REFRESH_SECONDS",
                                        CHANNEL_LAYERS["default"]["CONFIG"]["group_expiry"] / 3)
+
+# Admission control (config/admission.py): per web process, at most WEB_MAX_IN_FLIGHT HTTP requests
+# at once, and none that waited longer than WEB_MAX_QUEUE_SECONDS for the view thread; the excess
+# is 503 service_unavailable with Retry-After: WEB_RETRY_AFTER_SECONDS, answered at once. 0: off.
+WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 48)
+WEB_MAX_QUEUE_SECONDS = env_float("WEB_MAX_QUEUE_SECONDS", 0.5)
+WEB_RETRY_AFTER_SECONDS = env_int("WEB_RETRY_AFTER_SECONDS", 1)
 
 AUTH_USER_MODEL = "organizations.User"
 AUTH_PASSWORD_VALIDATORS = [
@@ -267,6 +275,10 @@ LOGGING = {
         "django.db.backends": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         "celery": {"level": env("CELERY_LOG_LEVEL", "INFO")},  # keeps the worker's "ready" line
+        # One "received" and one "succeeded" line per task cost CPU on every event (the fan-out runs
+        # thousands of tasks a second); failures and retries still log at WARNING/ERROR.
+        "celery.worker.strategy": {"level": env("CELERY_TASK_LOG_LEVEL", "WARNING")},
+        "celery.app.trace": {"level": env("CELERY_TASK_LOG_LEVEL", "WARNING")},
         "herald": {"level": LOG_LEVEL},
     },
 }

@@ -1,6 +1,6 @@
 """Test settings: real Postgres and Redis, a Redis database of its own, fast hashing."""
 from config.settings.base import *  # noqa: F401,F403
-from config.settings.base import CACHES, CHANNEL_LAYERS, HERALD_CHANNELS, env
+from config.settings.base import CACHES, CHANNEL_LAYERS, HERALD_CHANNELS, env, env_float, env_int
 
 # Tests use their own Redis database so `make run` data is never flushed by a test run.
 REDIS_URL = env("TEST_REDIS_URL") or REDIS_URL.rsplit("/", 1)[0] + "/9"  # noqa: F405
@@ -33,3 +33,7 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
 # Webhook tests deliver to receivers on loopback over plain HTTP.
 HERALD_CHANNELS["webhook"]["OPTIONS"]["allow_http_hosts"] = ["127.0.0.1"]
+# Admission control is tested on its own (tests/test_admission.py); the suite runs on a loaded box
+# where a queue deadline would refuse ordinary test requests.
+WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 0)
+WEB_MAX_QUEUE_SECONDS = env_float("WEB_MAX_QUEUE_SECONDS", 0)

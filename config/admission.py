@@ -1,0 +1,102 @@
+"""Admission control for the web tier: the excess is refused fast, never left to time out.
+
+Django runs sync views one at a time per process (one thread), so a process offered more than it
+serves builds a queue whose wait grows until clients time out. Two bounds keep it at capacity:
+
+- `WEB_MAX_IN_FLIGHT` HTTP requests per process (ASGI, before any thread hop): one more is answered
+  at once with 503 `service_unavailable` {"reason": "overloaded"} and `Retry-After`;
+- `WEB_MAX_QUEUE_SECONDS`: a request that waited longer than this for the process's thread before
+  its view started (QueueDeadlineMiddleware, first in MIDDLEWARE) is answered the same way
+  without touching Postgres: its client was better told to come back than served late. While the
+  last request to start had waited that long, new arrivals are refused at the door (at once,
+  before queueing), as long as another request is in flight to measure the queue again: the
+  refusals of an overload take milliseconds, not the queue's length.
+
+Health and metrics probes are never refused (they say themselves whether the process is well).
+WebSockets are not counted: a connection costs nothing while idle, and its messages are the
+fan-out's, already paced by the workers.
+"""
+import json
+import time
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from config.api import error_payload
+
+EXEMPT_PATHS = ("/healthz", "/readyz", "/metrics")
+MESSAGE = "The server is at capacity; retry shortly."
+
+
+def _overloaded_body() -> bytes:
+    return json.dumps(error_payload(MESSAGE, "service_unavailable", {"reason": "overloaded"})).encode()
+
+
+class QueueState:
+    """How long the last request of this process to reach its view had queued (seconds)."""
+
+    last_wait = 0.0
+
+
+class AdmissionControl:
+    """ASGI wrapper: at most `max_in_flight` HTTP requests of this process inside `app`, and none
+    admitted while the queue in front of the view thread is over its budget."""
+
+    def __init__(self, app, max_in_flight: int | None = None):
+        self.app = app
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.refused = 0
+
+    def limit(self) -> int:
+        return self.max_in_flight if self.max_in_flight is not None else settings.WEB_MAX_IN_FLIGHT
+
+    def overloaded(self) -> bool:
+        limit = self.limit()
+        if limit and self.in_flight >= limit:
+            return True
+        budget = settings.WEB_MAX_QUEUE_SECONDS
+        return bool(budget) and self.in_flight > 0 and QueueState.last_wait > budget
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/") in EXEMPT_PATHS:
+            return await self.app(scope, receive, send)
+        if self.overloaded():
+            self.refused += 1
+            return await self._refuse(send)
+        scope["herald_arrived"] = time.monotonic()
+        self.in_flight += 1
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _refuse(self, send) -> None:
+        body = _overloaded_body()
+        await send({"type": "http.response.start", "status": 503, "headers": [
+            (b"content-type", b"application/json"),
+            (b"retry-after", str(settings.WEB_RETRY_AFTER_SECONDS).encode()),
+            (b"content-length", str(len(body)).encode()),
+        ]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class QueueDeadlineMiddleware:
+    """First middleware: a request that queued longer than WEB_MAX_QUEUE_SECONDS for this
+    process's thread is answered 503 + Retry-After before any work (no query, no session)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        arrived = request.scope.get("herald_arrived") if hasattr(request, "scope") else None
+        if arrived is None:
+            return self.get_response(request)
+        waited = QueueState.last_wait = time.monotonic() - arrived
+        budget = settings.WEB_MAX_QUEUE_SECONDS
+        if budget and waited > budget:
+            response = JsonResponse(error_payload(MESSAGE, "service_unavailable", {"reason": "overloaded"}),
+                                    status=503)
+            response["Retry-After"] = str(settings.WEB_RETRY_AFTER_SECONDS)
+            return response
+        return self.get_response(request)
