@@ -28,10 +28,16 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from datetime import datetime
 from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+import websockets
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -107,8 +113,6 @@ def _cpu(proc) -> float:
 
 def classify(roots: dict[str, int], redis_pid: int, pg_pids: set[int]) -> dict[int, str]:
     """pid -> group for every live process of the stack."""
-    import psutil
-
     groups: dict[int, str] = {}
     for name, pid in roots.items():
         try:
@@ -141,8 +145,6 @@ def classify(roots: dict[str, int], redis_pid: int, pg_pids: set[int]) -> dict[i
 
 
 def pg_backend_pids(db_url: str, db_name: str) -> set[int]:
-    import psycopg
-
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
                             [db_name]).fetchall()
@@ -150,8 +152,6 @@ def pg_backend_pids(db_url: str, db_name: str) -> set[int]:
 
 
 def pg_aux_pids(db_url: str) -> set[int]:
-    import psycopg
-
     with psycopg.connect(db_url, autocommit=True) as conn:
         rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'").fetchall()
     return {r[0] for r in rows}
@@ -165,8 +165,6 @@ class CpuMeter:
         self.roots, self.redis_pid, self.db_url, self.db_name = roots, redis_pid, db_url, db_name
 
     def _snapshot(self) -> dict[int, tuple[str, float]]:
-        import psutil
-
         groups = classify(self.roots, self.redis_pid, pg_backend_pids(self.db_url, self.db_name))
         for pid in pg_aux_pids(self.db_url):
             groups.setdefault(pid, "postgres (server background, shared)")
@@ -202,9 +200,6 @@ class CpuMeter:
 # --- load ---------------------------------------------------------------------------------------
 
 async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
-    import httpx
-    import websockets
-
     receipts: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     accepted: dict[int, list[tuple[int, float]]] = defaultdict(list)
     statuses: Counter = Counter()
@@ -409,8 +404,6 @@ def main() -> None:
     args.orgs, args.members = args.orgs or orgs, args.members or members
     args.ws_per_org = args.ws_per_org or args.members
 
-    import psutil
-
     tmp = Path(tempfile.mkdtemp(prefix="herald-capacity-"))
     redis_proc, redis_port = start_redis(tmp)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
@@ -467,7 +460,7 @@ def main() -> None:
         wait_http(f"{web}/healthz", timeout=90)
         wait_http(f"http://127.0.0.1:{slack_port}/_control/stats")
         for name in ("orgs", "providers"):
-            wait_log(tmp / f"{name}.log", "ready", timeout=120)
+            wait_log(tmp / f"{name}.log", "ready", timeout=300)
         time.sleep(2)
         meter = CpuMeter({name: p.pid for name, p in procs.items()}, redis_proc.pid, db_url, args.db_name)
         profiler = None
@@ -559,8 +552,6 @@ class ProfileAll:
         self.thread = None
 
     def start_later(self, delay: float):
-        import threading
-
         def run():
             time.sleep(delay)
             groups = classify(self.meter.roots, self.meter.redis_pid, set())

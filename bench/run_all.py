@@ -15,6 +15,9 @@ RUNS = {
                 "--rate", "500", "--duration", "60"],
     "tracker-1m": ["tracker_pipeline.py", "--active-orgs", "1000", "--members", "10", "--total-orgs", "1000000",
                    "--inactive-members", "1", "--rate", "500", "--duration", "60"],
+    "capacity": ["capacity.py", "--preset", "1000x10", "--rate", "500", "--duration", "60"],
+    "capacity-100x5": ["capacity.py", "--preset", "100x5", "--rate", "500", "--duration", "60"],
+    "overload": ["capacity.py", "--preset", "100x5", "--rate", "100", "--overload", "2", "--duration", "60"],
     "slack": ["slack_delivery.py"],
     "email": ["email_profile.py"],
 }

@@ -164,7 +164,7 @@ LIVE_GROUP_REFRESH_SECONDS = env_float("LIVE_GROUP_REFRESH_SECONDS",
 # Admission control (config/admission.py): per web process, at most WEB_MAX_IN_FLIGHT HTTP requests
 # at once, and none that waited longer than WEB_MAX_QUEUE_SECONDS for the view thread; the excess
 # is 503 service_unavailable with Retry-After: WEB_RETRY_AFTER_SECONDS, answered at once. 0: off.
-WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 48)
+WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 16)
 WEB_MAX_QUEUE_SECONDS = env_float("WEB_MAX_QUEUE_SECONDS", 0.5)
 WEB_RETRY_AFTER_SECONDS = env_int("WEB_RETRY_AFTER_SECONDS", 1)
 
