@@ -20,6 +20,7 @@ environment's DATABASE_URL (any database on the server; the bench creates `--db-
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -163,6 +164,7 @@ class CpuMeter:
 
     def __init__(self, roots, redis_pid, db_url, db_name):
         self.roots, self.redis_pid, self.db_url, self.db_name = roots, redis_pid, db_url, db_name
+        self.extra_load_pids: list[int] = []  # the WebSocket listener process
 
     def _snapshot(self) -> dict[int, tuple[str, float]]:
         groups = classify(self.roots, self.redis_pid, pg_backend_pids(self.db_url, self.db_name))
@@ -176,6 +178,11 @@ class CpuMeter:
                 pass
         me = psutil.Process()
         snap[me.pid] = ("load generator", _cpu(me))
+        for pid in self.extra_load_pids:
+            try:
+                snap[pid] = ("load generator", _cpu(psutil.Process(pid)))
+            except psutil.Error:
+                pass
         return snap
 
     def start(self):
@@ -199,6 +206,73 @@ class CpuMeter:
 
 # --- load ---------------------------------------------------------------------------------------
 
+def listener_main(conn, web: str, ws_base: str, pairs: list[tuple[int, int, str]]) -> None:
+    """Child process: open a WebSocket per (org, user, token), record every tracker.event's seq and
+    arrival time; answer ("missing", expected max seq per org) with how many sockets lack their
+    org's last seq, and ("stop",) with every receipt."""
+    receipts: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
+    state = {"dropped": 0, "stopping": False}
+
+    async def listen(org_id, user_id, token, ready):
+        for attempt in range(10):  # a loaded box may miss Daphne's 5 s connect timeout: retry
+            try:
+                ws = await websockets.connect(f"{ws_base}/ws/?token={token}", origin=web, open_timeout=60,
+                                              max_queue=None, ping_interval=None)
+                break
+            except (TimeoutError, OSError, websockets.InvalidHandshake):
+                await asyncio.sleep(0.5 + attempt)
+        else:
+            raise RuntimeError(f"websocket for user {user_id} did not connect")
+        sockets.append(ws)
+        ready.set()
+        try:
+            async for raw in ws:
+                now = time.time()
+                msg = json.loads(raw)
+                if msg.get("type") == "tracker.event":
+                    receipts[(org_id, user_id)].append((msg["seq"], now))
+        except websockets.ConnectionClosed:
+            pass
+        if not state["stopping"]:
+            state["dropped"] += 1
+
+    sockets: list = []
+
+    async def main():
+        sem = asyncio.Semaphore(16)
+        tasks = []
+
+        async def start(o, u, t):
+            ready = asyncio.Event()
+            async with sem:
+                tasks.append(asyncio.create_task(listen(o, u, t, ready)))
+                await asyncio.wait_for(ready.wait(), timeout=300)
+
+        try:
+            await asyncio.gather(*[start(o, u, t) for o, u, t in pairs])
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            conn.send(("failed", repr(exc)))
+            return
+        conn.send(("connected", len(tasks)))
+        while True:
+            message = await asyncio.to_thread(conn.recv)
+            if message[0] == "missing":
+                expected = message[1]
+                missing = sum(1 for o, u, _ in pairs
+                              if max((s for s, _ in receipts.get((o, u), [])), default=0) < expected.get(o, 0))
+                conn.send(("missing", missing))
+            else:
+                state["stopping"] = True
+                for ws in sockets:
+                    await ws.close()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                conn.send(("done", [(o, u, s, t) for (o, u), got in receipts.items() for s, t in got],
+                           state["dropped"]))
+                return
+
+    asyncio.run(main())
+
+
 async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
     receipts: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     accepted: dict[int, list[tuple[int, float]]] = defaultdict(list)
@@ -213,46 +287,24 @@ async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
     for org_id, user_id, token in seeded["tokens"]:
         by_org[org_id].append((user_id, token))
 
-    stop_listening = asyncio.Event()
-    sockets, dropped = [], 0
-
-    async def listen(org_id, user_id, token, ready):
-        nonlocal dropped
-        for attempt in range(10):  # a loaded box may miss Daphne's 5 s connect timeout: retry
-            try:
-                ws = await websockets.connect(f"{ws_base}/ws/?token={token}", origin=web, open_timeout=60,
-                                              max_queue=None, ping_interval=None)
-                break
-            except (TimeoutError, OSError, websockets.InvalidHandshake):
-                await asyncio.sleep(0.5 + attempt)
-        else:
-            raise RuntimeError(f"websocket for user {user_id} did not connect")
-        async with ws:
-            sockets.append(ws)
-            ready.set()
-            try:
-                async for raw in ws:
-                    now = time.time()
-                    msg = json.loads(raw)
-                    if msg.get("type") == "tracker.event":
-                        receipts[(org_id, user_id)].append((msg["seq"], now))
-            except websockets.ConnectionClosed:
-                pass
-            if not stop_listening.is_set():
-                dropped += 1
-
-    listeners = []
-    sem = asyncio.Semaphore(16)
-
-    async def start_listener(org_id, user_id, token):
-        ready = asyncio.Event()
-        async with sem:
-            listeners.append(asyncio.create_task(listen(org_id, user_id, token, ready)))
-            await asyncio.wait_for(ready.wait(), timeout=300)
-
     listened = [(o, u) for o, members in by_org.items() for u, _ in members[: args.ws_per_org]]
-    await asyncio.gather(*[start_listener(o, u, t) for o, members in by_org.items()
-                           for u, t in members[: args.ws_per_org]])
+    pairs = [(o, u, t) for o, members in by_org.items() for u, t in members[: args.ws_per_org]]
+    # The sockets live in a process of their own: one event loop driving both the HTTP load and
+    # thousands of sockets starved itself (late pongs read as server-side closes).
+    parent_end, child_end = multiprocessing.get_context("spawn").Pipe()
+    listener = multiprocessing.get_context("spawn").Process(
+        target=listener_main, args=(child_end, web, ws_base, pairs), daemon=True)
+    listener.start()
+    meter.extra_load_pids.append(listener.pid)
+
+    def ask(*message):
+        parent_end.send(message)
+        return parent_end.recv()
+
+    reply = await asyncio.to_thread(parent_end.recv)
+    if reply[0] != "connected":
+        raise RuntimeError(f"websocket listeners failed: {reply}")
+    listeners = range(reply[1])
     print(f"websocket clients connected: {len(listeners)}", flush=True)
     await asyncio.sleep(1)
     idle = {}
@@ -267,6 +319,7 @@ async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
     timeout = httpx.Timeout(args.request_timeout)
     async with httpx.AsyncClient(base_url=web, limits=limits, timeout=timeout) as client:
         running: dict[int, bool] = defaultdict(bool)
+        inflight = asyncio.Semaphore(args.clients)
         per_org_rate = offered / len(by_org)
         meter.start()
         t_start = time.monotonic()
@@ -284,10 +337,13 @@ async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
                 if next_at > now:
                     await asyncio.sleep(next_at - now)
                 action = "stop" if running[org_id] else "start"
-                sent = time.monotonic()
                 try:
-                    r = await client.post(f"/api/v1/trackers/{tracker_id}/{action}",
-                                          headers={"Authorization": f"Token {token}"})
+                    # At most --clients requests inside httpx: its pool scans every waiting request
+                    # per connection, which at 1,000 waiting drivers starved this process itself.
+                    async with inflight:
+                        sent = time.monotonic()
+                        r = await client.post(f"/api/v1/trackers/{tracker_id}/{action}",
+                                              headers={"Authorization": f"Token {token}"})
                 except httpx.TimeoutException:
                     timeouts += 1
                     statuses["timeout"] += 1
@@ -330,17 +386,15 @@ async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
     deadline = time.monotonic() + args.drain_timeout
     expected_max = {o: max((s for s, _ in v), default=0) for o, v in accepted.items()}
     while time.monotonic() < deadline:
-        missing = sum(1 for o, u in listened
-                      if max((s for s, _ in receipts.get((o, u), [])), default=0) < expected_max.get(o, 0))
-        if not missing:
+        if not (await asyncio.to_thread(ask, "missing", expected_max))[1]:
             break
         await asyncio.sleep(0.25)
     drained_after = time.monotonic() - t_start - drive_seconds
     cpu, window = meter.stop()
-    stop_listening.set()
-    for ws in sockets:
-        await ws.close()
-    await asyncio.gather(*listeners, return_exceptions=True)
+    _, got, dropped = await asyncio.to_thread(ask, "stop")
+    listener.join(timeout=30)
+    for org_id, user_id, seq, t in got:
+        receipts[(org_id, user_id)].append((seq, t))
     return {
         "receipts": receipts, "accepted": accepted, "dropped": dropped, "listened": listened, "statuses": statuses,
         "api_latency": api_latency, "ok_latency": ok_latency, "refused_latency": refused_latency,
