@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.db import IntegrityError, transaction
 
 from config.errors import ApplicationError, NotFound
+from notifications.channels import registry
 from notifications.models import Channel, NotificationPreference, PreferenceCategory
 from notifications.delivery.streams import stream_deactivate, stream_ensure
 from organizations.models import Membership, Organization, User
@@ -81,6 +82,28 @@ def email_streams_sync(*, user: User, organization_ids: list[int] | None = None)
         else:
             # Deactivated, not deleted: a send in flight keeps its rows (no deferred FK failure).
             stream_deactivate(org_id=org_id, channel=Channel.EMAIL, destination=destination)
+
+
+def recipient_streams_sync(*, user: User, organization_ids: list[int] | None = None) -> None:
+    """The member's streams of the channels whose destinations follow their profile (SMS and
+    WhatsApp: their phone number; push: their devices; `Channel.member_destinations`): active in
+    each of their organizations while the destination is reachable, deactivated when not. Which
+    entries a stream gets is the channel's `wants` (kind, audience). Call after the profile, a
+    device or a membership changes, in that transaction."""
+    org_ids = Membership.objects.filter(user=user)
+    if organization_ids is not None:
+        org_ids = org_ids.filter(organization_id__in=organization_ids)
+    org_ids = list(org_ids.values_list("organization_id", flat=True))
+    if not org_ids:
+        return
+    for channel in registry.all_channels():
+        destinations = channel.member_destinations(user)
+        for destination, reachable in (destinations or {}).items():
+            for org_id in org_ids:
+                if reachable:
+                    stream_ensure(org_id=org_id, channel=channel.name, destination=destination, start_at_current=True)
+                else:
+                    stream_deactivate(org_id=org_id, channel=channel.name, destination=destination)
 
 
 @transaction.atomic

@@ -21,7 +21,7 @@ from config.errors import NotFound
 from notifications import events, metrics, realtime
 from notifications.kinds import kind_get
 from notifications.models import LogEntry
-from notifications.preferences import email_streams_sync
+from notifications.preferences import email_streams_sync, recipient_streams_sync
 from notifications.delivery.streams import stream_ensure
 from notifications.delivery.kicks import streams_kick_all
 from notifications.email import profile_updated_email_queue
@@ -131,10 +131,15 @@ def destination_enabled(*, organization_id: int, channel: str, destination: str 
 
 
 def membership_added(*, user, organization_id: int) -> None:
-    """A member who opted in to emails everywhere gets this organization's email stream."""
+    """A member who opted in to emails everywhere gets this organization's email stream, and their
+    phone and devices get its SMS, WhatsApp and push streams."""
     email_streams_sync(user=user, organization_ids=[organization_id])
+    recipient_streams_sync(user=user, organization_ids=[organization_id])
 
 
 def profile_updated(*, user, changed: list[str]) -> None:
-    """Queue the confirmation email of a profile change, in the caller's transaction."""
+    """Queue the confirmation email of a profile change, in the caller's transaction; a changed
+    phone number starts (or stops) the member's SMS and WhatsApp streams."""
     profile_updated_email_queue(user=user, changed=changed)
+    if "phone" in changed:
+        recipient_streams_sync(user=user)

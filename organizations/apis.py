@@ -1,6 +1,7 @@
 """REST endpoints for accounts, organizations, memberships, API keys and Slack settings."""
 from django.conf import settings
 from django.contrib.auth import update_session_auth_hash
+from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny
@@ -12,7 +13,8 @@ from config.errors import Forbidden, NotFound
 from organizations import selectors, services
 from organizations.errors import OrganizationsError
 from organizations.models import (DEFAULT_API_KEY_SCOPES, ApiKey, ApiKeyScope, Membership, User, UserToken,
-                                  LOCALE_PATTERN, default_api_key_scopes, time_zone_choices)
+                                  LOCALE_PATTERN, default_api_key_scopes, normalize_phone, time_zone_choices,
+                                  validate_e164)
 from organizations.selectors import ApiKeyPrincipal
 
 
@@ -127,13 +129,30 @@ class PasswordApi(APIView):
         return Response({"token": services.user_token_create(user=user, name="password change", ip=ip)})
 
 
+class PhoneField(serializers.CharField):
+    """A phone number in E.164; spaces, dots, dashes and parentheses are dropped first."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("max_length", 32)
+        kwargs.setdefault("help_text", "E.164, e.g. +14155550100 (spaces, dashes and parentheses are dropped)")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        value = normalize_phone(super().to_internal_value(data))
+        try:
+            validate_e164(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages[0], code="invalid_phone") from exc
+        return value
+
+
 class MeApi(APIView):
     class Input(StrictSerializer):
         email = serializers.EmailField(max_length=254, required=False)
         first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
         last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
         time_zone = serializers.ChoiceField(choices=time_zone_choices(), required=False)
-        phone = serializers.RegexField(r"^\+?[0-9 ()-]{0,31}\Z", max_length=32, required=False, allow_blank=True)
+        phone = PhoneField(required=False, allow_blank=True)
         postal_code = serializers.CharField(max_length=16, required=False, allow_blank=True)
         slack_user_id = serializers.CharField(max_length=32, required=False, allow_blank=True)
 

@@ -1,5 +1,6 @@
 """Identity and tenancy: users, organizations, memberships, org API keys and Slack settings."""
 import functools
+import re
 import zoneinfo
 
 from django.contrib.auth.models import AbstractUser
@@ -27,10 +28,27 @@ def validate_time_zone(value: str) -> None:
 LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8}){0,2}\Z"
 
 
+E164 = re.compile(r"^\+[1-9][0-9]{6,14}\Z")
+
+
+def normalize_phone(value: str) -> str:
+    """"+33 1 23 45 67 89" / "+1 (555) 010-0200" -> E.164 ("+33123456789"); other input unchanged
+    (the validator refuses it)."""
+    compact = re.sub(r"[\s().-]", "", value or "")
+    return compact if E164.match(compact) else value
+
+
+def validate_e164(value: str) -> None:
+    """A phone number in E.164: "+", country code, subscriber number, 8 to 15 digits in all."""
+    if value and not E164.match(value):
+        raise ValidationError("Enter the number in international form, e.g. +14155550100.", code="invalid_phone")
+
+
 class User(AbstractUser):
     email = models.EmailField("email address", blank=True, db_index=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
-    phone = models.CharField(max_length=32, blank=True)
+    phone = models.CharField(max_length=32, blank=True, validators=[validate_e164],
+                             help_text="E.164 (+14155550100): SMS and WhatsApp notifications go here")
     postal_code = models.CharField(max_length=16, blank=True)
     slack_user_id = models.CharField(max_length=32, blank=True)
 

@@ -241,7 +241,9 @@ def user_update(*, user: User, data: dict) -> User:
         setattr(user, field, data[field])
     try:
         # Uniqueness of the email is the explicit check above plus the unique index (409), not a 400 here.
-        user.full_clean(exclude=["password", "username"], validate_unique=False, validate_constraints=False)
+        # A phone stored before numbers were checked as E.164 does not block other changes.
+        exclude = ["password", "username"] + ([] if "phone" in data else ["phone"])
+        user.full_clean(exclude=exclude, validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         raise ApplicationError("Invalid input.", code="validation_error", extra={"fields": exc.message_dict}) from exc
     if fields:
@@ -289,6 +291,7 @@ def organization_create(*, creator: User, name: str, time_zone: str = "UTC", slu
     Membership.objects.create(organization=organization, user=creator, role=Membership.Role.OWNER)
     tracker_create(organization=organization, name="Main tracker")
     publish.organization_created(organization_id=organization.id)
+    publish.membership_added(user=creator, organization_id=organization.id)
     return organization
 
 

@@ -322,6 +322,20 @@ HERALD_CHANNELS = {
                             # plain http:// only to these hosts (tests, a local receiver); else https only
                             "allow_http_hosts": [h.strip() for h in (env("WEBHOOK_ALLOW_HTTP_HOSTS", "") or "")
                                                  .split(",") if h.strip()]}},
+    # SMS through a Twilio-compatible API, failing over to the secondary (docs/channels.md).
+    "sms": {"BACKEND": "notifications.channels.sms.SmsChannel",
+            "OPTIONS": {"retry_seconds": env_float("SMS_RETRY_SECONDS", 24 * 3600),
+                        "timeout": env_float("SMS_TIMEOUT", 10.0),
+                        "rate_per_second": env_float("SMS_PER_SECOND", 10.0), "burst": env_int("SMS_BURST", 10),
+                        "recipient_per_minute": env_float("SMS_PER_RECIPIENT_PER_MINUTE", 6.0),
+                        "recipient_burst": env_int("SMS_PER_RECIPIENT_BURST", 3),
+                        "status_callback_url": env("SMS_STATUS_CALLBACK_URL", ""),
+                        "providers": {
+                            provider: {"url": env(f"SMS_{provider.upper()}_URL", "https://api.twilio.com"),
+                                       "account_sid": env(f"SMS_{provider.upper()}_ACCOUNT_SID", ""),
+                                       "auth_token": env(f"SMS_{provider.upper()}_AUTH_TOKEN", ""),
+                                       "from": env(f"SMS_{provider.upper()}_FROM", "")}
+                            for provider in ("primary", "secondary")}}},
 }
 
 # Delivery: retries with exponential backoff and jitter until the channel's retry window closes,
@@ -348,6 +362,15 @@ HERALD_BREAKERS = {
               "open_seconds": env_float("SLACK_BREAKER_OPEN_SECONDS", 5.0),
               "consecutive_failures": env_int("SLACK_BREAKER_CONSECUTIVE", 5)},
 }
+
+# Per-provider breakers of the SMS, push and WhatsApp channels (docs/channels.md).
+for _breaker in ("sms-primary", "sms-secondary"):
+    HERALD_BREAKERS[_breaker] = {
+        "window": env_float("SMS_BREAKER_WINDOW", 30.0), "min_calls": env_int("SMS_BREAKER_MIN_CALLS", 5),
+        "failure_ratio": env_float("SMS_BREAKER_RATIO", 0.5),
+        "open_seconds": env_float("SMS_BREAKER_OPEN_SECONDS", 5.0),
+        "max_open_seconds": env_float("SMS_BREAKER_MAX_OPEN_SECONDS", 60.0),
+        "consecutive_failures": env_int("SMS_BREAKER_CONSECUTIVE", 5)}
 
 # --- Email (notifications.email, notifications.channels.email) ---------------------------------
 # Two SMTP providers: mail goes to the primary; when its breaker is open or it fails with a

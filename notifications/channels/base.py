@@ -90,6 +90,13 @@ class Channel:
             return self.recipient_id(target) in (entry.audience or ())
         return not kind.private
 
+    def member_destinations(self, user) -> dict[str, bool] | None:
+        """Per-recipient channels whose destinations follow a member's profile (a phone number,
+        registered devices): each of the member's destinations -> whether it is reachable now
+        (notifications.preferences.recipient_streams_sync keeps their streams so). None: the
+        channel keeps its streams itself (email follows the member's preferences)."""
+        return None
+
     def scopes(self, target) -> list[Scope]:
         return []
 

@@ -194,7 +194,7 @@ def test_me_patch_updates_profile(auth_client, user):
     assert response.status_code == 200, response.content
     assert response.json()["time_zone"] == "Europe/Paris"
     user.refresh_from_db()
-    assert (user.time_zone, user.phone, user.first_name) == ("Europe/Paris", "+33 1 23 45 67 89", "Zoé")
+    assert (user.time_zone, user.phone, user.first_name) == ("Europe/Paris", "+33123456789", "Zoé")
 
 
 def test_me_patch_bad_time_zone_is_400(auth_client, user):
@@ -221,10 +221,20 @@ def test_me_patch_email_of_another_user_is_409(auth_client, user):
     assert_error(auth_client(user).patch(ME, {"email": "TAKEN@example.com"}, format="json"), 409, "email_taken")
 
 
-def test_me_patch_bad_phone_is_400(auth_client, user):
-    body = assert_error(auth_client(user).patch(ME, {"phone": "call me maybe"}, format="json"), 400,
+@pytest.mark.parametrize("phone", ["call me maybe", "0612345678", "+0612345678", "+12345", "+1234567890123456",
+                                   "+1 555 01x0 200"])
+def test_me_patch_bad_phone_is_400(auth_client, user, phone):
+    body = assert_error(auth_client(user).patch(ME, {"phone": phone}, format="json"), 400,
                         "validation_error")
     assert "phone" in body["extra"]["fields"]
+    user.refresh_from_db()
+    assert user.phone == ""
+
+
+def test_me_patch_phone_is_stored_in_e164_and_can_be_cleared(auth_client, user):
+    client = auth_client(user)
+    assert client.patch(ME, {"phone": "+1 (415) 555-0100"}, format="json").json()["phone"] == "+14155550100"
+    assert client.patch(ME, {"phone": ""}, format="json").json()["phone"] == ""
 
 
 def test_me_unauthenticated_is_401(api_client):

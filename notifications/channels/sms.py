@@ -1,0 +1,270 @@
+"""SMS through a Twilio-compatible HTTP API, with failover to a second provider.
+
+One stream per (organization, "sms", str(user id)); the destination is the member's phone number
+(`User.phone`, E.164, set with `PATCH /api/v1/me`), read when the run is sent. The stream exists
+while the member has a phone (notifications.preferences.recipient_streams_sync); it gets the
+entries whose kind lists "sms" and whose audience holds the member (an API send: kind "message").
+
+Each request: `POST {url}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded To/From/Body
+(plus StatusCallback when `status_callback_url` is set), HTTP basic auth (account SID, auth token).
+- 2xx: sent (the message SID is the provider reference).
+- 429 (Twilio 20429): the account sends too fast: scope `sms.api` is paused for Retry-After for
+  every worker (no failover: the secondary is for outages, not extra capacity).
+- A refused connection, a connect timeout, 5xx, 401/403/404 (the account or the URL is wrong):
+  the same message goes to the secondary at once; both failing: retried with backoff.
+- A read timeout or a broken answer after the request went out: uncertain, no failover (the
+  provider may have queued it); before sending again the channel lists the account's messages to
+  that number and takes a matching body as sent.
+- Other 4xx (21211 invalid number, 21610 unsubscribed, 21617 too long, ...): a dead letter.
+Bodies over 1,600 characters are refused before any call (`validate`, which the send API calls).
+
+Limits: `sms.api` (the account's messages per second, every worker) and `sms.recipient` (per phone
+number). Breakers `sms-primary`, `sms-secondary`, asked before a grant is spent.
+"""
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from enum import StrEnum
+
+import httpx
+from django.core.checks import Error
+
+from config.errors import ApplicationError
+from notifications.breaker import BreakerDecision, CircuitBreaker
+from notifications.channels.base import Channel, Run
+from notifications.channels.parts import run_text
+from notifications.delivery.types import (
+    Gate,
+    PermanentFailure,
+    RateLimitedFailure,
+    TransientFailure,
+    UncertainFailure,
+)
+from notifications.ratelimit import Scope
+from organizations.models import E164, User
+
+logger = logging.getLogger("herald.sms")
+
+MAX_BODY = 1600
+PROVIDERS = ("primary", "secondary")
+
+
+class SmsError(StrEnum):
+    SMS_TOO_LONG = "sms_too_long"
+
+
+@dataclass(frozen=True)
+class SmsTarget:
+    user_id: int
+    phone: str
+    locale: str | None = None
+
+
+@dataclass
+class Route:
+    """The providers a send may use now, first choice first, with the breaker decisions taken."""
+
+    gates: dict[str, BreakerDecision] = field(default_factory=dict)
+    wait: float = 0.0
+
+    @property
+    def open(self) -> bool:
+        return any(g.allowed for g in self.gates.values())
+
+
+class _Failover(Exception):
+    """This provider did not take the message and cannot have: try the next one."""
+
+
+def retry_after(response: httpx.Response, default: float = 1.0) -> float:
+    try:
+        return max(0.05, float(response.headers.get("Retry-After", default)))
+    except ValueError:
+        return default
+
+
+def error_of(response: httpx.Response) -> tuple[int | None, str]:
+    """Twilio's error body: {"code", "message", "more_info", "status"}."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text[:200]
+    if not isinstance(body, dict):
+        return None, str(body)[:200]
+    return body.get("code"), str(body.get("message", ""))[:200]
+
+
+class SmsChannel(Channel):
+    per_recipient = True
+    default_options = {"batch_max": 10, "timeout": 10.0, "rate_per_second": 10.0, "burst": 10,
+                       "recipient_per_minute": 6.0, "recipient_burst": 3, "providers": {},
+                       "status_callback_url": ""}
+
+    # --- configuration -----------------------------------------------------------------------
+    def providers(self) -> list[tuple[str, dict]]:
+        configured = self.options.get("providers") or {}
+        return [(name, configured[name]) for name in PROVIDERS
+                if configured.get(name) and configured[name].get("account_sid")]
+
+    def check(self) -> list[Error]:
+        errors = []
+        for name, provider in self.providers():
+            missing = [k for k in ("url", "account_sid", "auth_token", "from") if not provider.get(k)]
+            if missing:
+                errors.append(Error(f"SMS provider {name!r} lacks {', '.join(missing)}", id="herald.E030"))
+        return errors
+
+    def rate_limits(self) -> dict:
+        return {"sms.api": {"rate": float(self.options["rate_per_second"]), "burst": int(self.options["burst"])},
+                "sms.recipient": {"rate": float(self.options["recipient_per_minute"]) / 60.0,
+                                  "burst": int(self.options["recipient_burst"])}}
+
+    def validate(self, part: dict) -> None:
+        """The send API's check of a rendered SMS part: over 1,600 characters is 400 `sms_too_long`."""
+        text = str((part or {}).get("text") or "")
+        if len(text) > MAX_BODY:
+            raise ApplicationError(f"An SMS is at most {MAX_BODY} characters; this one has {len(text)}.",
+                                   code=SmsError.SMS_TOO_LONG, extra={"channel": self.name, "field": "text",
+                                                                      "length": len(text), "max": MAX_BODY})
+
+    # --- destination ---------------------------------------------------------------------------
+    def member_destinations(self, user) -> dict[str, bool]:
+        return {str(user.id): bool(E164.match(user.phone or "")) and bool(self.providers())}
+
+    def target(self, *, organization_id: int, destination: str) -> SmsTarget | None:
+        if not destination.isdigit() or not self.providers():
+            return None
+        user = (User.objects.filter(pk=int(destination), is_active=True,
+                                    memberships__organization_id=organization_id)
+                .only("id", "phone").first())
+        if user is None or not E164.match(user.phone or ""):
+            return None
+        return SmsTarget(user_id=user.id, phone=user.phone, locale=getattr(user, "locale", None) or None)
+
+    def recipient_id(self, target: SmsTarget) -> int:
+        return target.user_id
+
+    def wants(self, target, entry) -> bool:
+        channels = (entry.payload or {}).get("channels")
+        if isinstance(channels, list) and self.name not in channels:
+            return False  # an API send restricted to other channels
+        return super().wants(target, entry)
+
+    def scopes(self, target: SmsTarget) -> list[Scope]:
+        return [Scope("sms.api"), Scope("sms.recipient", target.phone)]
+
+    def breaker_names(self, target) -> list[str]:
+        return []  # route() asks each provider's breaker; send() records them
+
+    # --- gating ----------------------------------------------------------------------------------
+    def route(self) -> Route:
+        """Ask the breakers, primary first; the secondary only when the primary is not allowed (so
+        its half-open probe slot is not taken for nothing)."""
+        result = Route()
+        for name, _ in self.providers():
+            decision = CircuitBreaker(f"sms-{name}").allow()
+            result.gates[name] = decision
+            if decision.allowed:
+                return result
+        waits = [g.wait for g in result.gates.values()]
+        result.wait = max(0.05, min(waits) if waits else 5.0)
+        return result
+
+    def gate(self, target, *, since, member) -> Gate:
+        chosen = self.route()
+        if not chosen.open:  # every provider's breaker open: wait, spending no attempt and no grant
+            return Gate(False, wait=chosen.wait, reason="sms breakers open")
+        gate = super().gate(target, since=since, member=member)
+        return Gate.go(context=chosen) if gate.allowed else gate
+
+    # --- sending ---------------------------------------------------------------------------------
+    def render(self, target: SmsTarget, run: Run) -> str:
+        text = run_text(run.entries, self.name, limit=MAX_BODY, locale=target.locale, late=run.late)
+        if len(text) > MAX_BODY:
+            raise PermanentFailure(f"sms body of {len(text)} characters (at most {MAX_BODY})")
+        if not text:
+            raise PermanentFailure("empty sms body")
+        return text
+
+    def _record(self, provider: str, *, ok: bool) -> None:
+        try:
+            CircuitBreaker(f"sms-{provider}").record(ok=ok)
+        except Exception:  # bookkeeping after the provider answered never changes the outcome
+            logger.warning("breaker not updated (Redis unavailable)", extra={"breaker": f"sms-{provider}"})
+
+    def _post(self, provider: dict, target: SmsTarget, body: str) -> str:
+        url = f"{provider['url'].rstrip('/')}/2010-04-01/Accounts/{provider['account_sid']}/Messages.json"
+        form = {"To": target.phone, "From": provider["from"], "Body": body}
+        if self.options.get("status_callback_url"):
+            form["StatusCallback"] = self.options["status_callback_url"]
+        try:
+            response = httpx.post(url, data=form, auth=(provider["account_sid"], provider["auth_token"]),
+                                  timeout=float(self.options["timeout"]))
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Failover(f"unreachable: {exc.__class__.__name__}") from exc
+        except httpx.HTTPError as exc:  # sent, then the answer timed out or broke: it may be queued
+            raise UncertainFailure(f"sms answer lost: {exc.__class__.__name__}: {exc}") from exc
+        code = response.status_code
+        if 200 <= code < 300:
+            try:
+                return str(response.json()["sid"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UncertainFailure(f"sms {code} with an unreadable answer") from exc
+        error, message = error_of(response)
+        if code == 429:
+            wait = retry_after(response)
+            raise RateLimitedFailure(f"sms 429 {error} (Retry-After {wait})", wait, scope="global")
+        if code >= 500 or code in (401, 403, 404):
+            raise _Failover(f"{code} {error} {message}".strip())
+        raise PermanentFailure(f"sms {code} {error}: {message}".strip())
+
+    def send(self, target: SmsTarget, run: Run, message: str, gate: Gate) -> str:
+        chosen: Route = gate.context if isinstance(gate.context, Route) else self.route()
+        errors, probes_only, tried = [], True, 0
+        for name, provider in self.providers():
+            decision = chosen.gates.get(name)
+            if decision is None:  # the primary failed just now: ask the secondary's breaker
+                decision = chosen.gates[name] = CircuitBreaker(f"sms-{name}").allow()
+            if not decision.allowed:
+                errors.append(f"{name}: breaker {decision.state}")
+                continue
+            tried += 1
+            probes_only = probes_only and decision.state == "half_open"
+            try:
+                sid = self._post(provider, target, message)
+            except _Failover as exc:
+                self._record(name, ok=False)
+                errors.append(f"{name}: {exc}")
+                continue
+            except UncertainFailure:
+                self._record(name, ok=False)
+                raise
+            except (PermanentFailure, RateLimitedFailure):
+                self._record(name, ok=True)  # the provider is up; this message or our pace is the problem
+                raise
+            self._record(name, ok=True)
+            return f"{name}:{sid}"
+        waits = [g.wait for g in chosen.gates.values() if not g.allowed and g.wait]
+        raise TransientFailure("no SMS provider took the message: " + "; ".join(errors),
+                               outage=tried == 0 or probes_only, wait=min(waits) if waits else None)
+
+    def verify(self, target: SmsTarget, run: Run) -> str | None:
+        """After an uncertain send: the account's messages to this number since the run's first
+        entry; one with this body was queued by us."""
+        body = self.render(target, run)
+        since = (run.entries[0].occurred_at - timedelta(minutes=5)) if run.entries else None
+        for name, provider in self.providers():
+            url = f"{provider['url'].rstrip('/')}/2010-04-01/Accounts/{provider['account_sid']}/Messages.json"
+            params = {"To": target.phone, "PageSize": 50}
+            if since is not None:
+                params["DateSent>"] = since.date().isoformat()
+            try:
+                response = httpx.get(url, params=params, auth=(provider["account_sid"], provider["auth_token"]),
+                                     timeout=float(self.options["timeout"]))
+                messages = response.json().get("messages", []) if response.status_code == 200 else []
+            except (httpx.HTTPError, ValueError, AttributeError):
+                continue
+            for item in messages:
+                if isinstance(item, dict) and item.get("body") == body and item.get("status") != "failed":
+                    return f"{name}:{item.get('sid', '')}"
+        return None
