@@ -343,3 +343,31 @@ class NotificationTemplate(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id}/{self.kind}/{self.locale}"
+
+
+class Device(models.Model):
+    """A member's device registered for push notifications (notifications.channels.push): the
+    push channel's stream destination is str(id), one stream per device in each of the member's
+    organizations. A token the provider reports unregistered is deleted (pruned)."""
+
+    class Platform(models.TextChoices):
+        ANDROID = "android", "Android"
+        IOS = "ios", "iOS"
+        WEB = "web", "Web"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="devices")
+    token = models.CharField(max_length=512)
+    platform = models.CharField(max_length=16, choices=Platform.choices)
+    name = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    last_seen_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["token"], name="device_unique_token"),
+            models.CheckConstraint(condition=Q(platform__in=["android", "ios", "web"]), name="device_platform_valid"),
+        ]
+        indexes = [models.Index(fields=["user", "id"], name="device_user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}/{self.platform}/{self.token[:12]}…"

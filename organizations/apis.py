@@ -129,13 +129,16 @@ class PasswordApi(APIView):
         return Response({"token": services.user_token_create(user=user, name="password change", ip=ip)})
 
 
-class PhoneField(serializers.CharField):
-    """A phone number in E.164; spaces, dots, dashes and parentheses are dropped first."""
+class PhoneField(serializers.RegexField):
+    """A phone number in E.164; spaces, dots, dashes and parentheses are dropped first (the pattern
+    admits exactly what becomes a valid E.164 number)."""
+
+    PATTERN = r"^\+[ ().-]*[1-9]([ ().-]*[0-9]){6,14}[ ().-]*\Z"
 
     def __init__(self, **kwargs):
         kwargs.setdefault("max_length", 32)
         kwargs.setdefault("help_text", "E.164, e.g. +14155550100 (spaces, dashes and parentheses are dropped)")
-        super().__init__(**kwargs)
+        super().__init__(self.PATTERN, **kwargs)
 
     def to_internal_value(self, data):
         value = normalize_phone(super().to_internal_value(data))

@@ -336,6 +336,16 @@ HERALD_CHANNELS = {
                                        "auth_token": env(f"SMS_{provider.upper()}_AUTH_TOKEN", ""),
                                        "from": env(f"SMS_{provider.upper()}_FROM", "")}
                             for provider in ("primary", "secondary")}}},
+    # Push through an FCM HTTP v1-compatible API to the devices members register (docs/channels.md).
+    "push": {"BACKEND": "notifications.channels.push.PushChannel",
+             "OPTIONS": {"retry_seconds": env_float("PUSH_RETRY_SECONDS", 24 * 3600),
+                         "timeout": env_float("PUSH_TIMEOUT", 10.0),
+                         "url": env("PUSH_FCM_URL", "https://fcm.googleapis.com"),
+                         "project_id": env("PUSH_FCM_PROJECT_ID", ""),
+                         "access_token": env("PUSH_FCM_ACCESS_TOKEN", ""),
+                         "rate_per_second": env_float("PUSH_PER_SECOND", 100.0), "burst": env_int("PUSH_BURST", 50),
+                         "device_per_minute": env_float("PUSH_PER_DEVICE_PER_MINUTE", 240.0),
+                         "max_devices_per_user": env_int("PUSH_MAX_DEVICES_PER_USER", 20)}},
 }
 
 # Delivery: retries with exponential backoff and jitter until the channel's retry window closes,
@@ -371,6 +381,9 @@ for _breaker in ("sms-primary", "sms-secondary"):
         "open_seconds": env_float("SMS_BREAKER_OPEN_SECONDS", 5.0),
         "max_open_seconds": env_float("SMS_BREAKER_MAX_OPEN_SECONDS", 60.0),
         "consecutive_failures": env_int("SMS_BREAKER_CONSECUTIVE", 5)}
+
+HERALD_BREAKERS["fcm"] = {"open_seconds": env_float("PUSH_BREAKER_OPEN_SECONDS", 5.0),
+                          "consecutive_failures": env_int("PUSH_BREAKER_CONSECUTIVE", 5)}
 
 # --- Email (notifications.email, notifications.channels.email) ---------------------------------
 # Two SMTP providers: mail goes to the primary; when its breaker is open or it fails with a
