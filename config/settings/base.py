@@ -346,6 +346,17 @@ HERALD_CHANNELS = {
                          "rate_per_second": env_float("PUSH_PER_SECOND", 100.0), "burst": env_int("PUSH_BURST", 50),
                          "device_per_minute": env_float("PUSH_PER_DEVICE_PER_MINUTE", 240.0),
                          "max_devices_per_user": env_int("PUSH_MAX_DEVICES_PER_USER", 20)}},
+    # WhatsApp through a Cloud API-compatible endpoint to the member's phone (docs/channels.md).
+    "whatsapp": {"BACKEND": "notifications.channels.whatsapp.WhatsAppChannel",
+                 "OPTIONS": {"retry_seconds": env_float("WHATSAPP_RETRY_SECONDS", 24 * 3600),
+                             "timeout": env_float("WHATSAPP_TIMEOUT", 10.0),
+                             "url": env("WHATSAPP_API_URL", "https://graph.facebook.com"),
+                             "api_version": env("WHATSAPP_API_VERSION", "21.0"),
+                             "phone_number_id": env("WHATSAPP_PHONE_NUMBER_ID", ""),
+                             "access_token": env("WHATSAPP_ACCESS_TOKEN", ""),
+                             "rate_per_second": env_float("WHATSAPP_PER_SECOND", 80.0),
+                             "burst": env_int("WHATSAPP_BURST", 20),
+                             "recipient_per_minute": env_float("WHATSAPP_PER_RECIPIENT_PER_MINUTE", 10.0)}},
 }
 
 # Delivery: retries with exponential backoff and jitter until the channel's retry window closes,
@@ -384,6 +395,8 @@ for _breaker in ("sms-primary", "sms-secondary"):
 
 HERALD_BREAKERS["fcm"] = {"open_seconds": env_float("PUSH_BREAKER_OPEN_SECONDS", 5.0),
                           "consecutive_failures": env_int("PUSH_BREAKER_CONSECUTIVE", 5)}
+HERALD_BREAKERS["whatsapp"] = {"open_seconds": env_float("WHATSAPP_BREAKER_OPEN_SECONDS", 5.0),
+                               "consecutive_failures": env_int("WHATSAPP_BREAKER_CONSECUTIVE", 5)}
 
 # --- Email (notifications.email, notifications.channels.email) ---------------------------------
 # Two SMTP providers: mail goes to the primary; when its breaker is open or it fails with a
