@@ -36,7 +36,7 @@ class Kind:
     ws_type: str = "log.entry"  # the WebSocket message type (tracker.event keeps its own shape)
     # The channels an entry of this kind may reach (a member's preferences narrow it further).
     # "inapp" = an inbox row for each audience member; the live feed carries every entry anyway.
-    channels: tuple[str, ...] = field(default=("inapp", "slack", "email", "webhook"))
+    channels: tuple[str, ...] = field(default=("inapp", "slack", "email", "webhook", "apprise"))
     # Private: only the audience hears of it (a reply to your comment, your report is ready);
     # never posted to an organization-wide destination such as its Slack channel or webhooks.
     private: bool = False

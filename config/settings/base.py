@@ -357,6 +357,14 @@ HERALD_CHANNELS = {
                              "rate_per_second": env_float("WHATSAPP_PER_SECOND", 80.0),
                              "burst": env_int("WHATSAPP_BURST", 20),
                              "recipient_per_minute": env_float("WHATSAPP_PER_RECIPIENT_PER_MINUTE", 10.0)}},
+    # Apprise URLs an organization configures (100+ services), encrypted at rest (docs/channels.md).
+    "apprise": {"BACKEND": "notifications.channels.apprise.AppriseChannel",
+                "OPTIONS": {"retry_seconds": env_float("APPRISE_RETRY_SECONDS", 24 * 3600),
+                            "rate_per_second": env_float("APPRISE_PER_SECOND", 1.0),
+                            "burst": env_int("APPRISE_BURST", 5),
+                            # json://, xml://, form:// only to public hosts, except these
+                            "allow_private_hosts": [h.strip() for h in (env("APPRISE_ALLOW_PRIVATE_HOSTS", "")
+                                                                        or "").split(",") if h.strip()]}},
 }
 
 # Delivery: retries with exponential backoff and jitter until the channel's retry window closes,
