@@ -5,13 +5,15 @@ from notifications.kinds import KINDS
 
 
 def entry_parts(entry, channel: str, locale: str | None = None) -> dict | None:
-    """The entry's rendered part for `channel` in `locale` (else "en", else the first locale), or
-    None when the entry has none (not an API send, or no part for this channel)."""
-    parts = (entry.payload or {}).get("parts")
+    """The entry's rendered part for `channel` in `locale` (else the send's default locale, else
+    "en", else the first locale), or None when the entry has none (not an API send, or no part for
+    this channel)."""
+    payload = entry.payload or {}
+    parts = payload.get("parts")
     if not isinstance(parts, dict) or not parts:
         return None
     by_locale = None
-    for candidate in (locale, "en"):
+    for candidate in (locale, payload.get("locale"), "en"):
         if candidate and isinstance(parts.get(candidate), dict):
             by_locale = parts[candidate]
             break
