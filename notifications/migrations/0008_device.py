@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('notifications', '0006_fence_v2'),
+        ("notifications", "0007_delivery_pending_index"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
