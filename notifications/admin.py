@@ -8,9 +8,8 @@ from config.errors import ApplicationError
 from notifications import services, templating
 from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
-from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, EmailDeferral, LogEntry,
-                                  Notification,
-                                  NotificationPreference, NotificationTemplate, OutboundEmail)
+from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, Device, EmailDeferral,
+                                  LogEntry, Notification, NotificationPreference, NotificationTemplate, OutboundEmail)
 
 
 @admin.register(LogEntry)
@@ -196,3 +195,20 @@ class NotificationTemplateAdmin(admin.ModelAdmin):
                                                  description=form.cleaned_data["description"],
                                                  created_by=request.user, **fields)
             obj.pk = created.pk
+
+
+@admin.register(Device)
+class DeviceAdmin(admin.ModelAdmin):
+    """Members' push devices (notifications.channels.push). The token is shown by its end only."""
+
+    list_display = ("user", "platform", "name", "token_hint", "created_at", "last_seen_at")
+    list_filter = ("platform",)
+    search_fields = ("user__username", "name")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
+    exclude = ("token",)
+    readonly_fields = ("token_hint", "created_at", "last_seen_at")
+
+    @admin.display(description="token")
+    def token_hint(self, obj) -> str:
+        return f"…{obj.token[-6:]}" if obj.token else ""
