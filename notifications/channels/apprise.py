@@ -55,6 +55,7 @@ class AppriseError(StrEnum):
 class AppriseTarget:
     id: int
     url: str
+    locale: str | None = None  # the organization's default (an API send's parts are per locale)
 
 
 def _service(url: str):
@@ -78,10 +79,11 @@ class AppriseChannel(Channel):
         if not destination.isdigit():
             return None
         row = ChannelDestination.objects.filter(pk=int(destination), organization_id=organization_id,
-                                                channel=self.name, enabled=True).first()
+                                                channel=self.name, enabled=True).select_related("organization").first()
         if row is None:
             return None
-        return AppriseTarget(id=row.id, url=secrets.decrypt(row.secret_encrypted))
+        return AppriseTarget(id=row.id, url=secrets.decrypt(row.secret_encrypted),
+                             locale=getattr(row.organization, "locale", None) or None)
 
     def scopes(self, target: AppriseTarget) -> list[Scope]:
         return [Scope("apprise.destination", str(target.id))]
@@ -93,12 +95,12 @@ class AppriseChannel(Channel):
     def render(self, target: AppriseTarget, run: Run) -> dict:
         prefix = "(late) " if run.late else ""
         if len(run.entries) == 1:
-            title, body = entry_title_body(run.entries[0], self.name)
+            title, body = entry_title_body(run.entries[0], self.name, target.locale)
             return {"title": prefix + title, "body": (body or title)[:MAX_BODY]}
         title = f"{prefix}{len(run.entries)} updates (#{run.first_seq}–#{run.last_seq})"
         lines = []
         for entry in run.entries:
-            entry_title, entry_body = entry_title_body(entry, self.name)
+            entry_title, entry_body = entry_title_body(entry, self.name, target.locale)
             lines.append(f"• {entry_title}" + (f": {entry_body}" if entry_body else "") + f" (#{entry.seq})")
         return {"title": title, "body": "\n".join(lines)[:MAX_BODY]}
 

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("notifications", "0007_delivery_pending_index"),
+        ("notifications", "0008_templates"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
