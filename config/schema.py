@@ -24,7 +24,8 @@ ERROR_CODES = {
             "invalid_template", "template_syntax_error", "template_undeclared_variable", "template_forbidden",
             "template_too_large", "template_render_error", "unknown_category", "unknown_channel", "unknown_template",
             # SMS, push, Apprise channels
-            "too_many_devices", "invalid_apprise_url", "too_many_apprise_destinations"],
+            "too_many_devices", "invalid_apprise_url", "too_many_apprise_destinations",
+            "search_query_empty", "search_query_too_long"],
     "401": ["not_authenticated", "authentication_failed", "invalid_token", "token_expired", "token_revoked",
             "invalid_api_key", "revoked_api_key"],
     "403": ["permission_denied", "forbidden", "admin_required", "user_required", "scope_required", "invalid_role",

@@ -1,7 +1,7 @@
-"""Admin for report jobs and the (read-only) activity log."""
+"""Admin for report jobs, the (read-only) activity log and search log, and the top-10."""
 from django.contrib import admin
 
-from reports.models import ActivityLog, ReportJob
+from reports.models import ActivityLog, ReportJob, SearchLog, SearchTop
 
 
 @admin.register(ReportJob)
@@ -37,3 +37,30 @@ class ActivityLogAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SearchLog)
+class SearchLogAdmin(_ReadOnly):
+    list_display = ("created_at", "organization_id", "user_id", "api_key_id", "query")
+    list_filter = (("created_at", admin.DateFieldListFilter),)
+    search_fields = ("query",)
+    show_full_result_count = False
+    list_per_page = 100
+
+
+@admin.register(SearchTop)
+class SearchTopAdmin(_ReadOnly):
+    list_display = ("organization", "rank", "query", "searches", "window_start", "window_end")
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization",)

@@ -13,3 +13,5 @@ class ReportsError(StrEnum):
     REPORT_EXPIRED = "report_expired"          # download after the file was removed (410)
     REPORT_NOT_CANCELLABLE = "report_not_cancellable"  # cancel of a finished job (409)
     STATS_RATE_LIMITED = "stats_rate_limited"  # 429 with Retry-After
+    SEARCH_QUERY_EMPTY = "search_query_empty"        # q missing or blank
+    SEARCH_QUERY_TOO_LONG = "search_query_too_long"  # q over 200 characters

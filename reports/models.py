@@ -7,6 +7,7 @@ from django.db import models
 from django.db.models import Q
 
 from organizations.models import ApiKey, Organization
+from reports.search.models import SearchLog, SearchTop  # noqa: F401  (registered with the reports app)
 
 
 class ReportJob(models.Model):

@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import OperationalError
 
 from reports import activity, services
+from reports.search import top
 
 
 @shared_task(name="reports.tasks.run_report", acks_late=True, reject_on_worker_lost=True,
@@ -30,3 +31,8 @@ def purge_expired_reports() -> int:
 @shared_task(name="reports.tasks.purge_activity_log", acks_late=True, time_limit=600)
 def purge_activity_log() -> dict:
     return activity.activity_maintain()
+
+
+@shared_task(name="reports.tasks.refresh_search_top", acks_late=True, time_limit=600)
+def refresh_search_top() -> dict:
+    return top.search_top_refresh()

@@ -1,10 +1,17 @@
 """Trackers, the time entries they produce and comment threads (starts and stops are entries of the
 org log, notifications.LogEntry)."""
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector
 from django.db import models
 from django.db.models import F, Q
 
 from organizations.models import Organization
+
+# Text search configuration of the full-text indexes below; reports.search queries with the same
+# expression, to_tsvector(SEARCH_CONFIG, COALESCE(<column>, '')), so the planner uses them. Each
+# index leads with organization_id (btree_gin): a search reads its own tenant's postings only.
+SEARCH_CONFIG = "english"
 
 
 class Tracker(models.Model):
@@ -22,7 +29,10 @@ class Tracker(models.Model):
                 condition=Q(is_running=False) | Q(started_at__isnull=False), name="tracker_running_has_start"
             ),
         ]
-        indexes = [models.Index(fields=["organization", "id"])]
+        indexes = [
+            models.Index(fields=["organization", "id"]),
+            GinIndex(F("organization"), SearchVector("name", config=SEARCH_CONFIG), name="tracker_name_search"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -47,7 +57,12 @@ class TimeEntry(models.Model):
             models.UniqueConstraint(fields=["tracker"], condition=Q(stopped_at__isnull=True),
                                     name="entry_one_open_per_tracker"),
         ]
-        indexes = [models.Index(fields=["organization", "-started_at"])]
+        indexes = [
+            models.Index(fields=["organization", "-started_at"]),
+            # Most entries have no notes: the search index holds only those that do.
+            GinIndex(F("organization"), SearchVector("notes", config=SEARCH_CONFIG), name="entry_notes_search",
+                     condition=~Q(notes="")),
+        ]
         verbose_name_plural = "time entries"
 
 
@@ -87,6 +102,9 @@ class Comment(models.Model):
                          name="comment_top_level"),
             # Every comment under a page of roots, in reading order.
             models.Index(fields=["root", "path"], name="comment_thread_path"),
+            # Deleted comments have no body (a constraint): nothing of theirs is searchable.
+            GinIndex(F("organization"), SearchVector("body", config=SEARCH_CONFIG), name="comment_body_search",
+                     condition=Q(deleted_at__isnull=True)),
         ]
 
     @property

@@ -480,6 +480,15 @@ CELERY_BEAT_SCHEDULE["reports.purge_activity_log"] = {
     "task": "reports.tasks.purge_activity_log",
     "schedule": crontab(minute=5, hour=0),  # daily, just after midnight UTC
 }
+# Search (reports.search): the log of every search, the hourly top-10 served from Redis.
+SEARCH_TOP_WINDOW_SECONDS = env_int("SEARCH_TOP_WINDOW_SECONDS", 3600)  # "the last hour"
+SEARCH_TOP_CACHE_SECONDS = env_int("SEARCH_TOP_CACHE_SECONDS", 2 * 3600 + 600)  # a value outlives one missed refresh
+SEARCH_LOG_RETENTION_DAYS = env_int("SEARCH_LOG_RETENTION_DAYS", 30)
+SEARCH_LOG_PURGE_BATCH = env_int("SEARCH_LOG_PURGE_BATCH", 50000)  # log rows deleted per refresh, at most
+CELERY_BEAT_SCHEDULE["reports.refresh_search_top"] = {
+    "task": "reports.tasks.refresh_search_top",
+    "schedule": crontab(minute=0),  # hourly
+}
 
 # Retention of notifications and delivery records (notifications/retention.py): archived as
 # gzipped JSON lines to the storage below, then removed from the hot tables in small batches.

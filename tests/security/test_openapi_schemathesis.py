@@ -86,6 +86,8 @@ SEMANTIC_400 = {
     ("PUT", "/api/v1/templates/{template_id}"): [(code, None) for code in TEMPLATE_400],
     ("POST", "/api/v1/templates/{template_id}/preview"): [("template_render_error", None),
                                                           ("unknown_template", None)],
+    # Whitespace or control characters only: nothing left to search once normalized.
+    ("GET", "/api/v1/orgs/{org_id}/search"): [("search_query_empty", None), ("search_query_too_long", None)],
 }
 
 
