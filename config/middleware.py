@@ -2,6 +2,7 @@
 request logging (one line per request), 503 when a dependency is down, error pages for browser pages."""
 import ipaddress
 import logging
+import re
 import time
 from functools import cached_property
 
@@ -125,15 +126,24 @@ class TrustedProxyMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    """A body larger than HERALD_MAX_BODY_BYTES is refused with 413 before anything parses it (the
-    declared Content-Length is checked; a body without one is never read by the JSON parser)."""
+    """A body larger than HERALD_MAX_BODY_BYTES (or the route's own limit in
+    HERALD_MAX_BODY_BYTES_BY_PATH) is refused with 413 before anything parses it (the declared
+    Content-Length is checked; a body without one is never read by the JSON parser)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
+        self.by_path = [(re.compile(pattern), limit)
+                        for pattern, limit in getattr(settings, "HERALD_MAX_BODY_BYTES_BY_PATH", {}).items()]
+
+    def _limit(self, path: str) -> int:
+        for pattern, limit in self.by_path:
+            if pattern.match(path):
+                return limit
+        return settings.HERALD_MAX_BODY_BYTES
 
     def __call__(self, request):
         declared = request.META.get("CONTENT_LENGTH") or "0"
-        limit = settings.HERALD_MAX_BODY_BYTES
+        limit = self._limit(request.path) if self.by_path and declared != "0" else settings.HERALD_MAX_BODY_BYTES
         try:
             length = int(declared)
         except ValueError:

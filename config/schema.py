@@ -25,7 +25,8 @@ ERROR_CODES = {
             "template_too_large", "template_render_error", "unknown_category", "unknown_channel", "unknown_template",
             # SMS, push, Apprise channels
             "too_many_devices", "invalid_apprise_url", "too_many_apprise_destinations",
-            "search_query_empty", "search_query_too_long"],
+            "search_query_empty", "search_query_too_long",
+            "bulk_too_many_rows", "bulk_rows_invalid"],
     "401": ["not_authenticated", "authentication_failed", "invalid_token", "token_expired", "token_revoked",
             "invalid_api_key", "revoked_api_key"],
     "403": ["permission_denied", "forbidden", "admin_required", "user_required", "scope_required", "invalid_role",

@@ -22,6 +22,13 @@ class OrganizationsError(StrEnum):
     ADMIN_REQUIRED = "admin_required"
     INVALID_ROLE = "invalid_role"
     MEMBERSHIP_EXISTS = "membership_exists"
+    # bulk postal-code update (POST /orgs/{id}/members/postal-codes)
+    BULK_TOO_MANY_ROWS = "bulk_too_many_rows"      # more than 100,000 updates
+    BULK_ROWS_INVALID = "bulk_rows_invalid"        # extra.rows lists each bad row by index, with a row code:
+    ROW_MALFORMED = "row_malformed"                # not {"email": string, "postal_code": string}
+    EMAIL_INVALID = "email_invalid"
+    EMAIL_DUPLICATED = "email_duplicated"          # the same email (any case) twice in one request
+    POSTAL_CODE_INVALID = "postal_code_invalid"
     # invitations
     INVITATION_NOT_FOUND = "invitation_not_found"
     INVITATION_EXPIRED = "invitation_expired"

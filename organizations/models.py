@@ -80,6 +80,12 @@ class Organization(models.Model):
         return self.name
 
 
+# 3 to 10 characters of A-Z, 0-9, space and hyphen, starting and ending with a letter or digit
+# (after normalization: trimmed, upper case, inner whitespace as one space).
+POSTAL_CODE_MAX = 10
+POSTAL_CODE_PATTERN = r"^[A-Z0-9][A-Z0-9 -]{1,8}[A-Z0-9]$"
+
+
 class Membership(models.Model):
     class Role(models.TextChoices):
         OWNER = "owner", "Owner"
@@ -91,12 +97,17 @@ class Membership(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
+    # Per organization (set by its admins, e.g. for payroll or tax regions); "" = not set.
+    # Normalized by organizations.services.postal_code_normalize; the CHECK is the same rule.
+    postal_code = models.CharField(max_length=POSTAL_CODE_MAX, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["organization", "user"], name="membership_unique_user_org"),
             models.CheckConstraint(condition=Q(role__in=["owner", "admin", "member"]), name="membership_role_valid"),
+            models.CheckConstraint(condition=Q(postal_code="") | Q(postal_code__regex=POSTAL_CODE_PATTERN),
+                                   name="membership_postal_code_valid"),
         ]
         indexes = [models.Index(fields=["user", "organization"])]
 

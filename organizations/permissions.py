@@ -16,6 +16,7 @@ from organizations.selectors import ApiKeyPrincipal
 S = ApiKeyScope
 API_KEY_SCOPES_BY_ROUTE: dict[tuple[str, str], str] = {
     ("org-members", "POST"): S.MEMBERS_WRITE,
+    ("org-member-postal-codes", "POST"): S.MEMBERS_WRITE,
     ("org-invitations", "GET"): S.MEMBERS_WRITE,
     ("org-invitation-detail", "DELETE"): S.MEMBERS_WRITE,
     ("org-slack", "PUT"): S.INTEGRATIONS_WRITE,

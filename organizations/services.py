@@ -2,6 +2,8 @@
 import hashlib
 import hmac
 import logging
+import re
+from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
@@ -17,8 +19,8 @@ from notifications import publish
 from trackers.services import tracker_create
 from organizations import secrets, throttle
 from organizations.errors import OrganizationsError
-from organizations.models import (ApiKey, ApiKeyScope, Invitation, Membership, Organization, SecurityEvent,
-                                  SlackIntegration, User, UserToken, default_api_key_scopes)
+from organizations.models import (POSTAL_CODE_PATTERN, ApiKey, ApiKeyScope, Invitation, Membership, Organization,
+                                  SecurityEvent, SlackIntegration, User, UserToken, default_api_key_scopes)
 from organizations.selectors import ApiKeyPrincipal, user_get_by_email
 
 logger = logging.getLogger("herald.organizations")
@@ -478,3 +480,95 @@ def organization_next_seq(*, organization_id: int, count: int = 1) -> int:
     if row is None:
         raise NotFound("Organization not found.", code="organization_not_found")
     return row[0]
+
+
+# --- Bulk postal codes ---------------------------------------------------------------------------
+
+BULK_MAX_ROWS = 100_000
+_POSTAL_CODE_RE = re.compile(POSTAL_CODE_PATTERN)
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+_BAD_ROWS_SHOWN = 1000  # extra.rows lists at most this many (extra.bad_rows counts them all)
+
+
+@dataclass(frozen=True)
+class PostalCodesResult:
+    matched: int
+    unmatched: list[str]  # the emails as submitted, in request order
+
+
+def postal_code_normalize(raw: str) -> str | None:
+    """Trimmed, upper case, inner whitespace as one space; None unless it then matches
+    POSTAL_CODE_PATTERN (3-10 of A-Z 0-9 space hyphen, a letter or digit at both ends)."""
+    code = " ".join(raw.split()).upper()
+    return code if _POSTAL_CODE_RE.match(code) else None
+
+
+def _postal_code_rows(updates: list) -> tuple[list[str], list[str], list[str]]:
+    """(submitted emails, lower-cased emails, normalized codes), or ApplicationError listing every
+    bad row by index: nothing is written unless every row is good."""
+    submitted, emails, codes, bad, seen = [], [], [], [], {}
+    for index, row in enumerate(updates):
+        if not (isinstance(row, dict) and row.keys() == {"email", "postal_code"}
+                and isinstance(row["email"], str) and isinstance(row["postal_code"], str)):
+            bad.append({"index": index, "field": None, "code": OrganizationsError.ROW_MALFORMED,
+                        "message": 'Expected {"email": string, "postal_code": string}.'})
+            continue
+        email = row["email"].strip()
+        lowered = email.lower()
+        if len(email) > 254 or not _EMAIL_RE.match(email):
+            bad.append({"index": index, "field": "email", "code": OrganizationsError.EMAIL_INVALID,
+                        "message": "Not an email address."})
+        elif lowered in seen:
+            bad.append({"index": index, "field": "email", "code": OrganizationsError.EMAIL_DUPLICATED,
+                        "message": f"The same email as row {seen[lowered]}."})
+        else:
+            seen[lowered] = index
+        code = postal_code_normalize(row["postal_code"])
+        if code is None:
+            bad.append({"index": index, "field": "postal_code", "code": OrganizationsError.POSTAL_CODE_INVALID,
+                        "message": "3 to 10 characters of A-Z, 0-9, space and hyphen, starting and ending with "
+                                   "a letter or digit."})
+        submitted.append(email)
+        emails.append(lowered)
+        codes.append(code)
+    if bad:
+        raise ApplicationError(f"{len({b['index'] for b in bad})} of {len(updates)} rows are invalid; nothing "
+                               "was updated.", code=OrganizationsError.BULK_ROWS_INVALID,
+                               extra={"bad_rows": len({b["index"] for b in bad}), "rows": bad[:_BAD_ROWS_SHOWN]})
+    return submitted, emails, codes
+
+
+# One statement: the rows as arrays, matched to the organization's members by lower(email) (the
+# user_email_unique_ci index's expression), updated, and the unmatched ones returned by position.
+_POSTAL_CODES_SQL = """
+WITH input AS (
+    SELECT u.email, u.postal_code, u.position
+    FROM unnest(%(emails)s::text[], %(codes)s::text[]) WITH ORDINALITY AS u(email, postal_code, position)
+), updated AS (
+    UPDATE organizations_membership m SET postal_code = input.postal_code
+    FROM input, organizations_user usr
+    WHERE m.organization_id = %(org)s AND usr.id = m.user_id AND lower(usr.email) = input.email
+      AND usr.email <> ''
+    RETURNING input.position
+)
+SELECT input.position FROM input
+WHERE NOT EXISTS (SELECT 1 FROM updated WHERE updated.position = input.position)
+ORDER BY input.position
+"""
+
+
+@transaction.atomic
+def membership_postal_codes_update(*, organization: Organization, updates: list) -> PostalCodesResult:
+    """Set the postal code of the organization's members named by email (case-insensitive; other
+    organizations' members are never matched), up to BULK_MAX_ROWS rows, in one UPDATE ... FROM
+    unnest(...). All or nothing: any invalid row (a malformed email or postal code, an email given
+    twice) is a 400 listing the bad rows, and nothing is written."""
+    if len(updates) > BULK_MAX_ROWS:
+        raise ApplicationError(f"At most {BULK_MAX_ROWS} updates per request.",
+                               code=OrganizationsError.BULK_TOO_MANY_ROWS,
+                               extra={"max_rows": BULK_MAX_ROWS, "rows": len(updates)})
+    submitted, emails, codes = _postal_code_rows(updates)
+    with connection.cursor() as cursor:
+        cursor.execute(_POSTAL_CODES_SQL, {"emails": emails, "codes": codes, "org": organization.id})
+        unmatched = [submitted[position - 1] for (position,) in cursor.fetchall()]
+    return PostalCodesResult(matched=len(emails) - len(unmatched), unmatched=unmatched)

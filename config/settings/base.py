@@ -518,7 +518,12 @@ HERALD_TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
 # Request bodies: larger ones are refused with 413 before anything reads them; JSON nested deeper
 # than this is refused with 400 (REST bodies and WebSocket frames).
 HERALD_MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = HERALD_MAX_BODY_BYTES
+# Routes that take bigger bodies (path regex -> bytes): the bulk postal-code update (100,000 rows).
+HERALD_MAX_BODY_BYTES_BY_PATH = {
+    r"^/api/v1/orgs/\d+/members/postal-codes$": env_int("BULK_MAX_BODY_BYTES", 32 * 1024 * 1024),
+}
+# Django's own cap is the largest of them: the middleware has already refused anything larger per route.
+DATA_UPLOAD_MAX_MEMORY_SIZE = max([HERALD_MAX_BODY_BYTES, *HERALD_MAX_BODY_BYTES_BY_PATH.values()])
 HERALD_MAX_JSON_DEPTH = env_int("MAX_JSON_DEPTH", 32)
 HERALD_MAX_WS_FRAME_BYTES = env_int("MAX_WS_FRAME_BYTES", 64 * 1024)
 # Development only (DEBUG without HERALD_ENCRYPTION_KEYS): the Slack-token key generated once per
