@@ -53,6 +53,15 @@ def _tracker(entry: EntryView) -> str:
     return str(entry.payload.get("tracker_name", "a tracker"))
 
 
+def _excerpt(entry: EntryView) -> str:
+    return str(entry.payload.get("excerpt", ""))
+
+
+def _report(entry: EntryView) -> str:
+    p = entry.payload
+    return f"{p.get('report_kind', 'report')} {p.get('from', '')}–{p.get('to', '')} ({p.get('format', '')})"
+
+
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in [
@@ -62,6 +71,36 @@ KINDS: dict[str, Kind] = {
             title=lambda e: f"{e.actor} {_verb(e)} {_tracker(e)}",
             line=lambda e: f"{e.actor} {_verb(e)} *{_tracker(e)}*",
             ws_type="tracker.event",
+        ),
+        # Live only: every member viewing the tracker redraws its threads (static/js/comments.js);
+        # no inbox row, no email, never Slack or webhooks.
+        Kind(
+            name="comment.created",
+            category="comment",
+            title=lambda e: f"{e.actor} commented on {_tracker(e)}",
+            body=_excerpt,
+            channels=(),
+        ),
+        # To the parent's author and the thread's participants, minus the replier.
+        Kind(
+            name="comment.reply",
+            category="comment_reply",
+            title=lambda e: f"{e.actor} replied on {_tracker(e)}",
+            body=_excerpt,
+            line=lambda e: f"{e.actor} replied on *{_tracker(e)}*: {_excerpt(e)}",
+            channels=("inapp", "email"),
+            private=True,
+        ),
+        # To the member who requested the report.
+        Kind(
+            name="report.ready",
+            category="report",
+            title=lambda e: "Your report is ready",
+            body=lambda e: f"{_report(e)}: {e.payload.get('rows', 0)} rows. "
+                           f"Download: {e.payload.get('download_url', '')}",
+            line=lambda e: f"Your report {_report(e)} is ready ({e.payload.get('rows', 0)} rows)",
+            channels=("inapp", "email"),
+            private=True,
         ),
     ]
 }

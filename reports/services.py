@@ -283,7 +283,17 @@ def _push_progress(job: ReportJob) -> None:
 
 
 def _notify_ready(job: ReportJob) -> None:
-    """`report.ready` in-app + email to the requester (wired to notifications.publish when it lands)."""
+    """A `report.ready` entry of the organization's log for the requester only (a private kind:
+    their inbox, their email stream through the email limit, their sockets; never Slack or
+    webhooks). In the caller's transaction: a rolled-back success announces nothing. A job
+    requested with an API key has nobody to tell."""
+    if not job.requested_by_id:
+        return
+    publish.publish(
+        organization_id=job.organization_id, kind="report.ready", audience=[job.requested_by_id],
+        payload={"report_id": job.id, "report_kind": job.kind, "format": job.format,
+                 "from": job.date_from.isoformat(), "to": job.date_to.isoformat(), "rows": job.rows,
+                 "download_url": f"/api/v1/reports/{job.id}/download"})
 
 
 # --- maintenance -----------------------------------------------------------------------------------

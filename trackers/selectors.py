@@ -92,8 +92,11 @@ def comment_thread_page(*, tracker_id: int, time_entry_id: int | None, offset: i
     return top
 
 
-def comment_thread_participant_ids(*, root_id: int) -> set[int]:
-    """Authors of every comment of one thread (a top-level comment and everything under it)."""
+def comment_thread_participant_ids(*, root_id: int, organization_id: int) -> set[int]:
+    """Authors of every comment of one thread (a top-level comment and everything under it) who
+    are still members of the organization (one query)."""
     return set(
-        Comment.objects.filter(root_id=root_id, author__isnull=False).values_list("author_id", flat=True).distinct()
+        Comment.objects.filter(root_id=root_id, author__isnull=False,
+                               author__memberships__organization_id=organization_id)
+        .values_list("author_id", flat=True).distinct()
     )

@@ -9,6 +9,7 @@ from notifications import publish
 from organizations.models import Membership, Organization
 from organizations.selectors import ApiKeyPrincipal, role_in_organization
 from trackers.errors import TrackerErrorCode
+from trackers.selectors import comment_thread_participant_ids
 from trackers.models import Comment, TimeEntry, Tracker
 
 START, STOP = "start", "stop"
@@ -110,7 +111,31 @@ def comment_create(*, tracker: Tracker, author, body: str, parent_id: int | None
         path=f"{parent.path}/{segment}" if parent else segment, depth=parent.depth + 1 if parent else 0,
         author=author, body=body,
     )
+    _comment_notify(comment=comment, tracker=tracker, parent=parent, author=author)
     return comment
+
+
+COMMENT_EXCERPT_CHARS = 140
+
+
+def _comment_notify(*, comment: Comment, tracker: Tracker, parent: Comment | None, author) -> None:
+    """Two entries of the org log, in the comment's transaction: `comment.created` for every member
+    (live only: pages showing the tracker redraw its threads) and, for a reply, `comment.reply` to
+    the parent's author and the thread's participants who are still members, minus the replier."""
+    excerpt = " ".join(comment.body.split())
+    if len(excerpt) > COMMENT_EXCERPT_CHARS:
+        excerpt = excerpt[:COMMENT_EXCERPT_CHARS - 1] + "…"
+    payload = {"tracker_id": tracker.id, "tracker_name": tracker.name, "comment_id": comment.id,
+               "parent_id": comment.parent_id, "root_id": comment.root_id, "time_entry_id": comment.time_entry_id,
+               "excerpt": excerpt}
+    publish.publish(organization_id=tracker.organization_id, kind="comment.created", actor=author, payload=payload)
+    if parent is None:
+        return
+    recipients = comment_thread_participant_ids(root_id=comment.root_id, organization_id=tracker.organization_id)
+    recipients.discard(author.pk)
+    if recipients:
+        publish.publish(organization_id=tracker.organization_id, kind="comment.reply", actor=author,
+                        audience=sorted(recipients), payload=payload)
 
 
 def _require_author_or_admin(*, comment: Comment, actor) -> None:

@@ -14,7 +14,8 @@ from organizations import services as org_services
 from reports import services
 from reports.models import ReportJob
 from tests.reports.factories import seed_entries
-from tests.support.stack import Stack
+from notifications.models import Notification
+from tests.support.stack import DELIVERY_QUEUES, Stack
 from trackers.models import Tracker
 from websockets.sync.client import connect
 
@@ -76,6 +77,7 @@ def test_a_job_runs_on_a_worker_with_progress_pushed_over_the_websocket(data, se
     with Stack(env=FAST) as stack:
         stack.start_daphne("web")
         stack.start_worker("reports", ["reports"])
+        stack.start_worker("orgs", DELIVERY_QUEUES)  # the in-app fan-out of report.ready
         stack.wait_ready(timeout=60)
         member_ws = Socket(stack.ws_url(), stack.url(), member_token)
         owner_ws = Socket(stack.ws_url(), stack.url(), owner_token)
@@ -97,6 +99,10 @@ def test_a_job_runs_on_a_worker_with_progress_pushed_over_the_websocket(data, se
             final = wait_for(finished, 60, "the job to finish", interval=0.02)
             pushed = wait_for(lambda: (p := member_ws.progress()) and p[-1]["status"] == "succeeded" and p, 10,
                               "the last report.progress message")
+            ready = wait_for(lambda: [m for m in list(member_ws.messages) if m.get("type") == "notification.created"
+                                      and m.get("kind") == "report.ready"], 20, "the report.ready notification")
+            redacted = wait_for(lambda: [m for m in list(owner_ws.messages) if m.get("kind") == "report.ready"], 10,
+                                "the owner's redacted report.ready entry")
             for ws in (member_ws, owner_ws):
                 ws.stopping.set()
                 ws.join(timeout=5)
@@ -106,6 +112,13 @@ def test_a_job_runs_on_a_worker_with_progress_pushed_over_the_websocket(data, se
     assert [p["progress"] for p in pushed] == sorted(p["progress"] for p in pushed)
     assert pushed[-1]["progress"] == 100 and pushed[-1]["download_url"] == f"/api/v1/reports/{job.pk}/download"
     assert owner_ws.progress() == []  # only the requester's sockets hear of it
+    # report.ready: the requester's inbox row and notification.created; everyone else only the seq.
+    assert ready[0]["title"] == "Your report is ready" and "60000 rows" in ready[0]["body"]
+    inbox = list(Notification.objects.filter(kind="report.ready").values_list("recipient_id", "data"))
+    assert [(r, d["report_id"]) for r, d in inbox] == [(members.member.id, job.pk)]
+    assert redacted == [{"type": "log.entry", "org_id": members.org.id, "seq": redacted[0]["seq"],
+                         "kind": "report.ready", "private": True}]
+    assert not any(m.get("type") == "notification.created" for m in owner_ws.messages)
     assert final.rows == 60_000 and final.progress == 100 and final.attempts == 1
     assert any(status == "running" and 0 < progress < 100 for status, progress in seen), seen
     with default_storage.open(final.file, "r") as fh:
