@@ -6,9 +6,11 @@ same data in the same run:
 
 1. set-based: organizations.services.membership_postal_codes_update (validation in one pass + one
    UPDATE ... FROM unnest(...)), as the endpoint runs it;
-2. the per-row ORM loop: one `Membership.objects.filter(organization=..., user__email__lower=...)
-   .update(postal_code=...)` per row in one transaction (the lower(email) lookup uses the same
-   unique index as the set-based statement; the loop is not handicapped by a scan per row).
+2. the per-row ORM loop, written to be fast: per row, the user id by lower(email) (the unique
+   index the set-based statement uses), then `Membership.objects.filter(organization=...,
+   user_id=...).update(postal_code=...)` (the (organization, user) unique index), in one
+   transaction. (A one-query `filter(user__email__lower=...)` per row is planned as a scan of
+   the organization's memberships: ~100 ms a row at 100,000 members.)
 
 Postal codes are cleared between the two; both must leave the same table. Prints both times, the
 ratio, and the statement's share of the set-based time.
@@ -90,7 +92,7 @@ def main() -> int:
 
     call_command("migrate", verbosity=0)
     t = time.perf_counter()
-    org, _ = seed(args.members)
+    org, user_model = seed(args.members)
     print(f"seeded {args.members} members (+1,000 in another organization) in {time.perf_counter() - t:.1f} s")
 
     rng = random.Random(7)
@@ -132,10 +134,11 @@ def main() -> int:
     t = time.perf_counter()
     loop_matched = 0
     with transaction.atomic():
-        for row in sample:
+        for row in sample:  # each step an index lookup: lower(email), then (organization, user)
             code = services.postal_code_normalize(row["postal_code"])
-            loop_matched += Membership.objects.filter(organization=org, user__email__lower=row["email"].lower()) \
-                .update(postal_code=code)
+            user_id = user_model.objects.filter(email__lower=row["email"].lower()).values_list("id", flat=True).first()
+            if user_id is not None:
+                loop_matched += Membership.objects.filter(organization=org, user_id=user_id).update(postal_code=code)
     loop = time.perf_counter() - t
     digest_loop = table_digest(org)
     assert loop_matched == sample_result.matched and digest_loop == digest_set, "the two ways disagree"

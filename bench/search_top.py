@@ -189,8 +189,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--refresh-every", type=float, default=5.0)
-    parser.add_argument("--orgs", type=int, default=500)
-    parser.add_argument("--users", type=int, default=2000)
+    parser.add_argument("--orgs", type=int, default=200)
+    parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--log-rows", type=int, default=300_000)
     parser.add_argument("--web-processes", type=int, default=int(os.environ.get("WEB_PROCESSES", "2")))
     parser.add_argument("--db-name", default="herald_bench_search_top")
@@ -203,7 +203,9 @@ def main() -> int:
                SECRET_KEY="bench-secret-key-" + "x" * 40, HERALD_ENCRYPTION_KEYS=FERNET_KEY,
                HERALD_BASE_URL=f"http://127.0.0.1:{port}", ALLOWED_HOSTS="127.0.0.1",
                SECURE_SSL_REDIRECT="false", SECURE_COOKIES="false", HERALD_PORT=str(port),
-               WEB_PROCESSES=str(args.web_processes), WEB_VERBOSITY="0", LOG_LEVEL="WARNING")
+               WEB_PROCESSES=str(args.web_processes), WEB_VERBOSITY="0", LOG_LEVEL="WARNING",
+               # as `make run` does: the Procfile's `python` is the virtualenv's
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(REPO / ".venv"))
     os.environ.update(env)
     import django
 
@@ -236,8 +238,8 @@ def main() -> int:
     try:
         wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
         generator = Generator(port, pairs)
-        asyncio.run(generator.run(rate=min(args.rate, 50), duration=args.warmup))  # tokens' first use, pools
-        generator.results.clear()
+        asyncio.run(generator.run(rate=min(args.rate, 50), duration=args.warmup))  # pools, caches
+        generator = Generator(port, pairs)  # connections belong to the loop that opened them
         web_procs, pg_procs = tree(web.pid), db_backends(args.db_name)
         if args.profile:
             spy = subprocess.Popen(["py-spy", "record", "-o", str(logdir / "web.svg"), "-d", str(int(args.duration)),
