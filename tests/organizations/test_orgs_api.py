@@ -140,7 +140,7 @@ def test_members_list(auth_client, org_with_members):
     assert [(m["user_id"], m["role"]) for m in results] == [
         (org_with_members.owner.id, "owner"), (org_with_members.admin.id, "admin"),
         (org_with_members.member.id, "member")]
-    assert set(results[0]) == {"id", "user_id", "username", "email", "role", "created_at"}
+    assert set(results[0]) == {"id", "user_id", "username", "email", "role", "postal_code", "created_at"}
     # A plain member does not see the others' email addresses (issue 11 #9).
     assert {m["email"] for m in results} == {None}
 
