@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('organizations', '0003_tokens_scopes_invitations_audit'),
+        ('organizations', '0004_organization_locale'),
     ]
 
     operations = [
