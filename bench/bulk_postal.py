@@ -9,8 +9,8 @@ same data in the same run:
 2. the per-row ORM loop, written to be fast: per row, the user id by lower(email) (the unique
    index the set-based statement uses), then `Membership.objects.filter(organization=...,
    user_id=...).update(postal_code=...)` (the (organization, user) unique index), in one
-   transaction. (A one-query `filter(user__email__lower=...)` per row is planned as a scan of
-   the organization's memberships: ~100 ms a row at 100,000 members.)
+   transaction. The lookup excludes email "" so the partial unique index (user_email_unique_ci,
+   WHERE email <> '') applies; without it every row scans the users table (140 ms a row here).
 
 Postal codes are cleared between the two; both must leave the same table. Prints both times, the
 ratio, and the statement's share of the set-based time.
@@ -136,7 +136,8 @@ def main() -> int:
     with transaction.atomic():
         for row in sample:  # each step an index lookup: lower(email), then (organization, user)
             code = services.postal_code_normalize(row["postal_code"])
-            user_id = user_model.objects.filter(email__lower=row["email"].lower()).values_list("id", flat=True).first()
+            user_id = (user_model.objects.filter(email__lower=row["email"].lower()).exclude(email="")
+                       .values_list("id", flat=True).first())  # the partial unique index needs email <> ""
             if user_id is not None:
                 loop_matched += Membership.objects.filter(organization=org, user_id=user_id).update(postal_code=code)
     loop = time.perf_counter() - t
