@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('organizations', '0004_organization_locale'),
+        ('organizations', '0005_user_phone_e164'),
     ]
 
     operations = [
