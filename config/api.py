@@ -131,6 +131,15 @@ class Pagination(PageNumberPagination):
         return replace_query_param(url, self.page_query_param, number)
 
 
+def validated_input(serializer_class: type[serializers.Serializer], data: dict) -> dict:
+    """Validate `data` with an API Input serializer outside a request (the browser pages post the
+    same fields as the API): the validated data, or the ApplicationError the API would answer."""
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        raise ApplicationError("Invalid input.", code="validation_error", extra={"fields": serializer.errors})
+    return serializer.validated_data
+
+
 class StrictSerializer(serializers.Serializer):
     """Input serializer that rejects unknown fields instead of silently dropping them."""
 

@@ -18,6 +18,14 @@ class ApplicationError(Exception):
         if status is not None:
             self.status_code = status
 
+    def display(self) -> str:
+        """The message, the fields it names and the code, as one line for a browser page (the same
+        message and code the API answers)."""
+        fields = self.extra.get("fields") if isinstance(self.extra.get("fields"), dict) else {}
+        detail = "; ".join(f"{name}: {' '.join(map(str, errs)) if isinstance(errs, list) else errs}"
+                           for name, errs in fields.items())
+        return f"{self.message}{' (' + detail + ')' if detail else ''} [{self.code}]"
+
 
 class NotFound(ApplicationError):
     status_code = 404

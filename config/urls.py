@@ -19,6 +19,7 @@ urlpatterns = [
     path("", include("trackers.pages")),
     path("", include("organizations.pages")),
     path("", include("reports.pages")),
+    path("", include("notifications.pages")),
     path("accounts/login/", signin.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -13,8 +13,8 @@ from config.errors import Forbidden, NotFound
 from organizations import selectors, services
 from organizations.errors import OrganizationsError
 from organizations.models import (DEFAULT_API_KEY_SCOPES, ApiKey, ApiKeyScope, Membership, User, UserToken,
-                                  LOCALE_PATTERN, default_api_key_scopes, normalize_phone, time_zone_choices,
-                                  validate_e164)
+                                  LOCALE_PATTERN, default_api_key_scopes, locale_choices, normalize_phone,
+                                  time_zone_choices, validate_e164)
 from organizations.selectors import ApiKeyPrincipal
 
 
@@ -33,7 +33,7 @@ def require_user(request) -> User:
 class UserOutput(serializers.ModelSerializer):
     class Meta:
         model = User
-        fields = ["id", "username", "email", "first_name", "last_name", "time_zone", "phone", "postal_code",
+        fields = ["id", "username", "email", "first_name", "last_name", "time_zone", "locale", "phone", "postal_code",
                   "slack_user_id", "date_joined"]
         read_only_fields = fields
 
@@ -155,6 +155,7 @@ class MeApi(APIView):
         first_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
         last_name = serializers.CharField(max_length=150, required=False, allow_blank=True)
         time_zone = serializers.ChoiceField(choices=time_zone_choices(), required=False)
+        locale = serializers.ChoiceField(choices=locale_choices(), required=False)
         phone = PhoneField(required=False, allow_blank=True)
         postal_code = serializers.CharField(max_length=16, required=False, allow_blank=True)
         slack_user_id = serializers.CharField(max_length=32, required=False, allow_blank=True)
@@ -301,6 +302,31 @@ class MembershipListCreateApi(APIView):
                         status=status.HTTP_201_CREATED)
 
 
+class MembershipDetailApi(APIView):
+    class Input(StrictSerializer):
+        role = serializers.ChoiceField(choices=[Membership.Role.ADMIN, Membership.Role.MEMBER])
+
+    @extend_schema(request=Input, responses=MembershipOutput)
+    def patch(self, request, org_id: int, membership_id: int):
+        """Change a member's role (admin or member; an owner's membership is 409 owner_protected)."""
+        user = require_user(request)
+        organization = selectors.organization_get_for_user(user=user, id=org_id, admin=True)
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        membership = services.membership_role_change(organization=organization, membership_id=membership_id,
+                                                     role=data.validated_data["role"], by=user, ip=client_ip(request))
+        return Response(MembershipOutput(membership, context={"show_emails": True}).data)
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, org_id: int, membership_id: int):
+        """Remove a member from the organization (not an owner)."""
+        user = require_user(request)
+        organization = selectors.organization_get_for_user(user=user, id=org_id, admin=True)
+        services.membership_remove(organization=organization, membership_id=membership_id, by=user,
+                                   ip=client_ip(request))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
 class InvitationListApi(APIView):
     @extend_schema(responses=InvitationOutput(many=True))
     def get(self, request, org_id: int):
@@ -383,8 +409,7 @@ class ApiKeyListCreateApi(APIView):
     def get(self, request, org_id: int):
         organization = selectors.organization_get_for_user(user=request.user, id=org_id, admin=True)
         paginator = Pagination()
-        page = paginator.paginate_queryset(ApiKey.objects.filter(organization=organization).order_by("-id"), request,
-                                           view=self)
+        page = paginator.paginate_queryset(selectors.api_key_list(organization=organization), request, view=self)
         return paginator.get_paginated_response(ApiKeyOutput(page, many=True).data)
 
     @extend_schema(request=Input, responses={201: inline_serializer(

@@ -29,6 +29,8 @@ class OrganizationsError(StrEnum):
     EMAIL_INVALID = "email_invalid"
     EMAIL_DUPLICATED = "email_duplicated"          # the same email (any case) twice in one request
     POSTAL_CODE_INVALID = "postal_code_invalid"
+    MEMBERSHIP_NOT_FOUND = "membership_not_found"
+    OWNER_PROTECTED = "owner_protected"
     # invitations
     INVITATION_NOT_FOUND = "invitation_not_found"
     INVITATION_EXPIRED = "invitation_expired"

@@ -3,6 +3,7 @@ import functools
 import re
 import zoneinfo
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractUser
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -44,9 +45,21 @@ def validate_e164(value: str) -> None:
         raise ValidationError("Enter the number in international form, e.g. +14155550100.", code="invalid_phone")
 
 
+def locale_choices() -> list[tuple[str, str]]:
+    """The locales a member may choose (Django's LANGUAGES: code, name); templates of a kind are
+    picked by the recipient's locale."""
+    return list(settings.LANGUAGES)
+
+
+def validate_locale(value: str) -> None:
+    if value not in dict(settings.LANGUAGES):
+        raise ValidationError(f"Unknown locale: {value!r}.", code="invalid_locale")
+
+
 class User(AbstractUser):
     email = models.EmailField("email address", blank=True, db_index=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
+    locale = models.CharField(max_length=16, default="en", validators=[validate_locale])
     phone = models.CharField(max_length=32, blank=True, validators=[validate_e164],
                              help_text="E.164 (+14155550100): SMS and WhatsApp notifications go here")
     postal_code = models.CharField(max_length=16, blank=True)
@@ -253,6 +266,8 @@ class SecurityEvent(models.Model):
         INVITATION_CREATED = "invitation_created", "Invitation created"
         INVITATION_ACCEPTED = "invitation_accepted", "Invitation accepted"
         INVITATION_REVOKED = "invitation_revoked", "Invitation revoked"
+        ROLE_CHANGED = "role_changed", "Role changed"
+        MEMBERSHIP_REMOVED = "membership_removed", "Member removed"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
     user = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")

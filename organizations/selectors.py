@@ -9,7 +9,8 @@ from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from config.errors import Forbidden, NotFound
-from organizations.models import ApiKey, ApiKeyScope, Invitation, Membership, Organization, User, UserToken
+from organizations.models import (ApiKey, ApiKeyScope, Invitation, Membership, Organization, SlackIntegration, User,
+                                  UserToken)
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,12 @@ def user_token_list(*, user: User) -> QuerySet[UserToken]:
 
 def user_get_by_email(*, email: str) -> User | None:
     return User.objects.filter(email__iexact=email, is_active=True).first()
+
+
+def api_key_list(*, organization: Organization) -> QuerySet[ApiKey]:
+    """Every key of the organization, revoked ones included, newest first."""
+    return ApiKey.objects.filter(organization=organization).order_by("-id")
+
+
+def slack_integration_get(*, organization: Organization) -> SlackIntegration | None:
+    return SlackIntegration.objects.filter(organization=organization).first()

@@ -229,7 +229,7 @@ def user_deactivate(*, user: User, by: User | None = None) -> User:
     return user
 
 
-PROFILE_FIELDS = ("email", "first_name", "last_name", "time_zone", "phone", "postal_code", "slack_user_id")
+PROFILE_FIELDS = ("email", "first_name", "last_name", "time_zone", "locale", "phone", "postal_code", "slack_user_id")
 
 
 @transaction.atomic
@@ -325,6 +325,46 @@ def membership_delete(*, membership: Membership) -> None:
     user_id = membership.user_id
     membership.delete()
     publish.membership_changed(user_id=user_id)
+
+
+def _membership_for_change(*, organization: Organization, membership_id: int) -> Membership:
+    """The member row, locked; another organization's is 404. Owners are made and unmade by a
+    transfer, so an owner's row is not changed or removed here (409 owner_protected)."""
+    membership = (Membership.objects.select_for_update().select_related("user")
+                  .filter(organization=organization, id=membership_id).first())
+    if membership is None:
+        raise NotFound("Member not found.", code=OrganizationsError.MEMBERSHIP_NOT_FOUND)
+    if membership.role == Membership.Role.OWNER:
+        raise Conflict("An owner's membership changes only by a transfer of ownership.",
+                       code=OrganizationsError.OWNER_PROTECTED)
+    return membership
+
+
+@transaction.atomic
+def membership_role_change(*, organization: Organization, membership_id: int, role: str, by: User | None = None,
+                           ip: str | None = None) -> Membership:
+    """Make a member an admin or an admin a member (audited). Owner is not a role one is given."""
+    if role not in (Membership.Role.ADMIN, Membership.Role.MEMBER):
+        raise ApplicationError("The role must be admin or member; owners are made by transfer.",
+                               code=OrganizationsError.INVALID_ROLE, extra={"fields": {"role": ["admin or member"]}})
+    membership = _membership_for_change(organization=organization, membership_id=membership_id)
+    if membership.role != role:
+        before = membership.role
+        membership.role = role
+        membership.save(update_fields=["role"])
+        security_event_record(kind=SecurityEvent.Kind.ROLE_CHANGED, user=by, organization=organization, ip=ip,
+                              detail={"member_id": membership.user_id, "from": before, "to": role})
+    return membership
+
+
+@transaction.atomic
+def membership_remove(*, organization: Organization, membership_id: int, by: User | None = None,
+                      ip: str | None = None) -> None:
+    """Remove a member (audited); their open WebSockets leave the organization on commit."""
+    membership = _membership_for_change(organization=organization, membership_id=membership_id)
+    security_event_record(kind=SecurityEvent.Kind.MEMBERSHIP_REMOVED, user=by, organization=organization, ip=ip,
+                          detail={"member_id": membership.user_id, "role": membership.role})
+    membership_delete(membership=membership)
 
 
 INVITATION_KIND = "hin"

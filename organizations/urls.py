@@ -14,6 +14,8 @@ urlpatterns = [
     path("orgs/<int:org_id>/members/", apis.MembershipListCreateApi.as_view(), name="org-members"),
     path("orgs/<int:org_id>/members/postal-codes", apis.MemberPostalCodesApi.as_view(),
          name="org-member-postal-codes"),
+    path("orgs/<int:org_id>/members/<int:membership_id>", apis.MembershipDetailApi.as_view(),
+         name="org-member-detail"),
     path("orgs/<int:org_id>/invitations/", apis.InvitationListApi.as_view(), name="org-invitations"),
     path("orgs/<int:org_id>/invitations/<int:invitation_id>", apis.InvitationDetailApi.as_view(),
          name="org-invitation-detail"),
