@@ -183,7 +183,7 @@ def test_me_returns_profile(auth_client, user):
     body = response.json()
     assert body["id"] == user.id
     assert body["username"] == user.username
-    assert set(body) == {"id", "username", "email", "first_name", "last_name", "time_zone", "phone",
+    assert set(body) == {"id", "username", "email", "first_name", "last_name", "time_zone", "locale", "phone",
                          "postal_code", "slack_user_id", "date_joined"}
 
 
