@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('organizations', '0005_user_phone_e164'),
+        ('organizations', '0006_membership_postal_code'),
     ]
 
     operations = [
