@@ -26,7 +26,9 @@ ERROR_CODES = {
             # SMS, push, Apprise channels
             "too_many_devices", "invalid_apprise_url", "too_many_apprise_destinations",
             "search_query_empty", "search_query_too_long",
-            "bulk_too_many_rows", "bulk_rows_invalid"],
+            "bulk_too_many_rows", "bulk_rows_invalid",
+            # the send API
+            "channel_not_supported", "too_many_recipients", "invalid_idempotency_key"],
     "401": ["not_authenticated", "authentication_failed", "invalid_token", "token_expired", "token_revoked",
             "invalid_api_key", "revoked_api_key"],
     "403": ["permission_denied", "forbidden", "admin_required", "user_required", "scope_required", "invalid_role",
@@ -34,13 +36,14 @@ ERROR_CODES = {
     "404": ["not_found", "organization_not_found", "api_key_not_found", "token_not_found", "invitation_not_found",
             "tracker_not_found", "notification_not_found", "time_entry_not_found", "comment_not_found",
             "parent_not_found", "template_not_found", "device_not_found",
-            "apprise_destination_not_found"],
+            "apprise_destination_not_found", "send_not_found", "recipient_not_found"],
     "405": ["method_not_allowed"],
     "406": ["not_acceptable"],
     "409": ["conflict", "registration_unavailable", "email_taken", "slug_taken", "membership_exists",
             "invitation_used", "tracker_already_running", "tracker_not_running", "comment_deleted",
-            "idempotency_key_in_use", "template_exists", "device_token_taken"],
+            "idempotency_key_in_use", "template_exists", "device_token_taken", "send_not_cancellable"],
     "410": ["invitation_expired"],
+    "422": ["idempotency_key_reused"],
     "413": ["request_too_large"],
     "415": ["unsupported_media_type"],
     "429": ["rate_limited", "account_locked"],
@@ -99,6 +102,8 @@ class AutoSchema(SpectacularAutoSchema):
             statuses.append("404")  # an unknown or foreign object; a page past the end
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
             statuses += ["404", "409", "413", "415"]  # 404: a body may name an object that is not yours
+        if self.method == "POST" and self.path == "/api/v1/send":
+            statuses.append("422")  # Idempotency-Key reused with another body
         if self.path.endswith("/accept"):
             statuses.append("410")
         if self.path in THROTTLED_ROUTES or self.path.endswith("/stats"):

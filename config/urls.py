@@ -12,6 +12,7 @@ api_v1 = [
     path("", include("trackers.urls")),
     path("", include("notifications.urls")),
     path("", include("notifications.preferences_urls")),
+    path("", include("notifications.send.urls")),
     path("", include("reports.urls")),
 ]
 

@@ -9,7 +9,8 @@ from notifications import services, templating
 from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
 from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, Device, EmailDeferral,
-                                  LogEntry, Notification, NotificationPreference, NotificationTemplate, OutboundEmail)
+                                  IdempotencyKey, LogEntry, Notification, NotificationPreference, NotificationTemplate,
+                                  OutboundEmail, Send, SendDelivery)
 
 
 @admin.register(LogEntry)
@@ -212,3 +213,54 @@ class DeviceAdmin(admin.ModelAdmin):
     @admin.display(description="token")
     def token_hint(self, obj) -> str:
         return f"…{obj.token[-6:]}" if obj.token else ""
+
+
+# --- the send API ---------------------------------------------------------------------------------
+
+@admin.register(Send)
+class SendAdmin(admin.ModelAdmin):
+    """Sends are written by the API; staff read them (and their status rows)."""
+
+    list_display = ("id", "organization", "kind", "priority", "status", "recipients", "created_at", "due_at")
+    list_filter = ("status", "priority")
+    search_fields = ("kind", "organization__name", "ordering_key")
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization", "entry", "created_by", "api_key")
+    ordering = ("-id",)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(SendDelivery)
+class SendDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("send", "user", "channel", "state", "updated_at", "error")
+    list_filter = ("state", "channel")
+    list_select_related = ("user",)
+    raw_id_fields = ("send", "organization", "user", "entry")
+    ordering = ("-id",)
+    show_full_result_count = False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(IdempotencyKey)
+class IdempotencyKeyAdmin(admin.ModelAdmin):
+    list_display = ("organization", "key", "status_code", "created_at", "expires_at")
+    search_fields = ("key",)
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization",)
+    ordering = ("-id",)
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
+        return False

@@ -20,3 +20,12 @@ class NotificationsError(StrEnum):
     TEMPLATE_FORBIDDEN = "template_forbidden"
     TEMPLATE_TOO_LARGE = "template_too_large"
     TEMPLATE_RENDER_ERROR = "template_render_error"
+    # the send API
+    CHANNEL_NOT_SUPPORTED = "channel_not_supported"
+    RECIPIENT_NOT_FOUND = "recipient_not_found"
+    TOO_MANY_RECIPIENTS = "too_many_recipients"
+    SEND_NOT_FOUND = "send_not_found"
+    SEND_NOT_CANCELLABLE = "send_not_cancellable"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"

@@ -40,6 +40,13 @@ class Kind:
     # Private: only the audience hears of it (a reply to your comment, your report is ready);
     # never posted to an organization-wide destination such as its Slack channel or webhooks.
     private: bool = False
+    # Entries of this kind carry a status per recipient x channel (notifications.SendDelivery): the
+    # in-app fan-out and the fence record what became of each and skip what was cancelled.
+    tracked: bool = False
+    # The inbox row's `data` (default: the whole payload).
+    inbox_data: Callable[[EntryView], dict] = lambda e: e.payload
+    # In-app title and body per locale ({locale: (title, body)}); None: one rendering for everyone.
+    localized: Callable[[EntryView], dict[str, tuple[str, str]]] | None = None
 
     def render_line(self, entry: EntryView) -> str:
         return (self.line or self.title)(entry) + f" (#{entry.seq})"
@@ -60,6 +67,26 @@ def _excerpt(entry: EntryView) -> str:
 def _report(entry: EntryView) -> str:
     p = entry.payload
     return f"{p.get('report_kind', 'report')} {p.get('from', '')}–{p.get('to', '')} ({p.get('format', '')})"
+
+
+def message_part(entry: EntryView, channel: str, field_name: str, locale: str | None = None) -> str:
+    """A rendered part of a send ("message" entry): payload["parts"][locale][channel][field], in the
+    given locale, else the send's default locale."""
+    parts = entry.payload.get("parts") or {}
+    chosen = parts.get(locale) if locale else None
+    if chosen is None:
+        chosen = parts.get(entry.payload.get("locale", "")) or next(iter(parts.values()), {})
+    return str(((chosen or {}).get(channel) or {}).get(field_name, ""))
+
+
+def _message_localized(entry: EntryView) -> dict[str, tuple[str, str]]:
+    return {locale: (str((p.get("inapp") or {}).get("title", "")), str((p.get("inapp") or {}).get("body", "")))
+            for locale, p in (entry.payload.get("parts") or {}).items()}
+
+
+def _message_inbox_data(entry: EntryView) -> dict:
+    return {"send_id": entry.payload.get("send_id"), "kind": entry.payload.get("kind"),
+            "data": entry.payload.get("data", {})}
 
 
 KINDS: dict[str, Kind] = {
@@ -101,6 +128,20 @@ KINDS: dict[str, Kind] = {
             line=lambda e: f"Your report {_report(e)} is ready ({e.payload.get('rows', 0)} rows)",
             channels=("inapp", "email"),
             private=True,
+        ),
+        # An API send (POST /api/v1/send): the template's parts rendered per locale, its audience
+        # the recipients; org-wide destinations never get it (only the recipients do).
+        Kind(
+            name="message",
+            category="message",
+            title=lambda e: message_part(e, "inapp", "title") or str(e.payload.get("kind", "Message")),
+            body=lambda e: message_part(e, "inapp", "body"),
+            line=lambda e: message_part(e, "inapp", "title") or str(e.payload.get("kind", "Message")),
+            channels=("inapp", "email"),
+            private=True,
+            tracked=True,
+            inbox_data=_message_inbox_data,
+            localized=_message_localized,
         ),
     ]
 }

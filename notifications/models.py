@@ -371,3 +371,147 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user_id}/{self.platform}/{self.token[:12]}…"
+
+
+# --- the send API ----------------------------------------------------------------------------------
+# A send (POST /api/v1/send) is one entry of kind "message" in the org log (a scheduled send gets
+# its entry when it falls due), plus one SendDelivery row per recipient x channel: the status of
+# each, written set-based, updated by the in-app fan-out and the fence. Owned by notifications.send.
+
+
+class Send(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued (in the log)"
+        SCHEDULED = "scheduled", "Scheduled (or a promotional send held back by a backlog)"
+        SHED = "shed", "Shed (promotional, past the backlog limit)"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Priority(models.TextChoices):
+        TRANSACTIONAL = "transactional", "Transactional"
+        PROMOTIONAL = "promotional", "Promotional"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="sends")
+    kind = models.CharField(max_length=100)  # the template key
+    category = models.CharField(max_length=32, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    # The log entry's payload, templates rendered at acceptance ({send_id, kind, parts, ...}): a
+    # scheduled send publishes it when it falls due.
+    payload = models.JSONField(default=dict, blank=True)
+    channels = ArrayField(models.CharField(max_length=32), default=list)
+    priority = models.CharField(max_length=16, choices=Priority.choices, default=Priority.TRANSACTIONAL)
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED)
+    ordering_key = models.CharField(max_length=128, blank=True)
+    send_at = models.DateTimeField(null=True, blank=True)  # as asked
+    deliver_at_local = models.CharField(max_length=32, blank=True)  # as asked ("HH:MM", optional date)
+    due_at = models.DateTimeField(null=True, blank=True)  # the next time a scheduled part falls due
+    entry = models.ForeignKey(LogEntry, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    recipients = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    api_key = models.ForeignKey("organizations.ApiKey", on_delete=models.SET_NULL, null=True, blank=True,
+                                related_name="+")
+    created_at = models.DateTimeField(db_default=Now())
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=["queued", "scheduled", "shed", "cancelled"]),
+                                   name="send_status_valid"),
+            models.CheckConstraint(condition=Q(priority__in=["transactional", "promotional"]),
+                                   name="send_priority_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["organization", "-id"], name="send_org_recent"),
+            # Beat's dispatcher: scheduled sends by due time.
+            models.Index(fields=["due_at"], condition=Q(status="scheduled"), name="send_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"send {self.pk} {self.kind} ({self.status})"
+
+
+SEND_DELIVERY_STATES = ["queued", "scheduled", "sent", "delivered", "failed", "dead", "suppressed", "deferred",
+                        "shed", "cancelled"]
+
+
+class SendDelivery(models.Model):
+    """The state of one recipient x channel of a send. Unique per (send, user, channel): a replayed
+    request, a retried task or a redelivered message never makes a second one, and the in-app
+    fan-out and the fence move a row out of `queued` once (UPDATE ... WHERE state IN ...)."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        SCHEDULED = "scheduled", "Scheduled"
+        SENT = "sent", "Sent"
+        DELIVERED = "delivered", "Delivered (provider callback)"
+        FAILED = "failed", "Failed (retrying)"
+        DEAD = "dead", "Dead letter"
+        SUPPRESSED = "suppressed", "Suppressed by preference"
+        DEFERRED = "deferred", "Deferred by a cap"
+        SHED = "shed", "Shed under overload"
+        CANCELLED = "cancelled", "Cancelled"
+
+    # States from which a row may still go out; DELETE /send/{id} cancels exactly these.
+    PENDING = ("queued", "scheduled", "deferred", "failed")
+
+    # A send writes one row per recipient x channel (100,000 for a topic send): only `send` is a
+    # database foreign key (its rows go with it); organization, user and entry are checked when the
+    # rows are written (members of the send's organization, its own entry), so the insert does not
+    # pay three foreign-key lookups per row.
+    id = models.BigAutoField(primary_key=True)
+    send = models.ForeignKey(Send, on_delete=models.CASCADE, related_name="deliveries")
+    organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, related_name="+",
+                                     db_constraint=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, related_name="+",
+                             db_constraint=False)
+    channel = models.CharField(max_length=32)
+    locale = models.CharField(max_length=16, default="en")
+    entry = models.ForeignKey(LogEntry, on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
+                              db_constraint=False)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED)
+    due_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())  # when the state last changed
+    sent_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            # Also serves GET /send/{id} (its rows by channel) and the deliveries list.
+            models.UniqueConstraint(fields=["send", "channel", "user"], name="senddelivery_unique"),
+            models.CheckConstraint(condition=Q(state__in=SEND_DELIVERY_STATES), name="senddelivery_state_valid"),
+        ]
+        indexes = [
+            # The fan-out and the fence: the rows of a run's entries for one channel (and user).
+            models.Index(fields=["entry", "channel", "user"], name="senddelivery_entry"),
+            # "Failures of an organization in the last hour".
+            models.Index(fields=["organization", "updated_at"], condition=Q(state__in=["failed", "dead"]),
+                         name="senddelivery_org_failures"),
+            # Beat's dispatcher: scheduled rows by due time.
+            models.Index(fields=["due_at"], condition=Q(state="scheduled"), name="senddelivery_due"),
+        ]
+        verbose_name_plural = "send deliveries"
+
+    def __str__(self) -> str:
+        return f"send {self.send_id} -> {self.user_id}/{self.channel}: {self.state}"
+
+
+class IdempotencyKey(models.Model):
+    """An Idempotency-Key of an organization (Stripe's rules): written in the transaction of the
+    request it answers, so it exists exactly when that request's effects do; replayed for 24 h."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    request_hash = models.CharField(max_length=64)  # sha256 of method, path and canonical body
+    status_code = models.PositiveSmallIntegerField()
+    response = models.JSONField()
+    created_at = models.DateTimeField(db_default=Now())
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["organization", "key"], name="idempotency_unique")]
+        indexes = [models.Index(fields=["expires_at"], name="idempotency_expiry")]
+
+    def __str__(self) -> str:
+        return f"{self.organization_id}:{self.key}"

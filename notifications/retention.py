@@ -39,6 +39,8 @@ class Retained:
 RETAINED: list[Retained] = [
     Retained("notifications.Notification", "created_at"),
     Retained("notifications.Delivery", "created_at", ~Q(status="pending")),
+    # Send API status rows (recipient x channel) that can no longer change.
+    Retained("notifications.SendDelivery", "created_at", ~Q(state__in=["queued", "scheduled", "deferred", "failed"])),
 ]
 
 

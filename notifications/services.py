@@ -9,6 +9,7 @@ from django.db import transaction
 from config.errors import Conflict
 from notifications.channels import registry
 from notifications.channels.base import Run
+from notifications.delivery import status
 from notifications.delivery.streams import DbClock
 from notifications.delivery.kicks import stream_kick
 from notifications.delivery.types import DeliveryFailure, DrainResult, RateLimitedFailure
@@ -113,6 +114,9 @@ def late_delivery_send(*, delivery_id: int) -> DrainResult:
                                                            last_error=f"late send failed: {exc}"[:2000],
                                                            updated_at=DbClock())
             return DrainResult("delivered")
+        # A requeued dead letter that went out: its status rows (dead) say so now.
+        status.run_record(channel=ch.name, recipient_id=ch.recipient_id(target), entries=entries, state="sent",
+                          from_states=("dead",))
         Delivery.objects.filter(pk=delivery.pk).update(status=Delivery.Status.SENT, sent_at=DbClock(),
                                                        provider_ref=ref[:120], attempts=delivery.attempts + 1,
                                                        updated_at=DbClock())

@@ -10,6 +10,8 @@ from django.db import OperationalError
 
 from notifications import email, retention, services
 from notifications.delivery import drain, kicks, sweeper
+from notifications.send import idempotency as send_idempotency
+from notifications.send import services as send_services
 
 logger = logging.getLogger("herald.delivery")
 
@@ -70,3 +72,16 @@ def sweep_email() -> int:
 def archive_notifications() -> dict:
     """Daily: archive and remove notifications and delivery records past the retention."""
     return {a.model: a.rows for a in retention.notifications_archive()}
+
+
+# --- the send API (notifications.send) --------------------------------------------------------
+
+@shared_task(name="notifications.tasks.sweep_due_sends", acks_late=True, time_limit=60)
+def sweep_due_sends() -> int:
+    """Publish scheduled sends that fell due (beat, every SEND_DISPATCH_INTERVAL_SECONDS)."""
+    return send_services.sends_dispatch_due()
+
+
+@shared_task(name="notifications.tasks.sweep_idempotency_keys", acks_late=True, time_limit=300)
+def sweep_idempotency_keys() -> int:
+    return send_idempotency.idempotency_keys_purge()

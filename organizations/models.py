@@ -59,8 +59,8 @@ def validate_locale(value: str) -> None:
 class User(AbstractUser):
     email = models.EmailField("email address", blank=True, db_index=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
-    locale = models.CharField(max_length=16, default="en", validators=[validate_locale])
-    phone = models.CharField(max_length=32, blank=True, validators=[validate_e164],
+    locale = models.CharField(max_length=16, default="en", db_default="en", validators=[validate_locale])
+    phone = models.CharField(max_length=32, blank=True, default="", db_default="", validators=[validate_e164],
                              help_text="E.164 (+14155550100): SMS and WhatsApp notifications go here")
     postal_code = models.CharField(max_length=16, blank=True)
     slack_user_id = models.CharField(max_length=32, blank=True)
@@ -77,7 +77,8 @@ class Organization(models.Model):
     name = models.CharField(max_length=120)
     slug = models.SlugField(max_length=64, unique=True)
     time_zone = models.CharField(max_length=64, default="UTC", validators=[validate_time_zone])
-    locale = models.CharField(max_length=16, default="en", help_text="Default locale of notification templates")
+    locale = models.CharField(max_length=16, default="en", db_default="en",
+                              help_text="Default locale of notification templates")
     # Last per-organization event sequence number handed out (see trackers.services).
     last_event_seq = models.BigIntegerField(default=0)
     last_event_at = models.DateTimeField(null=True, blank=True)
@@ -112,7 +113,7 @@ class Membership(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     # Per organization (set by its admins, e.g. for payroll or tax regions); "" = not set.
     # Normalized by organizations.services.postal_code_normalize; the CHECK is the same rule.
-    postal_code = models.CharField(max_length=POSTAL_CODE_MAX, blank=True, default="")
+    postal_code = models.CharField(max_length=POSTAL_CODE_MAX, blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -443,6 +443,24 @@ CELERY_BEAT_SCHEDULE["notifications.sweep_email"] = {
     "schedule": env_float("EMAIL_SWEEP_INTERVAL_SECONDS", 30.0),
 }
 
+# --- The send API (notifications.send) --------------------------------------------------------
+SEND_IDEMPOTENCY_TTL_SECONDS = env_int("SEND_IDEMPOTENCY_TTL_SECONDS", 24 * 3600)  # Stripe's 24 h per key
+SEND_MAX_SCHEDULE_DAYS = env_int("SEND_MAX_SCHEDULE_DAYS", 366)  # send_at at most this far ahead
+# Priorities: while the organization's log is this many entries ahead of a send's channel streams,
+# promotional sends wait (re-checked every SEND_PROMOTIONAL_HOLD_SECONDS) so transactional ones go
+# first; past SEND_PROMOTIONAL_SHED_BACKLOG they are shed (status "shed", recorded, never silent).
+SEND_PROMOTIONAL_DELAY_BACKLOG = env_int("SEND_PROMOTIONAL_DELAY_BACKLOG", 500)
+SEND_PROMOTIONAL_SHED_BACKLOG = env_int("SEND_PROMOTIONAL_SHED_BACKLOG", 5000)
+SEND_PROMOTIONAL_HOLD_SECONDS = env_float("SEND_PROMOTIONAL_HOLD_SECONDS", 5.0)
+CELERY_BEAT_SCHEDULE["notifications.sweep_due_sends"] = {  # scheduled sends that fell due
+    "task": "notifications.tasks.sweep_due_sends",
+    "schedule": env_float("SEND_DISPATCH_INTERVAL_SECONDS", 5.0),
+}
+CELERY_BEAT_SCHEDULE["notifications.sweep_idempotency_keys"] = {  # expired Idempotency-Keys
+    "task": "notifications.tasks.sweep_idempotency_keys",
+    "schedule": crontab(minute=23),  # hourly
+}
+
 # --- Reports, stats and the activity log (reports/) --------------------------------------------
 REPORT_MAX_RANGE_DAYS = env_int("REPORT_MAX_RANGE_DAYS", 366)  # reports and stats: at most a year
 REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 7)  # report files are deleted after this

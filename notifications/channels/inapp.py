@@ -5,8 +5,11 @@ idempotent), `published` pushes the messages after commit to group org.<id>. Eac
 carries the entry's audience and the members' notification ids; each member's consumer turns
 its own id into `notification.created` and shows members outside the audience only the seq.
 """
+import json
 import logging
 from dataclasses import dataclass
+
+from django.core.serializers.json import DjangoJSONEncoder
 
 from django.db import connection
 from django.utils import timezone
@@ -33,6 +36,36 @@ ON CONFLICT (recipient_id, entry_id) WHERE entry_id IS NOT NULL DO NOTHING
 RETURNING id, recipient_id, seq
 """
 
+# Entries of tracked kinds (API sends): the rows still `queued` for this channel are claimed
+# (-> sent) in the same statement that writes their inbox rows, so a cancelled, suppressed or
+# shed recipient gets nothing, and a cancel that commits first is seen (the UPDATE re-checks the
+# row after waiting for its lock). Title and body in each recipient's locale.
+_TRACKED_SQL = """
+WITH claimed AS (
+    UPDATE notifications_senddelivery d SET state = 'sent', sent_at = now(), updated_at = now()
+    FROM organizations_user u
+    WHERE d.entry_id = ANY(%(ids)s::bigint[]) AND d.channel = %(channel)s AND d.state = 'queued'
+      AND u.id = d.user_id AND u.is_active
+    RETURNING d.entry_id, d.user_id, d.locale
+)
+INSERT INTO notifications_notification
+    (organization_id, recipient_id, entry_id, seq, kind, title, body, data, created_at, read_at)
+SELECT l.organization_id, c.user_id, l.id, l.seq, l.kind, COALESCE(v.title, f.title), COALESCE(v.body, f.body),
+       f.data::jsonb, now(), NULL
+FROM claimed c
+JOIN notifications_logentry l ON l.id = c.entry_id
+JOIN unnest(%(ids)s::bigint[], %(titles)s::text[], %(bodies)s::text[], %(data)s::text[])
+     AS f(entry_id, title, body, data) ON f.entry_id = c.entry_id
+LEFT JOIN unnest(%(v_ids)s::bigint[], %(v_locales)s::text[], %(v_titles)s::text[], %(v_bodies)s::text[])
+     AS v(entry_id, locale, title, body) ON v.entry_id = c.entry_id AND v.locale = c.locale
+ORDER BY l.seq, c.user_id
+ON CONFLICT (recipient_id, entry_id) WHERE entry_id IS NOT NULL DO NOTHING
+RETURNING id, recipient_id, seq
+"""
+
+
+_SEGMENT_COLUMNS = ("ids", "titles", "bodies", "data", "v_ids", "v_locales", "v_titles", "v_bodies")
+
 
 @dataclass
 class Published:
@@ -50,20 +83,33 @@ class InAppChannel(Channel):
         return organization_id
 
     def apply(self, *, organization_id: int, entries: list) -> Published:
-        titles, bodies, inbox = [], [], ([], [], [])
+        titles, bodies, segments = [], [], []
         for entry in entries:
             kind, view = kind_get(entry.kind), entry.view()
             title, body = kind.title(view)[:255], kind.body(view)
             titles.append(title)
             bodies.append(body)
-            if self.name in kind.channels:  # else live only: no inbox row
-                for column, value in zip(inbox, (entry.id, title, body), strict=True):
-                    column.append(value)
+            if self.name not in kind.channels:  # live only: no inbox row
+                continue
+            if not segments or segments[-1][0] != kind.tracked:  # one statement per run of alike entries
+                segments.append((kind.tracked, {k: [] for k in _SEGMENT_COLUMNS}))
+            columns = segments[-1][1]
+            for name, value in (("ids", entry.id), ("titles", title), ("bodies", body)):
+                columns[name].append(value)
+            if kind.tracked:
+                columns["data"].append(json.dumps(kind.inbox_data(view), cls=DjangoJSONEncoder))
+                for locale, (v_title, v_body) in (kind.localized(view) if kind.localized else {}).items():
+                    for name, value in (("v_ids", entry.id), ("v_locales", locale), ("v_titles", v_title[:255]),
+                                        ("v_bodies", v_body)):
+                        columns[name].append(value)
         rows = []
-        if inbox[0]:
-            with connection.cursor() as cursor:
-                cursor.execute(_FANOUT_SQL, list(inbox))
-                rows = cursor.fetchall()
+        with connection.cursor() as cursor:
+            for tracked, columns in segments:  # in seq order, so inbox ids follow the log
+                if tracked:
+                    cursor.execute(_TRACKED_SQL, {**columns, "channel": self.name})
+                else:
+                    cursor.execute(_FANOUT_SQL, [columns["ids"], columns["titles"], columns["bodies"]])
+                rows += cursor.fetchall()
         by_seq: dict[int, dict[str, int]] = {}
         for notification_id, recipient_id, seq in rows:
             by_seq.setdefault(seq, {})[str(recipient_id)] = notification_id

@@ -36,6 +36,7 @@ from notifications.delivery.types import (
     TransientFailure,
     UncertainFailure,
 )
+from notifications.delivery import status
 from notifications.delivery.streams import DbClock, stream_deactivate, stream_ensure
 from notifications.models import Delivery, DeliveryStream, LogEntry
 
@@ -232,10 +233,20 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
             if not entries:  # nothing in its range is for this destination (any more)
                 Delivery.objects.filter(pk=head.pk).delete()
                 return _skip(ch, stream, head.last_seq)
+        # Tracked entries (API sends) whose status row for this destination was cancelled (or is
+        # otherwise not to be sent) leave the run; the rows of the others are locked until the
+        # outcome is recorded.
+        recipient = ch.recipient_id(target)
+        entries = status.run_claim(channel=ch.name, recipient_id=recipient, entries=entries)
+        if not entries:
+            Delivery.objects.filter(pk=head.pk).delete()
+            return _skip(ch, stream, head.last_seq)
         run = Run(organization_id=org_id, destination=destination, delivery_id=head.id, first_seq=head.first_seq,
                   last_seq=head.last_seq, entries=entries, attempt=head.attempts + 1)
         admitted = ch.admit(target, run, now=now, first_attempt=not head.admitted)
         if not admitted.allowed:
+            status.run_record(channel=ch.name, recipient_id=recipient, entries=entries, state="deferred",
+                              error=admitted.reason or "")
             return _defer(ch, stream, head, admitted)
         if not head.admitted:
             Delivery.objects.filter(pk=head.pk).update(admitted=True)
@@ -260,9 +271,13 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
         except PermanentFailure as exc:
             _breaker_record(ch, target, ok=True)  # the provider answered; this destination is what is wrong
             _dead_letter(ch, stream, head, str(exc))
+            status.run_record(channel=ch.name, recipient_id=recipient, entries=entries, state="dead", error=str(exc))
             return DrainResult("delivered", count=0)
         except TransientFailure as exc:
-            return _transient(ch, target, stream, head, exc)
+            result = _transient(ch, target, stream, head, exc)
+            status.run_record(channel=ch.name, recipient_id=recipient, entries=entries,
+                              state="dead" if result.kind == "delivered" else "failed", error=str(exc))
+            return result
         return _sent(ch, target, stream, head, run, ref)
 
 
@@ -274,6 +289,7 @@ def _sent(ch: Channel, target, stream: DeliveryStream, head: Delivery, run: Run,
     _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), head.last_seq), head_attempts=0, head_since=None,
            next_attempt_at=None, last_error="")
     ch.sent(target, run, at=stream.db_now)
+    status.run_record(channel=ch.name, recipient_id=ch.recipient_id(target), entries=run.entries, state="sent")
     if not verified:
         _breaker_record(ch, target, ok=True)
     count = head.last_seq - head.first_seq + 1

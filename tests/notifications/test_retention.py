@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from config.routing import route_task
 from notifications import retention
-from notifications.models import Delivery, DeliveryStream, Notification
+from notifications.models import Delivery, DeliveryStream, Notification, Send, SendDelivery
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
 
 pytestmark = pytest.mark.django_db
@@ -133,3 +133,18 @@ def test_bad_arguments_and_the_schedule(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["notifications.archive_notifications"]
     assert entry["task"] == "notifications.tasks.archive_notifications"
     assert route_task(entry["task"], (), {}, {}) == {"queue": "maintenance"}
+
+
+def test_final_send_statuses_are_archived_and_pending_ones_stay(org_with_members, archive_dir):
+    org, member = org_with_members.org, org_with_members.member
+    send = Send.objects.create(organization=org, kind="welcome")
+    done_row = SendDelivery.objects.create(send=send, organization=org, user=member, channel="inapp", state="sent")
+    waiting = SendDelivery.objects.create(send=send, organization=org, user=member, channel="email",
+                                          state="scheduled")
+    SendDelivery.objects.update(created_at=timezone.now() - timedelta(days=200))
+
+    done = {a.model: a for a in retention.notifications_archive()}
+
+    assert done["notifications.SendDelivery"].rows == 1
+    assert list(SendDelivery.objects.values_list("id", flat=True)) == [waiting.id]
+    assert [row["id"] for row in retention.archive_read(done["notifications.SendDelivery"].files[0])] == [done_row.id]

@@ -88,6 +88,10 @@ SEMANTIC_400 = {
                                                           ("unknown_template", None)],
     # Whitespace or control characters only: nothing left to search once normalized.
     ("GET", "/api/v1/orgs/{org_id}/search"): [("search_query_empty", None), ("search_query_too_long", None)],
+    # A send's kind must name a template, its channels the registry's, an email a member's.
+    ("POST", "/api/v1/send"): [("unknown_template", None), ("unknown_channel", None), ("channel_not_supported", None),
+                               ("validation_error", {"organization", "recipients", "send_at", "deliver_at_local"}),
+                               ("invalid_idempotency_key", None)],
 }
 
 

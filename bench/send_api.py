@@ -1,0 +1,447 @@
+"""Benchmark: the send API (POST /api/v1/send) through the real stack, in-app channel.
+
+Starts Daphne (config.serve, production settings, DEBUG off), the partition workers (one Celery
+worker per org-<k> queue), a default/maintenance worker and beat, on a database of its own
+(herald_bench_send) and its own Redis database. Two scenarios:
+
+- topic: one send to {"topic": "members"} of an organization with --topic-members members (100,000):
+  accept latency, time until the last inbox row and until the last WebSocket client got its
+  notification.created (--ws clients connected as members).
+- sustained: --clients concurrent HTTP clients POST 10-recipient sends (distinct Idempotency-Keys)
+  for --duration seconds across --orgs organizations: sends and in-app notifications accepted per
+  second and per minute, p50/p99 accept latency, time to drain, lost (an accepted send with fewer
+  than 10 inbox rows), duplicates (inbox rows per recipient x entry > 1), status rows not `sent`.
+
+CPU per notification: user+system CPU of every process the bench started (web, workers, beat)
+plus the Postgres backends of its database, sampled before and after, divided by the notifications
+made; Redis' own CPU (INFO cpu of the bench's private redis-server) is printed beside it.
+
+    .venv/bin/python -m config.backing run -- python bench/send_api.py --scenario both --duration 60
+"""
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import Procs, pct, setup_database, wait_http, wait_log  # noqa: E402
+
+
+def bench_env(args, db_url: str, redis_url: str, web_port: int) -> dict:
+    from cryptography.fernet import Fernet
+
+    env = dict(os.environ)
+    base = f"http://127.0.0.1:{web_port}"
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "config.settings.production",
+        "SECRET_KEY": "bench-" + uuid.uuid4().hex,
+        "HERALD_ENCRYPTION_KEYS": os.environ.get("HERALD_ENCRYPTION_KEYS") or Fernet.generate_key().decode(),
+        "HERALD_BASE_URL": base,
+        "WS_ALLOWED_ORIGINS": base,
+        "SECURE_SSL_REDIRECT": "false",  # plain HTTP on loopback
+        "SECURE_COOKIES": "false",
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "console",
+        "ORG_QUEUE_PARTITIONS": str(args.partitions),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "WEB_VERBOSITY": "0",
+        "DB_POOL_MAX_SIZE": str(max(4, args.clients)),
+    })
+    return env
+
+
+# --- seeding (set-based) --------------------------------------------------------------------------
+
+def seed(args) -> dict:
+    from django.db import connection
+
+    from notifications.templating import template_create
+    from organizations.services import api_key_create, user_token_create
+    from organizations.models import Organization, User
+
+    started = time.monotonic()
+    with connection.cursor() as cur:
+        cur.execute("SET synchronous_commit = off")
+        n_orgs = args.orgs + 1  # org 0: the topic organization
+        cur.execute("""INSERT INTO organizations_organization (name, slug, time_zone, locale, last_event_seq,
+                                                              created_at)
+                       SELECT 'Send bench ' || g, 'send-bench-' || g, 'UTC', 'en', 0, now()
+                       FROM generate_series(0, %s - 1) g""", [n_orgs])
+        total_users = args.topic_members + args.orgs * args.members
+        cur.execute("""INSERT INTO organizations_user (password, is_superuser, username, first_name, last_name, email,
+                           is_staff, is_active, date_joined, time_zone, phone, postal_code, slack_user_id)
+                       SELECT '!', false, 'su' || g, '', '', 'su' || g || '@bench.invalid', false, true, now(), 'UTC',
+                              '', '', '' FROM generate_series(0, %s - 1) g""", [total_users])
+        cur.execute("SELECT min(id) FROM organizations_organization")
+        org0 = cur.fetchone()[0]
+        cur.execute("SELECT min(id) FROM organizations_user")
+        user0 = cur.fetchone()[0]
+        cur.execute("""INSERT INTO organizations_membership (organization_id, user_id, role, created_at)
+                       SELECT %(org0)s, %(user0)s + g, CASE WHEN g = 0 THEN 'owner' ELSE 'member' END, now()
+                       FROM generate_series(0, %(n)s - 1) g""",
+                    {"org0": org0, "user0": user0, "n": args.topic_members})
+        cur.execute("""INSERT INTO organizations_membership (organization_id, user_id, role, created_at)
+                       SELECT %(org0)s + 1 + g / %(m)s, %(u)s + g, 'member', now()
+                       FROM generate_series(0, %(n)s - 1) g""",
+                    {"org0": org0, "u": user0 + args.topic_members, "m": args.members, "n": args.orgs * args.members})
+        # Every organization's in-app stream from the start (as organization_create makes it).
+        cur.execute("""INSERT INTO notifications_deliverystream (organization_id, channel, destination, delivered_seq,
+                           head_attempts, last_error, on_dead_letter, held, active, updated_at)
+                       SELECT id, 'inapp', '', 0, 0, '', 'skip', false, true, now()
+                       FROM organizations_organization""")
+    orgs = list(Organization.objects.order_by("id"))
+    keys = {org.id: api_key_create(organization=org, name="bench", created_by=None)[1] for org in orgs}
+    for org in orgs:  # the kinds the scenarios send
+        for kind in ("announcement", "bench"):
+            template_create(organization=org, kind=kind, locale="en", category="transactional",
+                            parts={"inapp": {"title": "{{ title }}", "body": "{{ body }}"}},
+                            variables=["title", "body"])
+    members: dict[int, list[int]] = {}
+    with connection.cursor() as cur:
+        cur.execute("SELECT organization_id, array_agg(user_id ORDER BY user_id) FROM organizations_membership "
+                    "WHERE organization_id <> %s GROUP BY 1", [org0])
+        members = dict(cur.fetchall())
+    ws_users = list(User.objects.filter(memberships__organization_id=org0).order_by("id")[: args.ws])
+    tokens = [(u.pk, user_token_create(user=u)) for u in ws_users]
+    return {"topic_org": org0, "keys": keys, "members": members, "tokens": tokens,
+            "seconds": round(time.monotonic() - started, 1), "users": total_users}
+
+
+# --- CPU accounting -------------------------------------------------------------------------------
+
+def cpu_seconds(procs: Procs, db_name: str) -> float:
+    """CPU (user+system) of the bench's process groups and of its database's backends."""
+    import psutil
+
+    total = 0.0
+    pgids = {p.pid for p in procs.procs.values()}
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) in pgids:
+                t = proc.cpu_times()
+                total += t.user + t.system
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    total += backend_cpu(db_name)
+    return total
+
+
+def backend_cpu(db_name: str) -> float:
+    import psutil
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", [db_name])
+        pids = [row[0] for row in cur.fetchall()]
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def redis_cpu(redis_url: str) -> float:
+    import redis
+
+    info = redis.Redis.from_url(redis_url).info("cpu")
+    return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+
+# --- scenarios ------------------------------------------------------------------------------------
+
+async def listen_all(ws_base: str, tokens, want_kind: str, got: dict, ready: list, stop: asyncio.Event):
+    import websockets
+
+    async def one(user_id: int, token: str):
+        async with websockets.connect(f"{ws_base}/ws/?token={token}", origin=ws_base.replace("ws://", "http://"),
+                                      open_timeout=60, max_queue=None, ping_interval=None, max_size=None) as ws:
+            ready.append(user_id)
+            while not stop.is_set():
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
+                except TimeoutError:
+                    continue
+                msg = json.loads(raw)
+                if msg.get("type") == "notification.created" and msg.get("kind") == want_kind:
+                    got.setdefault(user_id, time.time())
+
+    return [asyncio.create_task(one(u, t)) for u, t in tokens]
+
+
+async def topic_scenario(args, seeded, web: str, ws_base: str) -> dict:
+    import httpx
+    from django.db import connection
+
+    got: dict[int, float] = {}
+    ready: list[int] = []
+    stop = asyncio.Event()
+    tasks = await listen_all(ws_base, seeded["tokens"], "message", got, ready, stop)
+    deadline = time.monotonic() + 60
+    while len(ready) < len(seeded["tokens"]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    org = seeded["topic_org"]
+    async with httpx.AsyncClient(base_url=web, timeout=120) as client:
+        t0 = time.time()
+        response = await client.post("/api/v1/send", headers={"Authorization": f"Bearer {seeded['keys'][org]}"},
+                                     json={"recipients": {"topic": "members"}, "kind": "announcement",
+                                           "data": {"title": "All hands", "body": "Now"}})
+        accepted = time.time()
+    assert response.status_code == 202, response.text
+    send_id = response.json()["id"]
+    inbox_at = None
+    expected = args.topic_members
+    while time.time() - t0 < args.drain_timeout:
+        with connection.cursor() as cur:  # rows are visible when the fan-out commits: poll for that moment
+            cur.execute("SELECT count(*) FROM notifications_notification WHERE organization_id = %s "
+                        "AND kind = 'message'", [org])
+            (count,) = cur.fetchone()
+        if count >= expected:
+            inbox_at = time.time()
+            break
+        await asyncio.sleep(0.2)
+    while len(got) < len(ready) and time.time() - t0 < args.drain_timeout:
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with connection.cursor() as cur:
+        cur.execute("SELECT state, count(*) FROM notifications_senddelivery WHERE send_id = %s GROUP BY 1", [send_id])
+        states = dict(cur.fetchall())
+        cur.execute("SELECT count(*) - count(DISTINCT (recipient_id, entry_id)) FROM notifications_notification "
+                    "WHERE organization_id = %s", [org])
+        dups = cur.fetchone()[0]
+    return {"accept": accepted - t0, "inbox": (inbox_at - t0) if inbox_at else None, "rows": count,
+            "ws_last": (max(got.values()) - t0) if got else None, "ws_got": len(got), "ws": len(ready),
+            "states": states, "duplicates": dups, "notifications": count}
+
+
+async def sustained_scenario(args, seeded, web: str) -> dict:
+    import httpx
+
+    orgs = [o for o in seeded["keys"] if o != seeded["topic_org"]]
+    latencies: list[float] = []
+    accepted: list[int] = []
+    errors: dict[int, int] = {}
+    limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+    async with httpx.AsyncClient(base_url=web, limits=limits, timeout=30) as client:
+        t_end = time.monotonic() + args.duration
+
+        async def drive(worker: int):
+            i = 0
+            while time.monotonic() < t_end:
+                org = orgs[(worker + i * args.clients) % len(orgs)]
+                members = seeded["members"][org]
+                start = (i * 10) % max(1, len(members) - 10)
+                recipients = members[start:start + 10]
+                i += 1
+                sent = time.monotonic()
+                try:
+                    r = await client.post("/api/v1/send", json={"recipients": recipients, "kind": "bench",
+                                                                "data": {"title": f"n{i}", "body": "b"}},
+                                          headers={"Authorization": f"Bearer {seeded['keys'][org]}",
+                                                   "Idempotency-Key": uuid.uuid4().hex})
+                except httpx.HTTPError:
+                    errors[0] = errors.get(0, 0) + 1
+                    continue
+                latencies.append(time.monotonic() - sent)
+                if r.status_code == 202:
+                    accepted.append(r.json()["id"])
+                else:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
+
+        wall0 = time.time()
+        await asyncio.gather(*[drive(w) for w in range(args.clients)])
+        wall1 = time.time()
+    return {"latencies": latencies, "accepted": accepted, "errors": errors, "seconds": wall1 - wall0,
+            "wall0": wall0}
+
+
+def sustained_drain(args, result) -> dict:
+    from django.db import connection
+
+    ids = result["accepted"]
+    t0 = time.time()
+    expected = 10 * len(ids)
+    drained_at = None
+    while time.time() - t0 < args.drain_timeout:
+        with connection.cursor() as cur:
+            cur.execute("SELECT count(*) FROM notifications_senddelivery WHERE send_id = ANY(%s) AND state = 'sent'",
+                        [ids])
+            (done,) = cur.fetchone()
+        if done >= expected:
+            drained_at = time.time()
+            break
+        time.sleep(0.2)
+    with connection.cursor() as cur:
+        cur.execute("""SELECT s.id, count(n.id) FROM notifications_send s
+                       LEFT JOIN notifications_notification n ON n.entry_id = s.entry_id
+                       WHERE s.id = ANY(%s) GROUP BY s.id""", [ids])
+        per_send = dict(cur.fetchall())
+        cur.execute("SELECT count(*) - count(DISTINCT (recipient_id, entry_id)) FROM notifications_notification "
+                    "WHERE kind = 'message'")
+        dups = cur.fetchone()[0]
+        cur.execute("SELECT count(*) FROM notifications_notification "
+                    "WHERE entry_id IN (SELECT entry_id FROM notifications_send WHERE id = ANY(%s))", [ids])
+        (notifications,) = cur.fetchone()
+        cur.execute("SELECT state, count(*) FROM notifications_senddelivery WHERE send_id = ANY(%s) GROUP BY 1", [ids])
+        states = dict(cur.fetchall())
+    lost = sum(1 for i in ids if per_send.get(i, 0) < 10)
+    return {"lost": lost, "duplicates": dups, "notifications": notifications, "states": states,
+            "drained_after": (drained_at - result["wall0"] - result["seconds"]) if drained_at else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", choices=["topic", "sustained", "both"], default="both")
+    ap.add_argument("--topic-members", type=int, default=100_000)
+    ap.add_argument("--ws", type=int, default=20, help="WebSocket clients (members of the topic organization)")
+    ap.add_argument("--orgs", type=int, default=200, help="organizations of the sustained scenario")
+    ap.add_argument("--members", type=int, default=50)
+    ap.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients (sustained)")
+    ap.add_argument("--duration", type=float, default=60)
+    ap.add_argument("--web-processes", type=int, default=2)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--drain-timeout", type=float, default=120)
+    ap.add_argument("--db-name", default="herald_bench_send")
+    ap.add_argument("--shared-redis", action="store_true", help="use REDIS_URL's server (db --redis-db) instead "
+                    "of a private redis-server")
+    ap.add_argument("--redis-db", type=int, default=4)
+    args = ap.parse_args()
+
+    base_db = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald")
+    from tests.support.stack import free_port
+
+    redis_dir = tempfile.mkdtemp(prefix="herald-bench-redis-")
+    if args.shared_redis:
+        base_redis = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        redis_url = base_redis.rsplit("/", 1)[0] + f"/{args.redis_db}"
+        redis_proc = None
+    else:  # a private redis-server: nothing shared is flushed, and its CPU is the bench's alone
+        redis_port = free_port()
+        redis_proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+                                       "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", redis_dir],
+                                      stdout=subprocess.DEVNULL)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    os.environ["REDIS_URL"] = redis_url
+
+    web_port = free_port()
+    env = bench_env(args, setup_database(args, base_db), redis_url, web_port)
+    os.environ.update({k: env[k] for k in ("DJANGO_SETTINGS_MODULE", "SECRET_KEY", "HERALD_ENCRYPTION_KEYS",
+                                           "HERALD_BASE_URL", "SECURE_SSL_REDIRECT")})
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # the bench's own polling reads from its event loop
+    import django
+
+    django.setup()
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    import redis
+    from django.core.management import call_command
+    from django.db import connection
+
+    from notifications.ratelimit import RateLimiter
+
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(redis_url).ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    redis.Redis.from_url(redis_url).flushdb()
+    RateLimiter(redis.Redis.from_url(redis_url)).start_fresh()
+    call_command("migrate", verbosity=0)
+    if args.scenario == "sustained":
+        args.topic_members = max(args.ws, 1)
+    seeded = seed(args)
+    print(f"seeded {seeded['users']} users in {len(seeded['keys'])} orgs in {seeded['seconds']}s", flush=True)
+    connection.close()
+
+    logdir = Path(tempfile.mkdtemp(prefix="herald-bench-send-"))
+    procs = Procs(logdir, env)
+    py = sys.executable
+    web, ws_base = f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{web_port}"
+    report = []
+    try:
+        procs.start("web", [py, "-m", "config.serve", "--port", str(web_port), "--processes",
+                            str(args.web_processes)])
+        procs.start("orgs", [py, "manage.py", "run_partition_workers", "--loglevel", "INFO"])
+        procs.start("worker", [py, "-m", "celery", "-A", "config", "worker", "-Q", "default,maintenance", "-c", "1",
+                               "-n", "default@%h", "--without-gossip", "--without-mingle", "-l", "INFO"])
+        procs.start("beat", [py, "-m", "celery", "-A", "config", "beat", "-l", "WARNING", "--scheduler",
+                             "django_celery_beat.schedulers:DatabaseScheduler"])
+        wait_http(f"{web}/healthz")
+        wait_log(logdir / "orgs.log", "ready", timeout=300)
+        time.sleep(2)
+        if args.scenario in ("topic", "both"):
+            cpu0, r0 = cpu_seconds(procs, args.db_name), redis_cpu(redis_url)
+            topic = asyncio.run(topic_scenario(args, seeded, web, ws_base))
+            cpu = cpu_seconds(procs, args.db_name) - cpu0
+            rcpu = redis_cpu(redis_url) - r0
+            n = max(1, topic["notifications"])
+            report += [
+                f"== topic send to {args.topic_members} members (in-app), {topic['ws']} WebSocket clients ==",
+                f"accept (POST -> 202)     {topic['accept'] * 1000:.0f} ms",
+                f"last inbox row           {_s(topic['inbox'])} after the POST ({topic['rows']} rows)",
+                f"last WebSocket message   {_s(topic['ws_last'])} after the POST "
+                f"({topic['ws_got']} of {topic['ws']} clients got notification.created)",
+                f"status rows              {topic['states']}",
+                f"duplicates               {topic['duplicates']}",
+                f"CPU                      {cpu:.1f} s (web, workers, beat, Postgres backends) = "
+                f"{cpu / n * 1e6:.0f} us per notification; Redis {rcpu:.1f} s (private server)",
+            ]
+            print("\n".join(report[-8:]), flush=True)
+        if args.scenario in ("sustained", "both"):
+            connection.close()
+            cpu0, r0 = cpu_seconds(procs, args.db_name), redis_cpu(redis_url)
+            load = asyncio.run(sustained_scenario(args, seeded, web))
+            drained = sustained_drain(args, load)
+            cpu = cpu_seconds(procs, args.db_name) - cpu0
+            rcpu = redis_cpu(redis_url) - r0
+            sends, secs = len(load["accepted"]), load["seconds"]
+            n = max(1, drained["notifications"])
+            report += [
+                f"== sustained: {args.clients} clients POST 10-recipient sends for {args.duration:.0f} s, "
+                f"{args.orgs} orgs ==",
+                f"sends accepted           {sends} ({sends / secs:.1f}/s); errors {load['errors'] or 0}",
+                f"in-app notifications     {drained['notifications']} ({drained['notifications'] / secs * 60:,.0f}/min"
+                f" offered-and-accepted; target 1,000,000/min)",
+                f"accept latency           p50 {pct(load['latencies'], 50) * 1000:.0f} ms, "
+                f"p99 {pct(load['latencies'], 99) * 1000:.0f} ms",
+                f"drained                  {_s(drained['drained_after'])} after the load ended",
+                f"lost                     {drained['lost']} sends with fewer than 10 inbox rows",
+                f"duplicates               {drained['duplicates']}",
+                f"status rows              {drained['states']}",
+                f"CPU                      {cpu:.1f} s (web, workers, beat, Postgres backends) = "
+                f"{cpu / n * 1e6:.0f} us per notification ({cpu / max(1, sends) * 1e3:.1f} ms per send); "
+                f"Redis {rcpu:.1f} s (private server)",
+            ]
+            print("\n".join(report[-9:]), flush=True)
+    finally:
+        procs.stop_all()
+        if redis_proc is not None:
+            redis_proc.terminate()
+    print()
+    print("\n".join(report))
+    print(f"logs                     {logdir}")
+
+
+def _s(value) -> str:
+    return "n/a" if value is None else f"{value:.2f} s"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Per-recipient status of tracked entries (kinds with `tracked=True`, i.e. API sends) as the fence
+sends them: generic, by (entry, channel, recipient), never by channel name.
+
+- `run_claim`, inside the fence's transaction before a send: the run's tracked entries keep only
+  those whose status row for this channel and recipient may still go out (queued, deferred,
+  failed), and locks those rows, so a cancel that comes meanwhile skips them (they are going out)
+  and one that committed before is seen (the entry is dropped from the run).
+- `run_record`, in the transaction that records the outcome: sent / failed / dead / deferred.
+
+Entries of untracked kinds (tracker events) cost nothing here: no statement runs for a run
+without tracked entries.
+"""
+from django.db import connection
+
+from notifications.kinds import KINDS
+
+CLAIMABLE = ("queued", "deferred", "failed")
+
+_CLAIM_SQL = """
+SELECT entry_id FROM notifications_senddelivery
+WHERE entry_id = ANY(%(entries)s::bigint[]) AND channel = %(channel)s AND state = ANY(%(states)s)
+  AND (%(user)s::bigint IS NULL OR user_id = %(user)s::bigint)
+FOR UPDATE
+"""
+
+_RECORD_SQL = """
+UPDATE notifications_senddelivery
+SET state = %(state)s, updated_at = now(), error = %(error)s,
+    sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END
+WHERE entry_id = ANY(%(entries)s::bigint[]) AND channel = %(channel)s AND state = ANY(%(states)s)
+  AND (%(user)s::bigint IS NULL OR user_id = %(user)s::bigint)
+"""
+
+
+def _tracked(entries: list) -> list[int]:
+    return [e.id for e in entries if (kind := KINDS.get(e.kind)) is not None and kind.tracked]
+
+
+def run_claim(*, channel: str, recipient_id: int | None, entries: list) -> list:
+    """The entries of the run that may go to this destination: every untracked one, and the tracked
+    ones with a status row still to send (rows locked until the outcome is recorded)."""
+    tracked = _tracked(entries)
+    if not tracked:
+        return entries
+    with connection.cursor() as cursor:
+        cursor.execute(_CLAIM_SQL, {"entries": tracked, "channel": channel, "states": list(CLAIMABLE),
+                                    "user": recipient_id})
+        claimable = {row[0] for row in cursor.fetchall()}
+    tracked_ids = set(tracked)
+    return [e for e in entries if e.id not in tracked_ids or e.id in claimable]
+
+
+def run_record(*, channel: str, recipient_id: int | None, entries: list, state: str, error: str = "",
+               from_states: tuple[str, ...] = CLAIMABLE) -> int:
+    """Move the run's status rows for this channel (and recipient) from `from_states` to `state`;
+    returns how many."""
+    tracked = _tracked(entries)
+    if not tracked:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORD_SQL, {"entries": tracked, "channel": channel, "states": list(from_states),
+                                     "user": recipient_id, "state": state, "error": error[:2000]})
+        return cursor.rowcount

@@ -1,0 +1,198 @@
+"""The send API: POST /api/v1/send (Idempotency-Key aware), GET|DELETE /api/v1/send/{id},
+GET /api/v1/send/{id}/deliveries. Callers: an org API key with `notifications:send`, or an owner or
+admin with a user token naming the `organization`."""
+from django.db import transaction
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.api import Pagination, StrictSerializer
+from config.errors import ApplicationError
+from notifications.models import SEND_DELIVERY_STATES, Send
+from notifications.send import idempotency, selectors, services
+from organizations.models import ApiKeyScope
+from organizations.selectors import ApiKeyPrincipal
+
+_SEND_SCOPES = {"GET": ApiKeyScope.NOTIFICATIONS_SEND, "POST": ApiKeyScope.NOTIFICATIONS_SEND,
+                "DELETE": ApiKeyScope.NOTIFICATIONS_SEND}
+
+_RECIPIENTS_SCHEMA = {
+    "oneOf": [
+        {"type": "array", "minItems": 1, "maxItems": services.MAX_RECIPIENTS,
+         "items": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "format": "email"}]},
+         "description": "User ids and/or email addresses of members."},
+        {"type": "object", "properties": {"topic": {"type": "string", "enum": list(services.TOPICS)}},
+         "required": ["topic"], "additionalProperties": False, "description": "Every member of the organization."},
+    ],
+}
+
+
+@extend_schema_field(_RECIPIENTS_SCHEMA)
+class RecipientsField(serializers.Field):
+    """A list of user ids and/or emails, or {"topic": "members"}; checked for shape only (the
+    service resolves and counts them)."""
+
+    default_error_messages = {"invalid": "Expected a list of user ids and/or emails, or an object with a topic."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            if set(data) != {"topic"} or not isinstance(data["topic"], str):
+                self.fail("invalid")
+            return data
+        if not isinstance(data, list):
+            self.fail("invalid")
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+_IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key", OpenApiTypes.STR, location=OpenApiParameter.HEADER, required=False,
+    description="Replays the first answer for 24 h (same body); 422 with another body, 409 while in flight.")
+
+
+class SendCreateApi(APIView):
+    api_key_scopes = _SEND_SCOPES
+
+    class Input(StrictSerializer):
+        organization = serializers.IntegerField(required=False, min_value=1,
+                                                help_text="Required with a user token; an API key's own otherwise.")
+        recipients = RecipientsField()
+        kind = serializers.CharField(max_length=100, help_text="The template key.")
+        data = serializers.DictField(required=False, default=dict)
+        channels = serializers.ListField(child=serializers.CharField(max_length=32), required=False,
+                                         allow_empty=False, max_length=10)
+        priority = serializers.ChoiceField(choices=Send.Priority.values, required=False)
+        send_at = serializers.DateTimeField(required=False)
+        deliver_at_local = serializers.CharField(required=False, max_length=16,
+                                                 help_text="HH:MM or YYYY-MM-DD HH:MM, recipient local time.")
+        ordering_key = serializers.CharField(required=False, max_length=128)
+
+    class Output(serializers.Serializer):
+        id = serializers.IntegerField()
+        status = serializers.ChoiceField(choices=Send.Status.values)
+        recipients = serializers.IntegerField()
+
+    @extend_schema(request=Input, parameters=[_IDEMPOTENCY_HEADER],
+                   responses={202: Output})
+    def post(self, request):
+        data = self.Input(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        principal = request.user
+        if isinstance(principal, ApiKeyPrincipal):
+            organization_id = values.pop("organization", None) or principal.organization_id
+            actor, created_by_id, api_key_id = f"api-key:{principal.api_key.name}", None, principal.api_key.pk
+        else:
+            organization_id = values.pop("organization", None)
+            if organization_id is None:
+                raise ApplicationError("organization is required with a user token.", code="validation_error",
+                                       extra={"fields": {"organization": ["This field is required."]}})
+            actor, created_by_id, api_key_id = principal, principal.pk, None
+        selectors.send_organization_check(principal=principal, organization_id=organization_id)
+        recipients = values.pop("recipients")
+        topic = recipients.get("topic") if isinstance(recipients, dict) else None
+        key = request.headers.get("Idempotency-Key")
+        if key is not None:
+            key = idempotency.idempotency_key_validate(key)
+            fingerprint = idempotency.request_hash(method=request.method, path=request.path, body=request.data)
+        with transaction.atomic():
+            if key is not None:
+                stored = idempotency.idempotency_begin(organization_id=organization_id, key=key,
+                                                       fingerprint=fingerprint)
+                if stored is not None:
+                    return Response(stored.response, status=stored.status_code,
+                                    headers={"Idempotent-Replayed": "true"})
+            send = services.send_create(
+                organization_id=organization_id, recipients=None if topic else recipients, topic=topic,
+                actor=actor, created_by_id=created_by_id, api_key_id=api_key_id, **values)
+            body = self.Output(send).data
+            if key is not None:
+                idempotency.idempotency_store(organization_id=organization_id, key=key, fingerprint=fingerprint,
+                                              status_code=status.HTTP_202_ACCEPTED, response=body)
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class SendOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    organization_id = serializers.IntegerField()
+    kind = serializers.CharField()
+    category = serializers.CharField()
+    status = serializers.ChoiceField(choices=Send.Status.values)
+    priority = serializers.ChoiceField(choices=Send.Priority.values)
+    channels = serializers.ListField(child=serializers.CharField())
+    recipients = serializers.IntegerField()
+    ordering_key = serializers.CharField()
+    send_at = serializers.DateTimeField(allow_null=True)
+    deliver_at_local = serializers.CharField()
+    due_at = serializers.DateTimeField(allow_null=True)
+    seq = serializers.IntegerField(allow_null=True, help_text="The seq of its (latest) log entry.")
+    created_at = serializers.DateTimeField()
+    cancelled_at = serializers.DateTimeField(allow_null=True)
+    counts = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()),
+                                   help_text="{channel: {state: count}}")
+
+
+class SendCancelOutput(serializers.Serializer):
+    send = SendOutput()
+    cancelled = serializers.IntegerField(help_text="Recipient x channel rows cancelled by this call.")
+
+
+class SendDetailApi(APIView):
+    api_key_scopes = _SEND_SCOPES
+
+    @extend_schema(responses=SendOutput)
+    def get(self, request, send_id: int):
+        send = selectors.send_get_for_principal(principal=request.user, id=send_id)
+        return Response(SendOutput({**_send_fields(send), "counts": selectors.send_counts(send=send)}).data)
+
+    @extend_schema(request=None, responses=SendCancelOutput)
+    def delete(self, request, send_id: int):
+        send = selectors.send_get_for_principal(principal=request.user, id=send_id)
+        send, cancelled = services.send_cancel(send=send)
+        return Response({"send": SendOutput({**_send_fields(send), "counts": selectors.send_counts(send=send)}).data,
+                         "cancelled": cancelled})
+
+
+def _send_fields(send: Send) -> dict:
+    fields = {name: getattr(send, name) for name in SendOutput().fields if name not in ("seq", "counts")}
+    fields["seq"] = send.entry.seq if send.entry_id else None
+    return fields
+
+
+class SendDeliveryOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    recipient = serializers.IntegerField(source="user_id")
+    channel = serializers.CharField()
+    state = serializers.ChoiceField(choices=SEND_DELIVERY_STATES)
+    locale = serializers.CharField()
+    seq = serializers.IntegerField(source="entry.seq", allow_null=True, default=None)
+    due_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    sent_at = serializers.DateTimeField(allow_null=True)
+    delivered_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField()
+
+
+class SendDeliveryListApi(APIView):
+    api_key_scopes = _SEND_SCOPES
+
+    @extend_schema(parameters=[
+        OpenApiParameter("channel", OpenApiTypes.STR, description="Only this channel"),
+        OpenApiParameter("state", {"type": "string", "enum": SEND_DELIVERY_STATES}, description="Only this state"),
+    ], responses=SendDeliveryOutput(many=True))
+    def get(self, request, send_id: int):
+        send = selectors.send_get_for_principal(principal=request.user, id=send_id)
+        state = request.query_params.get("state")
+        if state is not None and state not in SEND_DELIVERY_STATES:
+            raise ApplicationError("Unknown state.", code="validation_error",
+                                   extra={"fields": {"state": [f"One of: {', '.join(SEND_DELIVERY_STATES)}."]}})
+        channel = request.query_params.get("channel")
+        paginator = Pagination()
+        rows = selectors.send_delivery_list(send=send, channel=channel, state=state).select_related("entry")
+        page = paginator.paginate_queryset(rows, request, view=self)
+        return paginator.get_paginated_response(SendDeliveryOutput(page, many=True).data)

@@ -1,0 +1,365 @@
+"""The send API's writes: accept a send (one org-log entry of kind "message" plus a status row per
+recipient x channel, all set-based), cancel what has not gone out, dispatch scheduled sends.
+
+A send's entry goes through the same log, fence and channels as every other fact: the in-app
+fan-out and the fence move each status row out of `queued` exactly once (notifications.SendDelivery
+is unique per send x user x channel; channels/inapp.py and delivery/status.py).
+"""
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models.functions import Now
+from django.utils import timezone
+
+from config.errors import ApplicationError, Conflict, NotFound
+from notifications.channels import registry
+from notifications.errors import NotificationsError
+from notifications.kinds import kind_get
+from notifications.models import Send, SendDelivery
+from notifications.publish import publish
+from notifications.send.rendering import send_render
+
+MESSAGE_KIND = "message"
+MAX_RECIPIENTS = 10_000
+TOPICS = ("members",)
+LOCAL_TIME = re.compile(r"^(?:(?P<date>\d{4}-\d{2}-\d{2})[T ])?(?P<time>\d{2}:\d{2})$")
+
+_MEMBERS_SQL = """
+SELECT u.id, lower(u.email), u.time_zone
+FROM organizations_membership m JOIN organizations_user u ON u.id = m.user_id AND u.is_active
+WHERE m.organization_id = %(org)s AND (%(all)s OR m.user_id = ANY(%(ids)s::bigint[])
+                                      OR lower(u.email) = ANY(%(emails)s::text[]))
+ORDER BY u.id
+"""
+
+# One row per recipient x channel. A per-recipient channel (email, sms, push, ...) reaches a member
+# through their stream; a member without an active one (preference off, no address) is
+# `suppressed` at once rather than left queued.
+_ROWS_SQL = """
+INSERT INTO notifications_senddelivery
+    (send_id, organization_id, user_id, channel, locale, entry_id, state, due_at, created_at, updated_at,
+     sent_at, delivered_at, error)
+SELECT %(send)s, %(org)s, r.user_id, c.channel, r.locale, %(entry)s,
+       CASE WHEN c.per_recipient AND NOT EXISTS (
+                SELECT 1 FROM notifications_deliverystream s
+                WHERE s.organization_id = %(org)s AND s.channel = c.channel AND s.destination = r.user_id::text
+                  AND s.active)
+            THEN 'suppressed' ELSE %(state)s END,
+       r.due_at, now(), now(), NULL, NULL,
+       CASE WHEN c.per_recipient AND NOT EXISTS (
+                SELECT 1 FROM notifications_deliverystream s
+                WHERE s.organization_id = %(org)s AND s.channel = c.channel AND s.destination = r.user_id::text
+                  AND s.active)
+            THEN 'no active ' || c.channel || ' destination for this member' ELSE '' END
+FROM unnest(%(users)s::bigint[], %(locales)s::text[], %(due)s::timestamptz[]) AS r(user_id, locale, due_at)
+CROSS JOIN unnest(%(channels)s::text[], %(per_recipient)s::boolean[]) AS c(channel, per_recipient)
+"""
+
+
+# How far the organization's log is ahead of the slowest active stream of the send's channels.
+_BACKLOG_SQL = """
+SELECT COALESCE(max(o.last_event_seq - s.delivered_seq), 0)
+FROM notifications_deliverystream s JOIN organizations_organization o ON o.id = s.organization_id
+WHERE s.organization_id = %s AND s.channel = ANY(%s) AND s.active
+"""
+
+
+def send_backlog(*, organization_id: int, channels: list[str]) -> int:
+    """Log entries not yet through the send's channels for this organization: the backlog a
+    promotional send yields to (one indexed read)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_BACKLOG_SQL, [organization_id, list(channels)])
+        return int(cursor.fetchone()[0])
+
+
+def _promotional_lane(*, organization_id: int, channels: list[str]) -> str | None:
+    """None: go now; "hold": wait (transactional sends go first); "shed": past the limit."""
+    backlog = send_backlog(organization_id=organization_id, channels=channels)
+    if backlog >= settings.SEND_PROMOTIONAL_SHED_BACKLOG:
+        return "shed"
+    if backlog >= settings.SEND_PROMOTIONAL_DELAY_BACKLOG:
+        return "hold"
+    return None
+
+
+@dataclass(frozen=True)
+class Recipient:
+    user_id: int
+    time_zone: str
+    locale: str | None = None  # the recipient's own locale, if known (else the organization's)
+
+
+def _field_error(field: str, message: str, code: str = "validation_error", status: int = 400) -> ApplicationError:
+    return ApplicationError(message, code=code, status=status, extra={"fields": {field: [message]}})
+
+
+def send_recipients_resolve(*, organization_id: int, recipients: list | None, topic: str | None) -> list[Recipient]:
+    """The members a send reaches, in one query. A user id or email that is not an active member of
+    the organization is 404 `recipient_not_found` (another organization's users look the same)."""
+    if topic is not None:
+        if topic not in TOPICS:
+            raise _field_error("recipients", f"Unknown topic {topic!r}; topics: {', '.join(TOPICS)}.")
+        ids, emails = [], []
+    else:
+        if not recipients:
+            raise _field_error("recipients", "At least one recipient is required.")
+        if len(recipients) > MAX_RECIPIENTS:
+            raise _field_error("recipients", f"At most {MAX_RECIPIENTS} recipients per send.",
+                               code=NotificationsError.TOO_MANY_RECIPIENTS)
+        if not all(type(r) is int or (isinstance(r, str) and "@" in r and len(r) <= 254) for r in recipients):
+            raise _field_error("recipients", "Each recipient is a user id (integer) or an email address.")
+        ids = sorted({r for r in recipients if type(r) is int})
+        emails = sorted({r.strip().lower() for r in recipients if isinstance(r, str)})
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMBERS_SQL, {"org": organization_id, "all": topic is not None, "ids": ids, "emails": emails})
+        rows = cursor.fetchall()
+    if topic is None:
+        found_ids = {row[0] for row in rows}
+        found_emails = {row[1] for row in rows}
+        missing = [i for i in ids if i not in found_ids] + [e for e in emails if e not in found_emails]
+        if missing:
+            raise NotFound(f"{len(missing)} recipient(s) are not members of this organization.",
+                           code=NotificationsError.RECIPIENT_NOT_FOUND, extra={"recipients": missing[:100]})
+    if not rows:
+        raise _field_error("recipients", "The topic has no members.")
+    return [Recipient(user_id=row[0], time_zone=row[2] or "UTC") for row in rows]
+
+
+def _channels_validate(channels: list[str] | None, template_channels: tuple[str, ...]) -> list[str]:
+    kind = kind_get(MESSAGE_KIND)
+    chosen = list(channels) if channels else [c for c in template_channels if c in kind.channels] or ["inapp"]
+    if len(set(chosen)) != len(chosen):
+        raise _field_error("channels", "A channel is listed twice.")
+    for name in chosen:
+        try:
+            registry.get(name)
+        except registry.UnknownChannel:
+            raise _field_error("channels", f"Unknown channel {name!r}.", code=NotificationsError.UNKNOWN_CHANNEL)
+        if name not in kind.channels:
+            raise _field_error("channels", f"Sends cannot go to {name!r}; channels: {', '.join(kind.channels)}.",
+                               code=NotificationsError.CHANNEL_NOT_SUPPORTED)
+        if name not in template_channels:
+            raise _field_error("channels", f"The template has no {name!r} part.",
+                               code=NotificationsError.CHANNEL_NOT_SUPPORTED)
+    return chosen
+
+
+def _local_due(value: str, zone: str, now: datetime) -> datetime:
+    """`HH:MM` (the next such time in the zone) or `YYYY-MM-DD HH:MM` in the zone, as UTC. A local
+    time that does not exist (DST gap) moves forward by the gap; an ambiguous one (DST overlap)
+    takes the first occurrence (fold=0)."""
+    match = LOCAL_TIME.match(value)
+    tz = ZoneInfo(zone)
+    at = time.fromisoformat(match["time"])
+    day = date.fromisoformat(match["date"]) if match["date"] else now.astimezone(tz).date()
+    due = datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+    if not match["date"] and due <= now:
+        due = datetime.combine(day + timedelta(days=1), at, tzinfo=tz).astimezone(UTC)
+    return due
+
+
+def deliver_at_local_validate(value: str) -> str:
+    match = LOCAL_TIME.match(value or "")
+    try:
+        if match is None:
+            raise ValueError(value)
+        time.fromisoformat(match["time"])
+        if match["date"]:
+            date.fromisoformat(match["date"])
+    except ValueError:
+        raise _field_error("deliver_at_local", "Expected \"HH:MM\" or \"YYYY-MM-DD HH:MM\" (recipient's local time).")
+    return value
+
+
+def _due_times(recipients: list[Recipient], *, send_at: datetime | None, deliver_at_local: str,
+               now: datetime) -> list[datetime | None]:
+    if send_at is not None:
+        return [send_at if send_at > now else None] * len(recipients)
+    if deliver_at_local:
+        by_zone: dict[str, datetime] = {}
+        out = []
+        for recipient in recipients:
+            if recipient.time_zone not in by_zone:
+                by_zone[recipient.time_zone] = _local_due(deliver_at_local, recipient.time_zone, now)
+            due = by_zone[recipient.time_zone]
+            out.append(due if due > now else None)
+        return out
+    return [None] * len(recipients)
+
+
+@transaction.atomic(savepoint=False)
+def send_create(*, organization_id: int, recipients: list | None, topic: str | None, kind: str, data: dict,
+                channels: list[str] | None = None, priority: str | None = None, send_at: datetime | None = None,
+                deliver_at_local: str = "", ordering_key: str = "", actor=None, created_by_id: int | None = None,
+                api_key_id: int | None = None) -> Send:
+    """Accept a send: resolve the recipients, render the template per locale, write the send, its
+    log entry (unless every recipient is scheduled later) and one status row per recipient x
+    channel, each in one statement. Nothing is half-written: any error rolls it all back."""
+    if send_at is not None and deliver_at_local:
+        raise ApplicationError("Give send_at or deliver_at_local, not both.", code="validation_error",
+                               extra={"fields": {"send_at": ["Not with deliver_at_local."],
+                                                 "deliver_at_local": ["Not with send_at."]}})
+    now = timezone.now()
+    if send_at is not None and send_at > now + timedelta(days=settings.SEND_MAX_SCHEDULE_DAYS):
+        raise _field_error("send_at", f"At most {settings.SEND_MAX_SCHEDULE_DAYS} days ahead.")
+    if deliver_at_local:
+        deliver_at_local_validate(deliver_at_local)
+    people = send_recipients_resolve(organization_id=organization_id, recipients=recipients, topic=topic)
+    rendered = send_render(organization_id=organization_id, kind=kind, locales={p.locale for p in people}, data=data,
+                           channels=channels)
+    people = [replace(p, locale=rendered.locale) if p.locale is None else p for p in people]
+    chosen = _channels_validate(channels, rendered.channels)
+    if priority is None:
+        priority = rendered.priority
+    due = _due_times(people, send_at=send_at, deliver_at_local=deliver_at_local, now=now)
+    lane = None
+    if priority == Send.Priority.PROMOTIONAL and any(d is None for d in due):
+        lane = _promotional_lane(organization_id=organization_id, channels=chosen)
+        if lane == "hold":  # yields: due again after a hold, re-checked by the dispatcher
+            held = now + timedelta(seconds=settings.SEND_PROMOTIONAL_HOLD_SECONDS)
+            due = [d or held for d in due]
+    scheduled = [d for d in due if d is not None]
+    if lane == "shed":
+        return _shed(organization_id=organization_id, kind=kind, category=rendered.category, data=data,
+                     channels=chosen, priority=priority, ordering_key=ordering_key, people=people,
+                     created_by_id=created_by_id, api_key_id=api_key_id)
+    send = Send.objects.create(
+        organization_id=organization_id, kind=kind, category=rendered.category, data=data, channels=chosen,
+        priority=priority, ordering_key=ordering_key, send_at=send_at, deliver_at_local=deliver_at_local,
+        recipients=len(people), created_by_id=created_by_id, api_key_id=api_key_id,
+        status=Send.Status.SCHEDULED if scheduled else Send.Status.QUEUED,
+        due_at=min(scheduled) if scheduled else None)
+    send.payload = {"send_id": send.pk, "kind": kind, "locale": rendered.locale, "parts": rendered.parts,
+                    "data": data, "priority": priority, "category": rendered.category, "ordering_key": ordering_key}
+    now_ids = [p.user_id for p, d in zip(people, due, strict=True) if d is None]
+    entry = None
+    if now_ids:
+        entry = publish(organization_id=organization_id, kind=MESSAGE_KIND, payload=send.payload, actor=actor,
+                        audience=now_ids)
+        send.entry_id = entry.id
+    send.save(update_fields=["payload", "entry"])
+    _rows_insert(send=send, people=people, due=due, entry_id=entry.id if entry else None)
+    return send
+
+
+def _shed(*, people: list[Recipient], **fields) -> Send:
+    """Past the backlog limit a promotional send is not published: it is recorded as shed, with a
+    `shed` row per recipient x channel, and the answer says so."""
+    send = Send.objects.create(status=Send.Status.SHED, recipients=len(people), **fields)
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            INSERT INTO notifications_senddelivery
+                (send_id, organization_id, user_id, channel, locale, state, created_at, updated_at, error)
+            SELECT %(send)s, %(org)s, r.user_id, c.channel, r.locale, 'shed', now(), now(),
+                   'shed: the organization''s backlog is past SEND_PROMOTIONAL_SHED_BACKLOG'
+            FROM unnest(%(users)s::bigint[], %(locales)s::text[]) AS r(user_id, locale)
+            CROSS JOIN unnest(%(channels)s::text[]) AS c(channel)""",
+                       {"send": send.pk, "org": send.organization_id, "users": [p.user_id for p in people],
+                        "locales": [p.locale for p in people], "channels": list(send.channels)})
+    return send
+
+
+def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | None], entry_id: int | None) -> None:
+    """The status rows, in one statement per group of alike rows (queued now / scheduled)."""
+    groups = {"queued": ([], [], []), "scheduled": ([], [], [])}
+    for person, at in zip(people, due, strict=True):
+        users, locales, dues = groups["queued" if at is None else "scheduled"]
+        users.append(person.user_id)
+        locales.append(person.locale)
+        dues.append(at)
+    per_recipient = [registry.get(c).per_recipient for c in send.channels]
+    with connection.cursor() as cursor:
+        for state, (users, locales, dues) in groups.items():
+            if users:
+                cursor.execute(_ROWS_SQL, {"send": send.pk, "org": send.organization_id, "users": users,
+                                           "locales": locales, "due": dues, "channels": list(send.channels),
+                                           "per_recipient": per_recipient, "state": state,
+                                           "entry": entry_id if state == "queued" else None})
+
+
+@transaction.atomic
+def send_cancel(*, send: Send) -> tuple[Send, int]:
+    """Cancel every recipient x channel that has not gone out (queued, scheduled, deferred, failed).
+    Rows a worker is sending right now are locked and skipped: they go out. 409
+    `send_not_cancellable` when nothing was left to cancel."""
+    send = Send.objects.select_for_update().get(pk=send.pk)  # waits for a dispatch in progress
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            UPDATE notifications_senddelivery SET state = 'cancelled', updated_at = now()
+            WHERE id IN (SELECT id FROM notifications_senddelivery
+                         WHERE send_id = %s AND state = ANY(%s) FOR UPDATE SKIP LOCKED)""",
+                       [send.pk, list(SendDelivery.PENDING)])
+        cancelled = cursor.rowcount
+    if cancelled == 0 and send.status != Send.Status.CANCELLED:
+        raise Conflict("Nothing of this send is left to cancel.", code=NotificationsError.SEND_NOT_CANCELLABLE)
+    if cancelled:
+        send.status, send.cancelled_at, send.due_at = Send.Status.CANCELLED, Now(), None
+        send.save(update_fields=["status", "cancelled_at", "due_at"])
+        send.refresh_from_db(fields=["cancelled_at"])
+    return send, cancelled
+
+
+def sends_dispatch_due(*, limit: int = 100) -> int:
+    """Beat: publish the entries of scheduled sends that fell due (one entry per send and due batch,
+    audience = the recipients due). Sends are locked SKIP LOCKED: dispatchers never collide, and a
+    cancel waits for the dispatch of its send."""
+    dispatched = 0
+    with transaction.atomic():
+        sends = list(Send.objects.select_for_update(skip_locked=True)
+                     .filter(status=Send.Status.SCHEDULED, due_at__lte=Now()).order_by("due_at")[:limit])
+        for send in sends:
+            dispatched += _dispatch(send)
+    return dispatched
+
+
+def _dispatch(send: Send) -> int:
+    if send.priority == Send.Priority.PROMOTIONAL:
+        lane = _promotional_lane(organization_id=send.organization_id, channels=list(send.channels))
+        if lane is not None:
+            return _hold_or_shed(send, lane)
+    with connection.cursor() as cursor:
+        cursor.execute("""SELECT DISTINCT user_id FROM notifications_senddelivery
+                          WHERE send_id = %s AND state = 'scheduled' AND due_at <= now() ORDER BY user_id""",
+                       [send.pk])
+        users = [row[0] for row in cursor.fetchall()]
+        if users:
+            entry = publish(organization_id=send.organization_id, kind=MESSAGE_KIND, payload=send.payload,
+                            actor=None, audience=users)
+            cursor.execute("""UPDATE notifications_senddelivery SET state = 'queued', entry_id = %s, updated_at = now()
+                              WHERE send_id = %s AND state = 'scheduled' AND due_at <= now()""", [entry.id, send.pk])
+            send.entry_id = entry.id
+        cursor.execute("SELECT min(due_at) FROM notifications_senddelivery WHERE send_id = %s AND state = 'scheduled'",
+                       [send.pk])
+        (next_due,) = cursor.fetchone()
+    send.due_at = next_due
+    send.status = Send.Status.SCHEDULED if next_due else Send.Status.QUEUED
+    send.save(update_fields=["due_at", "status", "entry"])
+    return len(users)
+
+
+def _hold_or_shed(send: Send, lane: str) -> int:
+    """A due promotional send under backlog: wait another hold, or be shed (recorded)."""
+    with connection.cursor() as cursor:
+        if lane == "shed":
+            cursor.execute("""UPDATE notifications_senddelivery SET state = 'shed', updated_at = now(),
+                                     error = 'shed: the organization''s backlog is past SEND_PROMOTIONAL_SHED_BACKLOG'
+                              WHERE send_id = %s AND state = 'scheduled' AND due_at <= now()""", [send.pk])
+        else:
+            cursor.execute("""UPDATE notifications_senddelivery SET due_at = now() + %s
+                              WHERE send_id = %s AND state = 'scheduled' AND due_at <= now()""",
+                           [timedelta(seconds=settings.SEND_PROMOTIONAL_HOLD_SECONDS), send.pk])
+        cursor.execute("SELECT min(due_at) FROM notifications_senddelivery WHERE send_id = %s AND state = 'scheduled'",
+                       [send.pk])
+        (next_due,) = cursor.fetchone()
+        cursor.execute("SELECT count(*) FROM notifications_senddelivery WHERE send_id = %s AND state <> 'shed'",
+                       [send.pk])
+        (alive,) = cursor.fetchone()
+    send.due_at = next_due
+    if next_due is None:
+        send.status = Send.Status.SHED if not alive else Send.Status.QUEUED
+    send.save(update_fields=["due_at", "status"])
+    return 0
