@@ -86,7 +86,8 @@ def test_profile_updates_never_exceed_the_email_api_rate_and_all_arrive_once(tra
                 assert response.status_code == 200, response.content
             patched = time.monotonic() - started
 
-            wait_for(lambda: len(primary.messages()) >= UPDATES, timeout=UPDATES / (API_PER_MINUTE / 60) + 40,
+            # Generous: the rate and exactly-once are what is asserted, not how fast a loaded box drains.
+            wait_for(lambda: len(primary.messages()) >= UPDATES, timeout=UPDATES / (API_PER_MINUTE / 60) + 120,
                      what=f"{UPDATES} confirmations")
             drained = time.monotonic() - started
             time.sleep(1.5)  # a duplicate would arrive now
