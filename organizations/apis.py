@@ -138,7 +138,9 @@ class PhoneField(serializers.RegexField):
     def __init__(self, **kwargs):
         kwargs.setdefault("max_length", 32)
         kwargs.setdefault("help_text", "E.164, e.g. +14155550100 (spaces, dashes and parentheses are dropped)")
-        super().__init__(self.PATTERN, **kwargs)
+        # A blank value clears the number: the schema's pattern must admit it too.
+        pattern = r"^(?:" + self.PATTERN[1:-2] + r")?\Z" if kwargs.get("allow_blank") else self.PATTERN
+        super().__init__(pattern, **kwargs)
 
     def to_internal_value(self, data):
         value = normalize_phone(super().to_internal_value(data))
