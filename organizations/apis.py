@@ -143,6 +143,8 @@ class PhoneField(serializers.RegexField):
         super().__init__(pattern, **kwargs)
 
     def to_internal_value(self, data):
+        if isinstance(data, str) and self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)  # as typed, before punctuation is dropped
         value = normalize_phone(super().to_internal_value(data))
         try:
             validate_e164(value)
