@@ -28,7 +28,8 @@ ERROR_CODES = {
             "search_query_empty", "search_query_too_long",
             "bulk_too_many_rows", "bulk_rows_invalid",
             # the send API
-            "channel_not_supported", "too_many_recipients", "invalid_idempotency_key"],
+            "channel_not_supported", "too_many_recipients", "invalid_idempotency_key",
+            "sms_too_long", "push_too_large", "whatsapp_too_long"],
     "401": ["not_authenticated", "authentication_failed", "invalid_token", "token_expired", "token_revoked",
             "invalid_api_key", "revoked_api_key"],
     "403": ["permission_denied", "forbidden", "admin_required", "user_required", "scope_required", "invalid_role",

@@ -95,6 +95,11 @@ class DeliveryStream(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="delivery_streams")
     channel = models.CharField(max_length=32)
     destination = models.CharField(max_length=120, blank=True, default="")
+    # Per-recipient channels: the member the destination belongs to (their email, phone, one of
+    # their devices), so "has this member an active destination on this channel" is one indexed
+    # lookup whatever the destination's form. None for organization-wide streams (Slack, inapp).
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
+                             related_name="+")
     delivered_seq = models.BigIntegerField(default=0)
     head_attempts = models.PositiveIntegerField(default=0)
     head_since = models.DateTimeField(null=True, blank=True)
@@ -111,6 +116,11 @@ class DeliveryStream(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["organization", "channel", "destination"], name="stream_unique"),
             models.CheckConstraint(condition=Q(delivered_seq__gte=0), name="stream_seq_nonnegative"),
+        ]
+        indexes = [
+            # The send API's fan-out: which recipients have an active stream on a channel.
+            models.Index(fields=["organization", "channel", "user"], condition=Q(active=True),
+                         name="stream_member_active"),
         ]
 
     def __str__(self) -> str:

@@ -78,7 +78,8 @@ def email_streams_sync(*, user: User, organization_ids: list[int] | None = None)
     for org_id in memberships.values_list("organization_id", flat=True):
         enabled, _ = _effective(explicit, org_id, Channel.EMAIL, PreferenceCategory.TRACKER_EVENT)
         if enabled:
-            stream_ensure(org_id=org_id, channel=Channel.EMAIL, destination=destination, start_at_current=True)
+            stream_ensure(org_id=org_id, channel=Channel.EMAIL, destination=destination, start_at_current=True,
+                          user_id=user.id)
         else:
             # Deactivated, not deleted: a send in flight keeps its rows (no deferred FK failure).
             stream_deactivate(org_id=org_id, channel=Channel.EMAIL, destination=destination)
@@ -101,7 +102,8 @@ def recipient_streams_sync(*, user: User, organization_ids: list[int] | None = N
         for destination, reachable in (destinations or {}).items():
             for org_id in org_ids:
                 if reachable:
-                    stream_ensure(org_id=org_id, channel=channel.name, destination=destination, start_at_current=True)
+                    stream_ensure(org_id=org_id, channel=channel.name, destination=destination,
+                                  start_at_current=True, user_id=user.id)
                 else:
                     stream_deactivate(org_id=org_id, channel=channel.name, destination=destination)
 

@@ -56,6 +56,12 @@ class Channel:
         self.name = name
         self.options = {**self.default_options, **(options or {})}
 
+    @property
+    def no_destination(self) -> str:
+        """Per-recipient channels: why a member without an active stream is suppressed (the error
+        of their status row)."""
+        return f"no active {self.name} destination for this member"
+
     # --- configuration -----------------------------------------------------------------------
     def check(self) -> list[Error]:
         """System-check errors of this channel's configuration."""
@@ -69,6 +75,10 @@ class Channel:
     def retry_seconds(self) -> float:
         """How long a failing head is retried before it becomes a dead letter."""
         return float(self.options.get("retry_seconds", 24 * 3600))
+
+    def validate(self, part: dict) -> None:
+        """The send API's check of a rendered part for this channel (e.g. an SMS over 1,600
+        characters): raise ApplicationError with the channel's code. Default: any part goes."""
 
     # --- destination ------------------------------------------------------------------------
     def target(self, *, organization_id: int, destination: str) -> Any | None:

@@ -115,6 +115,12 @@ class PushChannel(Channel):
                                    extra={"channel": self.name, "size": size, "max": MAX_PAYLOAD_BYTES})
 
     # --- destination ---------------------------------------------------------------------------
+    @property
+    def no_destination(self) -> str:
+        if not self.configured:
+            return "push is not configured (no project id or access token)"
+        return "the member has no registered device (POST /api/v1/me/devices)"
+
     def member_destinations(self, user) -> dict[str, bool]:
         if not self.configured:
             return {}
@@ -208,7 +214,8 @@ def _streams_ensure(*, channel: PushChannel, device: Device) -> None:
     if not channel.configured:
         return
     for org_id in Membership.objects.filter(user_id=device.user_id).values_list("organization_id", flat=True):
-        stream_ensure(org_id=org_id, channel=channel.name, destination=str(device.id), start_at_current=True)
+        stream_ensure(org_id=org_id, channel=channel.name, destination=str(device.id), start_at_current=True,
+                      user_id=device.user_id)
 
 
 def _streams_deactivate(*, channel_name: str, device_id: int) -> None:

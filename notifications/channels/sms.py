@@ -128,6 +128,12 @@ class SmsChannel(Channel):
                                                                       "length": len(text), "max": MAX_BODY})
 
     # --- destination ---------------------------------------------------------------------------
+    @property
+    def no_destination(self) -> str:
+        if not self.providers():
+            return "sms is not configured (no provider account)"
+        return "the member has no phone number (PATCH /api/v1/me phone)"
+
     def member_destinations(self, user) -> dict[str, bool]:
         return {str(user.id): bool(E164.match(user.phone or "")) and bool(self.providers())}
 

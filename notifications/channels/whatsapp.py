@@ -85,6 +85,12 @@ class WhatsAppChannel(Channel):
                                    extra={"channel": self.name, "field": "text", "length": len(text), "max": MAX_BODY})
 
     # --- destination ---------------------------------------------------------------------------
+    @property
+    def no_destination(self) -> str:
+        if not self.configured:
+            return "whatsapp is not configured (no phone number id or access token)"
+        return "the member has no phone number (PATCH /api/v1/me phone)"
+
     def member_destinations(self, user) -> dict[str, bool]:
         return {str(user.id): bool(E164.match(user.phone or "")) and self.configured}
 

@@ -3,7 +3,8 @@ sends them: generic, by (entry, channel, recipient), never by channel name.
 
 - `run_claim`, inside the fence's transaction before a send: the run's tracked entries keep only
   those whose status row for this channel and recipient may still go out (queued, deferred,
-  failed), and locks those rows, so a cancel that comes meanwhile skips them (they are going out)
+  failed; or went out already to another of the recipient's destinations: push devices), and locks
+  those rows, so a cancel that comes meanwhile skips them (they are going out)
   and one that committed before is seen (the entry is dropped from the run).
 - `run_record`, in the transaction that records the outcome: sent / failed / dead / deferred.
 
@@ -15,6 +16,10 @@ from django.db import connection
 from notifications.kinds import KINDS
 
 CLAIMABLE = ("queued", "deferred", "failed")
+# A member may have several destinations on one channel (push: one stream per device) and one status
+# row for them all: a row another of their devices already sent (or the provider delivered) does not
+# take the entry out of this device's run. Recording never moves such a row back (from_states).
+_ALSO_CLAIMED = ("sent", "delivered")
 
 _CLAIM_SQL = """
 SELECT entry_id FROM notifications_senddelivery
@@ -43,7 +48,7 @@ def run_claim(*, channel: str, recipient_id: int | None, entries: list) -> list:
     if not tracked:
         return entries
     with connection.cursor() as cursor:
-        cursor.execute(_CLAIM_SQL, {"entries": tracked, "channel": channel, "states": list(CLAIMABLE),
+        cursor.execute(_CLAIM_SQL, {"entries": tracked, "channel": channel, "states": [*CLAIMABLE, *_ALSO_CLAIMED],
                                     "user": recipient_id})
         claimable = {row[0] for row in cursor.fetchall()}
     tracked_ids = set(tracked)

@@ -90,6 +90,7 @@ SEMANTIC_400 = {
     ("GET", "/api/v1/orgs/{org_id}/search"): [("search_query_empty", None), ("search_query_too_long", None)],
     # A send's kind must name a template, its channels the registry's, an email a member's.
     ("POST", "/api/v1/send"): [("unknown_template", None), ("unknown_channel", None), ("channel_not_supported", None),
+                               ("sms_too_long", None), ("push_too_large", None), ("whatsapp_too_long", None),
                                ("validation_error", {"organization", "recipients", "send_at", "deliver_at_local"}),
                                ("invalid_idempotency_key", None)],
 }
