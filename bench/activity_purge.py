@@ -9,12 +9,14 @@ retention. Prints writer latency p50/p95/p99/max for both phases, the purge time
 removed; the target is a purge-phase p99 within 20 % of idle.
 
 On a shared machine a 15 s idle window and the purge that follows it see different neighbours, so
-their p99s differ by more than 20 % with no purge at all. `--interleave` (the default) therefore
-measures A/B/A/B: before each day's DETACH + DROP the writers run `--idle-window` seconds alone,
-then that one day is dropped (`activity_purge(keep_days=...)`, which drops the oldest day); the
-p99 over every drop window is compared with the p99 over the idle windows right next to them, so
-slow changes in the box's load fall on both sides. A drop window is the drop itself (stricter than
-the whole job, whose pauses are idle). `--no-interleave` runs the one-shot purge of the default job.
+their p99s differ by more than 20 % with no purge at all. Both modes therefore put idle time on both
+sides of what they measure, so slow changes in the box's load fall on both sides:
+- `--mode job` (default): the daily job as beat runs it (`activity_purge()`, one day at a time with
+  ACTIVITY_PURGE_PAUSE_SECONDS between days) with an idle window as long as `--idle-seconds` before
+  AND after it (A/B/A); the writes that overlap the job are compared with those of both windows.
+- `--mode interleave` (stricter): before each day's DETACH + DROP the writers run `--idle-window`
+  seconds alone, then only that day is dropped (`activity_purge(keep_days=...)`); the p99 over the
+  drop statements themselves is compared with the p99 over the idle windows next to them.
 
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/activity_purge.py
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/activity_purge.py --rows 2000000 --days 4
@@ -94,8 +96,8 @@ def main() -> int:
     ap.add_argument("--pause", type=float, default=None, help="seconds between dropped days "
                     "(default ACTIVITY_PURGE_PAUSE_SECONDS)")
     ap.add_argument("--db-name", default="herald_bench_activity")
-    ap.add_argument("--interleave", action=argparse.BooleanOptionalAction, default=True,
-                    help="idle window, drop one day, idle window, drop the next ... (default)")
+    ap.add_argument("--mode", choices=["job", "interleave"], default="job",
+                    help="job: idle / the daily job / idle; interleave: idle / drop one day / idle / ...")
     ap.add_argument("--idle-window", type=float, default=3.0, help="seconds of writers alone before each drop")
     args = ap.parse_args()
     db_url = setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
@@ -142,7 +144,7 @@ def main() -> int:
     watch.start()
     idle_windows, drop_windows, dropped = [], [], []
     purge_from = time.monotonic()
-    if args.interleave:
+    if args.mode == "interleave":
         idle_windows.append((idle_from, purge_from))
         for n in range(args.days):
             if n:
@@ -159,6 +161,9 @@ def main() -> int:
         idle_windows.append((idle_from, purge_from))
         drop_windows.append((purge_from, time.monotonic()))
     purge_to = time.monotonic()
+    if args.mode == "job":
+        time.sleep(args.idle_seconds)
+        idle_windows.append((purge_to, time.monotonic()))
     watch.stop_event.set()
     watch.join()
     time.sleep(1)
@@ -174,11 +179,13 @@ def main() -> int:
     idle, during = within(idle_windows), within(drop_windows)
     print(f"writers: {args.writers} x {args.rate:.0f} inserts/s, one autocommit INSERT each (the middleware's)")
     mode = (f"interleaved: {len(idle_windows)} idle windows of ~{args.idle_window:.0f} s next to "
-            f"{len(drop_windows)} one-day drops" if args.interleave else "one-shot purge after one idle window")
+            f"{len(drop_windows)} one-day drops" if args.mode == "interleave" else
+            f"the daily job between two idle windows of {args.idle_seconds:.0f} s")
     print(f"mode   : {mode}")
     print(f"idle   : {summary(idle)}")
     print(f"purge  : {summary(during)}")
-    print(f"after  : {summary([lat for t0, lat in samples if t0 >= purge_to])}")
+    if args.mode == "interleave":
+        print(f"after  : {summary([lat for t0, lat in samples if t0 >= purge_to])}")
     print(f"purge took {purge_to - purge_from:.2f} s, dropped {len(dropped)} partitions "
           f"({per_day * len(dropped):,} rows); drops alone {sum(b - a for a, b in drop_windows):.2f} s")
     print(f"lock waits seen during the purge (type, relation, mode: samples): {watch.seen or 'none'}")
