@@ -40,6 +40,8 @@ CATEGORIES: dict[str, Category] = {
         # The categories of the built-in log kinds (notifications.kinds).
         Category("tracker_event", "Tracker starts and stops"),
         Category("profile_updated", "Profile change confirmations", transactional=True),
+        Category("comment_reply", "Replies to your comments"),
+        Category("report", "Your reports are ready"),
     ]
 }
 CATEGORY_NAMES: tuple[str, ...] = tuple(CATEGORIES)

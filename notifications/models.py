@@ -153,6 +153,10 @@ class Delivery(models.Model):
     verify_first = models.BooleanField(default=False)
     # The channel admitted it (e.g. counted it against the recipient's daily cap): never again.
     admitted = models.BooleanField(default=False)
+    # The seqs of the range this destination gets, decided when the record was made (kind, audience
+    # and the member's preferences then): every attempt carries the same entries even if a
+    # preference changes meanwhile. NULL: decided from the entries alone (older records).
+    seqs = ArrayField(models.BigIntegerField(), null=True, blank=True)
     updated_at = models.DateTimeField(db_default=Now())
 
     class Meta:
@@ -182,14 +186,15 @@ class PreferenceCategory(models.TextChoices):
 
 class NotificationPreference(models.Model):
     """A member's explicit choice for one (channel, category), per organization or, with
-    organization NULL, for every organization. No row means the category's default
-    (notifications.preferences.DEFAULTS: tracker emails are off)."""
+    organization NULL, for every organization. No row means the organization's default
+    (OrganizationPreference), else the built-in one (notifications.policy.BUILTIN_OFF: tracker
+    emails are off, everything else on)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="preferences")
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, null=True, blank=True,
                                      related_name="+")
     channel = models.CharField(max_length=32)
-    category = models.CharField(max_length=32, choices=PreferenceCategory.choices)
+    category = models.CharField(max_length=32)  # one of notifications.categories (a CHECK)
     enabled = models.BooleanField()
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -199,13 +204,57 @@ class NotificationPreference(models.Model):
                                     condition=Q(organization__isnull=False), name="preference_unique_org"),
             models.UniqueConstraint(fields=["user", "channel", "category"],
                                     condition=Q(organization__isnull=True), name="preference_unique_global"),
-            models.CheckConstraint(condition=Q(category__in=["tracker_event", "profile_updated"]),
-                                   name="preference_category_valid"),
+            models.CheckConstraint(condition=Q(category__in=list(CATEGORY_NAMES)), name="preference_category_valid"),
         ]
 
     def __str__(self) -> str:
         scope = self.organization_id or "all"
         return f"{self.user_id}/{scope}/{self.channel}/{self.category}={'on' if self.enabled else 'off'}"
+
+
+class OrganizationPreference(models.Model):
+    """An organization's default for one (channel, category), set by its owners and admins: what
+    its members get unless they chose otherwise (notifications.policy resolves the order)."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    channel = models.CharField(max_length=32)
+    category = models.CharField(max_length=32)
+    enabled = models.BooleanField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "channel", "category"], name="orgpreference_unique"),
+            models.CheckConstraint(condition=Q(category__in=list(CATEGORY_NAMES)), name="orgpreference_category_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"org {self.organization_id}/{self.channel}/{self.category}={'on' if self.enabled else 'off'}"
+
+
+class MemberNotificationSettings(models.Model):
+    """A member's quiet hours (local times in User.time_zone; start > end wraps midnight; both NULL:
+    none) and their own per-channel daily caps ({channel: n}, bounded by HERALD_DAILY_CAP_MAX)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True,
+                                related_name="notification_settings")
+    quiet_hours_start = models.TimeField(null=True, blank=True)
+    quiet_hours_end = models.TimeField(null=True, blank=True)
+    daily_caps = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(quiet_hours_start__isnull=True, quiet_hours_end__isnull=True)
+                           | (Q(quiet_hours_start__isnull=False, quiet_hours_end__isnull=False)
+                              & ~Q(quiet_hours_start=models.F("quiet_hours_end")))),
+                name="membersettings_quiet_hours_valid"),
+        ]
+        verbose_name_plural = "member notification settings"
+
+    def __str__(self) -> str:
+        return f"{self.user_id}: quiet {self.quiet_hours_start}-{self.quiet_hours_end}, caps {self.daily_caps}"
 
 
 class OutboundEmail(models.Model):
@@ -260,7 +309,7 @@ class EmailDeferral(models.Model):
         RECIPIENT_DAILY_LIMIT = "recipient_daily_limit", "Recipient daily limit"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    category = models.CharField(max_length=32, choices=PreferenceCategory.choices)
+    category = models.CharField(max_length=32)  # the category of the run's first entry
     reason = models.CharField(max_length=32, choices=Reason.choices, default=Reason.RECIPIENT_DAILY_LIMIT)
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     outbound = models.ForeignKey(OutboundEmail, on_delete=models.CASCADE, null=True, blank=True, related_name="+")

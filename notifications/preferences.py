@@ -1,27 +1,44 @@
-"""Member notification preferences: who gets which emails.
+"""Member notification preferences: what a member receives, per category x channel.
 
 A preference is set per organization or, with organization None, for all of the member's
-organizations; an organization's own setting wins over the global one, which wins over the
-default. Tracker-event emails are off by default. Profile change confirmations protect the
-account and are always sent (locked). For tracker emails, the member's email DeliveryStream
-exists exactly while the effective preference is on: enabling creates it at the organization's
-current seq (no replay of history), disabling deletes it.
+organizations; an organization's owners and admins set its defaults for its members
+(OrganizationPreference). The order, transactional categories (locked on) and the built-in
+defaults are notifications.policy's. Quiet hours and per-channel daily caps are the member's
+MemberNotificationSettings.
+
+Email is opt-in, as tracker emails always were: the member's email DeliveryStream in an
+organization exists while at least one email category is on there by a choice (theirs or the
+organization's default); enabling creates it at the organization's current seq (no replay of
+history), disabling the last one deactivates it. Which entries the stream then carries is
+decided per category (the fence asks notifications.policy).
 """
 from dataclasses import dataclass
+from datetime import time
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 
 from config.errors import ApplicationError, NotFound
+from notifications import policy
+from notifications.categories import CATEGORIES, CATEGORY_NAMES
 from notifications.channels import registry
-from notifications.models import Channel, NotificationPreference, PreferenceCategory
+from notifications.models import (
+    Channel,
+    MemberNotificationSettings,
+    NotificationPreference,
+    OrganizationPreference,
+    PreferenceCategory,
+)
 from notifications.delivery.streams import stream_deactivate, stream_ensure
 from organizations.models import Membership, Organization, User
 
+# The first rows of GET /me/preferences ("preferences"), as they always were: email x these two.
 DEFAULTS: dict[tuple[str, str], bool] = {
     (Channel.EMAIL, PreferenceCategory.TRACKER_EVENT): False,
     (Channel.EMAIL, PreferenceCategory.PROFILE_UPDATED): True,
 }
 LOCKED = {(Channel.EMAIL, PreferenceCategory.PROFILE_UPDATED)}
+CHOSEN = ("organization", "global", "organization_default")  # sources that are someone's choice
 
 
 @dataclass(frozen=True)
@@ -30,54 +47,78 @@ class EffectivePreference:
     channel: str
     category: str
     enabled: bool
-    source: str  # default | global | organization | required
+    source: str  # default | organization_default | global | organization | required
     locked: bool
 
 
-def _effective(explicit: dict, organization_id: int | None, channel: str, category: str) -> tuple[bool, str]:
-    if (channel, category) in LOCKED:
-        return True, "required"
-    if organization_id is not None and (organization_id, channel, category) in explicit:
-        return explicit[(organization_id, channel, category)], "organization"
-    if (None, channel, category) in explicit:
-        return explicit[(None, channel, category)], "global"
-    return DEFAULTS[(channel, category)], "default"
+def preference_channels() -> list[str]:
+    """The channels a member has preferences for: in-app and every per-recipient channel."""
+    names = [c.name for c in registry.all_channels() if c.per_recipient]
+    return ["inapp", *[n for n in names if n != "inapp"]]
 
 
-def preference_list(*, user: User) -> list[EffectivePreference]:
-    """Every (channel, category), globally and for each of the user's organizations (two queries)."""
-    org_ids = list(Membership.objects.filter(user=user).order_by("organization_id")
-                   .values_list("organization_id", flat=True))
-    explicit = {(p.organization_id, p.channel, p.category): p.enabled
-                for p in NotificationPreference.objects.filter(user=user)}
+def _choices(*, user: User, organization_ids: list[int], channel: str | None = None) -> policy.Choices:
+    mine = NotificationPreference.objects.filter(user=user)
+    defaults = OrganizationPreference.objects.filter(organization_id__in=organization_ids)
+    if channel is not None:
+        mine, defaults = mine.filter(channel=channel), defaults.filter(channel=channel)
+    return policy.Choices(
+        member={(p.organization_id, p.channel, p.category): p.enabled for p in mine},
+        organization={(p.organization_id, p.channel, p.category): p.enabled for p in defaults})
+
+
+def _org_ids(user: User) -> list[int]:
+    return list(Membership.objects.filter(user=user).order_by("organization_id")
+                .values_list("organization_id", flat=True))
+
+
+def _rows(choices: policy.Choices, pairs, org_ids: list[int]) -> list[EffectivePreference]:
     result = []
-    for channel, category in DEFAULTS:
+    for channel, category in pairs:
         for org_id in [None, *org_ids]:
-            enabled, source = _effective(explicit, org_id, channel, category)
-            result.append(EffectivePreference(org_id, channel, category, enabled, source,
-                                              (channel, category) in LOCKED))
+            enabled, source = policy.resolve(choices, org_id, channel, category)
+            result.append(EffectivePreference(org_id, channel, category, enabled, source, policy.is_locked(category)))
     return result
 
 
+def preference_list(*, user: User) -> list[EffectivePreference]:
+    """The email rows GET /me/preferences always listed (tracker events, profile confirmations),
+    globally and for each of the user's organizations (three queries)."""
+    org_ids = _org_ids(user)
+    return _rows(_choices(user=user, organization_ids=org_ids), DEFAULTS, org_ids)
+
+
+def preference_matrix(*, user: User) -> list[EffectivePreference]:
+    """Every category x channel, globally and for each of the user's organizations (three queries)."""
+    org_ids = _org_ids(user)
+    pairs = [(channel, category) for channel in preference_channels() for category in CATEGORY_NAMES]
+    return _rows(_choices(user=user, organization_ids=org_ids), pairs, org_ids)
+
+
 def preference_enabled(*, user: User, organization_id: int | None, channel: str, category: str) -> bool:
-    explicit = {(p.organization_id, p.channel, p.category): p.enabled
-                for p in NotificationPreference.objects.filter(user=user, channel=channel, category=category)}
-    return _effective(explicit, organization_id, channel, category)[0]
+    choices = _choices(user=user, organization_ids=[organization_id] if organization_id else [], channel=channel)
+    return policy.resolve(choices, organization_id, channel, category)[0]
+
+
+def _email_chosen(choices: policy.Choices, org_id: int) -> bool:
+    return any(policy.resolve(choices, org_id, Channel.EMAIL, category) in ((True, s) for s in CHOSEN)
+               for category in CATEGORY_NAMES if not policy.is_locked(category))
 
 
 def email_streams_sync(*, user: User, organization_ids: list[int] | None = None) -> None:
-    """Make the member's tracker email streams match the effective preference: one per organization
-    where it is on, none where it is off. Call after a preference or a membership changes."""
+    """Make the member's email streams match their preferences: one per organization where an
+    email category is on by a choice (theirs or the organization's default), none elsewhere. Call
+    after a preference, an organization default or a membership changes."""
     memberships = Membership.objects.filter(user=user)
     if organization_ids is not None:
         memberships = memberships.filter(organization_id__in=organization_ids)
-    explicit = {(p.organization_id, p.channel, p.category): p.enabled
-                for p in NotificationPreference.objects.filter(user=user, channel=Channel.EMAIL,
-                                                               category=PreferenceCategory.TRACKER_EVENT)}
+    org_ids = list(memberships.values_list("organization_id", flat=True))
+    if not org_ids:
+        return
+    choices = _choices(user=user, organization_ids=org_ids, channel=Channel.EMAIL)
     destination = str(user.id)
-    for org_id in memberships.values_list("organization_id", flat=True):
-        enabled, _ = _effective(explicit, org_id, Channel.EMAIL, PreferenceCategory.TRACKER_EVENT)
-        if enabled:
+    for org_id in org_ids:
+        if _email_chosen(choices, org_id):
             stream_ensure(org_id=org_id, channel=Channel.EMAIL, destination=destination, start_at_current=True,
                           user_id=user.id)
         else:
@@ -108,16 +149,22 @@ def recipient_streams_sync(*, user: User, organization_ids: list[int] | None = N
                     stream_deactivate(org_id=org_id, channel=channel.name, destination=destination)
 
 
+def _pair_validate(channel: str, category: str) -> None:
+    if channel not in preference_channels() or category not in CATEGORIES:
+        raise ApplicationError("There is no such preference.", code="unknown_preference",
+                               extra={"channel": channel, "category": category})
+    if policy.is_locked(category):
+        label = CATEGORIES[category].label
+        raise ApplicationError(f"{label} are always sent: a transactional category cannot be turned off.",
+                               code="preference_locked", extra={"channel": channel, "category": category})
+
+
 @transaction.atomic
 def preference_set(*, user: User, organization: Organization | None = None, channel: str = Channel.EMAIL,
                    category: str = PreferenceCategory.TRACKER_EVENT, enabled: bool) -> NotificationPreference:
-    """Record the member's choice; for tracker emails, create or remove the email streams it implies."""
-    if (channel, category) not in DEFAULTS:
-        raise ApplicationError("There is no such preference.", code="unknown_preference",
-                               extra={"channel": channel, "category": category})
-    if (channel, category) in LOCKED:
-        raise ApplicationError("This email is always sent: it confirms changes to your account.",
-                               code="preference_locked", extra={"channel": channel, "category": category})
+    """Record the member's choice for one category x channel (for one organization, or all); for
+    email, create or deactivate the email streams it implies."""
+    _pair_validate(channel, category)
     if organization is not None and not Membership.objects.filter(user=user, organization=organization).exists():
         raise NotFound("Organization not found.", code="organization_not_found")
     lookup = {"user": user, "organization": organization, "channel": channel, "category": category}
@@ -128,6 +175,94 @@ def preference_set(*, user: User, organization: Organization | None = None, chan
         preference = NotificationPreference.objects.select_for_update().get(**lookup)
         preference.enabled = enabled
         preference.save(update_fields=["enabled", "updated_at"])
-    if (channel, category) == (Channel.EMAIL, PreferenceCategory.TRACKER_EVENT):
+    if channel == Channel.EMAIL:
         email_streams_sync(user=user, organization_ids=[organization.id] if organization else None)
     return preference
+
+
+# --- organization defaults (owners and admins) ------------------------------------------------------
+
+def organization_preference_list(*, organization: Organization) -> list[EffectivePreference]:
+    """Every category x channel as the organization's members get it by default (one query)."""
+    choices = policy.Choices(member={}, organization={
+        (p.organization_id, p.channel, p.category): p.enabled
+        for p in OrganizationPreference.objects.filter(organization=organization)})
+    result = []
+    for channel in preference_channels():
+        for category in CATEGORY_NAMES:
+            enabled, source = policy.resolve(choices, organization.id, channel, category)
+            result.append(EffectivePreference(organization.id, channel, category, enabled,
+                                              "organization" if source == "organization_default" else source,
+                                              policy.is_locked(category)))
+    return result
+
+
+@transaction.atomic
+def organization_preference_set(*, organization: Organization, channel: str, category: str,
+                                enabled: bool | None) -> None:
+    """Set (or, with enabled None, clear) the organization's default for one category x channel;
+    for email, every member's email stream follows (their own choices still win)."""
+    _pair_validate(channel, category)
+    if enabled is None:
+        OrganizationPreference.objects.filter(organization=organization, channel=channel, category=category).delete()
+    else:
+        OrganizationPreference.objects.update_or_create(organization=organization, channel=channel,
+                                                        category=category, defaults={"enabled": enabled})
+    if channel == Channel.EMAIL:
+        for user in User.objects.filter(memberships__organization=organization):
+            email_streams_sync(user=user, organization_ids=[organization.id])
+
+
+# --- quiet hours and daily caps --------------------------------------------------------------------
+
+def _settings_for_update(user: User) -> MemberNotificationSettings:
+    MemberNotificationSettings.objects.get_or_create(user=user)
+    return MemberNotificationSettings.objects.select_for_update().get(user=user)
+
+
+@transaction.atomic
+def member_quiet_hours_set(*, user: User, start: time | None, end: time | None) -> MemberNotificationSettings:
+    """Quiet hours in the member's time zone: [start, end), wrapping midnight when start > end; both
+    None clears them. 400 `invalid_quiet_hours` for one without the other, or start == end."""
+    if (start is None) != (end is None) or (start is not None and start == end):
+        raise ApplicationError("Quiet hours need a start and a different end (or neither).",
+                               code="invalid_quiet_hours", extra={"fields": {"quiet_hours": ["start and end"]}})
+    row = _settings_for_update(user)
+    row.quiet_hours_start, row.quiet_hours_end = start, end
+    row.save(update_fields=["quiet_hours_start", "quiet_hours_end", "updated_at"])
+    return row
+
+
+@transaction.atomic
+def member_daily_caps_set(*, user: User, caps: dict[str, int | None]) -> MemberNotificationSettings:
+    """The member's own daily caps per channel (0..HERALD_DAILY_CAP_MAX; None: back to the default)."""
+    per_recipient = [c for c in preference_channels() if c != "inapp"]
+    for channel, value in caps.items():
+        if channel not in per_recipient:
+            raise ApplicationError(f"No daily cap for {channel!r}; channels: {', '.join(per_recipient)}.",
+                                   code="unknown_channel", extra={"channel": channel})
+        if value is not None and not 0 <= value <= settings.HERALD_DAILY_CAP_MAX:
+            raise ApplicationError(f"A daily cap is between 0 and {settings.HERALD_DAILY_CAP_MAX}.",
+                                   code="daily_cap_out_of_range",
+                                   extra={"channel": channel, "max": settings.HERALD_DAILY_CAP_MAX})
+    row = _settings_for_update(user)
+    merged = dict(row.daily_caps or {})
+    for channel, value in caps.items():
+        if value is None:
+            merged.pop(channel, None)
+        else:
+            merged[channel] = value
+    row.daily_caps = merged
+    row.save(update_fields=["daily_caps", "updated_at"])
+    return row
+
+
+def member_daily_caps(*, settings_row: MemberNotificationSettings | None) -> list[dict]:
+    caps = settings_row.daily_caps if settings_row else {}
+    out = []
+    for channel in preference_channels():
+        if channel == "inapp":
+            continue
+        limit, source = policy.daily_cap_for(caps, channel)
+        out.append({"channel": channel, "limit": limit, "source": source})
+    return out

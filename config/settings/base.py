@@ -430,6 +430,10 @@ HERALD_RATE_LIMITS["email.api"] = {  # the provider's API limit, shared by every
     "rate": env_float("EMAIL_API_PER_MINUTE", 200) / 60.0, "burst": env_int("EMAIL_API_BURST", 1)}
 # Per-recipient caps: at most N messages per calendar day of the recipient's time zone, per
 # channel, across organizations and kinds, counted in Postgres (notifications.DailySendCount).
+# Every per-recipient channel (email, sms, push, whatsapp) has one: HERALD_DAILY_CAPS names a channel's
+# own, else HERALD_DAILY_CAP_DEFAULT; a member may set theirs between 0 and HERALD_DAILY_CAP_MAX.
+HERALD_DAILY_CAP_DEFAULT = env_int("HERALD_DAILY_CAP_DEFAULT", 10)
+HERALD_DAILY_CAP_MAX = env_int("HERALD_DAILY_CAP_MAX", 100)
 HERALD_DAILY_CAPS = {"email": env_int("EMAIL_PER_RECIPIENT_PER_DAY", 10)}
 for _provider in ("primary", "secondary"):
     HERALD_BREAKERS[f"smtp-{_provider}"] = {

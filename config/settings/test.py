@@ -1,6 +1,6 @@
 """Test settings: real Postgres and Redis, a Redis database of its own, fast hashing."""
 from config.settings.base import *  # noqa: F401,F403
-from config.settings.base import CACHES, CHANNEL_LAYERS, HERALD_CHANNELS, env, env_float, env_int
+from config.settings.base import CACHES, CHANNEL_LAYERS, HERALD_CHANNELS, HERALD_DAILY_CAPS, env, env_float, env_int
 
 # Tests use their own Redis database so `make run` data is never flushed by a test run.
 REDIS_URL = env("TEST_REDIS_URL") or REDIS_URL.rsplit("/", 1)[0] + "/9"  # noqa: F405
@@ -39,3 +39,6 @@ WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 0)
 WEB_MAX_QUEUE_SECONDS = env_float("WEB_MAX_QUEUE_SECONDS", 0)
 # Apprise tests notify a json:// receiver on loopback.
 HERALD_CHANNELS["apprise"]["OPTIONS"]["allow_private_hosts"] = ["127.0.0.1"]
+# The SMS / push / WhatsApp stack tests send dozens of messages to one member in a day; the daily cap
+# itself is tested with its own settings (tests/notifications/test_policy_delivery.py).
+HERALD_DAILY_CAPS = {**HERALD_DAILY_CAPS, "sms": 1000, "push": 1000, "whatsapp": 1000}

@@ -14,6 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error
 
+from notifications import policy
 from notifications.breaker import CircuitBreaker
 from notifications.delivery.types import Gate
 from notifications.kinds import KINDS
@@ -133,8 +134,17 @@ class Channel:
 
     def admit(self, target, run: Run, *, now: datetime, first_attempt: bool) -> Gate:
         """Inside the fence's transaction, before the send: a destination-level rule that may defer
-        the run (a recipient's daily cap). Default: go."""
-        return Gate.go()
+        the run. Per-recipient channels: the member's daily cap on this channel (a calendar day of
+        their time zone), spent once per message, never on a retry; over it the run is deferred
+        to their next local midnight (notifications.policy). Others: go."""
+        if not self.per_recipient or not first_attempt or run.delivery_id is None:
+            return Gate.go()
+        user_id = self.recipient_id(target)
+        if user_id is None:
+            return Gate.go()
+        category = policy.entry_category(run.entries[0]) if run.entries else ""
+        return policy.daily_cap_admit(user_id=user_id, channel=self.name, delivery_id=run.delivery_id,
+                                      category=category, now=now)
 
     def pause(self, target, scope: str, seconds: float) -> None:
         """A 429: pause the named scope ("global" = scopes[0], else the destination's own)."""

@@ -10,19 +10,16 @@ import logging
 import smtplib
 from dataclasses import dataclass, field
 
-from datetime import datetime, time, timedelta
-from datetime import UTC
+from datetime import datetime
 from email.utils import parseaddr
-from zoneinfo import ZoneInfo
 
 import redis
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives
 from django.core.mail.backends.smtp import EmailBackend
-from django.db import connection
 from django.template.loader import render_to_string
 
-from notifications import metrics
+from notifications import metrics, policy
 from notifications.breaker import BreakerDecision, CircuitBreaker
 from notifications.channels.base import Channel, Run
 from notifications.delivery.types import Gate
@@ -258,25 +255,12 @@ def digest_build(*, organization, user, run: Run, deferred: bool = False, late: 
 
 
 def next_local_midnight(user, now: datetime) -> datetime:
-    zone = ZoneInfo(user.time_zone or "UTC")
-    local = now.astimezone(zone)
-    tomorrow = datetime.combine(local.date() + timedelta(days=1), time(0, 0), tzinfo=zone)
-    return tomorrow.astimezone(UTC)
+    return policy.next_local_midnight(user.time_zone, now)
 
 
 def recipient_daily_take(*, user, channel: str, now: datetime) -> bool:
-    """Count one message to `user` on `channel` for their local calendar day, if under the cap."""
-    day = now.astimezone(ZoneInfo(user.time_zone or "UTC")).date()
-    cap = settings.HERALD_DAILY_CAPS.get(channel)
-    if cap is None:
-        return True
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """INSERT INTO notifications_dailysendcount (user_id, channel, day, count) VALUES (%s, %s, %s, 1)
-               ON CONFLICT (user_id, channel, day) DO UPDATE SET count = notifications_dailysendcount.count + 1
-               WHERE notifications_dailysendcount.count < %s
-               RETURNING count""", [user.pk, channel, day, cap])
-        return cursor.fetchone() is not None
+    """Count one message to `user` on `channel` for their local calendar day, if under their cap."""
+    return policy.daily_take(user_id=user.pk, channel=channel, now=now)
 
 
 class EmailChannel(Channel):
@@ -313,19 +297,10 @@ class EmailChannel(Channel):
         return Gate.go(context=chosen) if gate.allowed else gate
 
     def admit(self, target: EmailTarget, run: Run, *, now: datetime, first_attempt: bool) -> Gate:
-        if not first_attempt:  # the recipient's slot is spent once per message, never on a retry
-            return Gate.go()
-        if recipient_daily_take(user=target.user, channel=self.name, now=now):
-            EmailDeferral.objects.filter(delivery_id=run.delivery_id, released_at__isnull=True).update(released_at=now)
-            return Gate.go()
-        until = next_local_midnight(target.user, now)
-        updated = EmailDeferral.objects.filter(delivery_id=run.delivery_id, released_at__isnull=True).update(
-            release_at=until)
-        if not updated:
-            EmailDeferral.objects.create(user=target.user, category=PreferenceCategory.TRACKER_EVENT,
-                                         delivery_id=run.delivery_id, release_at=until)
+        gate = super().admit(target, run, now=now, first_attempt=first_attempt)
+        if not gate.allowed:
             metrics.EMAIL_DEFERRED.labels(category=PreferenceCategory.TRACKER_EVENT).inc()
-        return Gate(False, until=until, reason="recipient_daily_limit")
+        return gate
 
     def render(self, target: EmailTarget, run: Run) -> EmailMultiAlternatives:
         if not target.user.email:

@@ -14,23 +14,29 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection
 from django.utils import timezone
 
-from notifications import metrics, realtime
+from notifications import metrics, policy, realtime
 from notifications.channels.base import Channel
 from notifications.events import entry_message
 from notifications.kinds import kind_get
 
 logger = logging.getLogger("herald.delivery")
 
-# A row per (entry, audience member still active), titles rendered by the entry's kind.
-# Idempotent: a redelivered run inserts nothing twice.
-_FANOUT_SQL = """
+# A row per (entry, audience member still active who gets the entry's category in-app: their
+# preferences, the organization's defaults, notifications.policy), titles rendered by the entry's
+# kind. Idempotent: a redelivered run inserts nothing twice.
+_PREF_JOINS, _PREF_ON = policy.effective_sql(user="u.id", org="l.organization_id", channel="%(channel)s::text",
+                                             category="v.category", builtin="true")
+_FANOUT_SQL = f"""
 INSERT INTO notifications_notification
     (organization_id, recipient_id, entry_id, seq, kind, title, body, data, created_at, read_at)
 SELECT l.organization_id, u.id, l.id, l.seq, l.kind, v.title, v.body, l.payload, now(), NULL
-FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(entry_id, title, body)
+FROM unnest(%(ids)s::bigint[], %(titles)s::text[], %(bodies)s::text[], %(categories)s::text[], %(locked)s::boolean[])
+     AS v(entry_id, title, body, category, locked)
 JOIN notifications_logentry l ON l.id = v.entry_id
 CROSS JOIN LATERAL unnest(l.audience) AS a(user_id)
 JOIN organizations_user u ON u.id = a.user_id AND u.is_active
+{_PREF_JOINS}
+WHERE v.locked OR {_PREF_ON}
 ORDER BY l.seq, u.id
 ON CONFLICT (recipient_id, entry_id) WHERE entry_id IS NOT NULL DO NOTHING
 RETURNING id, recipient_id, seq
@@ -64,7 +70,8 @@ RETURNING id, recipient_id, seq
 """
 
 
-_SEGMENT_COLUMNS = ("ids", "titles", "bodies", "data", "v_ids", "v_locales", "v_titles", "v_bodies")
+_SEGMENT_COLUMNS = ("ids", "titles", "bodies", "categories", "locked", "data", "v_ids", "v_locales", "v_titles",
+                    "v_bodies")
 
 
 @dataclass
@@ -94,7 +101,9 @@ class InAppChannel(Channel):
             if not segments or segments[-1][0] != kind.tracked:  # one statement per run of alike entries
                 segments.append((kind.tracked, {k: [] for k in _SEGMENT_COLUMNS}))
             columns = segments[-1][1]
-            for name, value in (("ids", entry.id), ("titles", title), ("bodies", body)):
+            category = policy.entry_category(entry)
+            for name, value in (("ids", entry.id), ("titles", title), ("bodies", body), ("categories", category),
+                                ("locked", policy.is_locked(category))):
                 columns[name].append(value)
             if kind.tracked:
                 columns["data"].append(json.dumps(kind.inbox_data(view), cls=DjangoJSONEncoder))
@@ -108,7 +117,9 @@ class InAppChannel(Channel):
                 if tracked:
                     cursor.execute(_TRACKED_SQL, {**columns, "channel": self.name})
                 else:
-                    cursor.execute(_FANOUT_SQL, [columns["ids"], columns["titles"], columns["bodies"]])
+                    cursor.execute(_FANOUT_SQL, {name: columns[name] for name in
+                                                 ("ids", "titles", "bodies", "categories", "locked")}
+                                   | {"channel": self.name})
                 rows += cursor.fetchall()
         by_seq: dict[int, dict[str, int]] = {}
         for notification_id, recipient_id, seq in rows:

@@ -25,7 +25,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Greatest
 
-from notifications import metrics
+from notifications import metrics, policy
 from notifications.breaker import CircuitBreaker
 from notifications.channels import registry
 from notifications.channels.base import Channel, Run
@@ -74,9 +74,27 @@ def _entries(org_id: int, first: int, last: int) -> list[LogEntry]:
 
 def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
     """The entries of a range this destination gets (its kind lists the channel; a per-recipient
-    channel's user is in the audience; private kinds never reach org-wide channels). Decided from
-    the entries alone, so every attempt of a frozen range carries the same entries."""
-    return [e for e in entries if ch.wants(target, e)]
+    channel's user is in the audience; private kinds never reach org-wide channels), minus, for a
+    per-recipient channel, the untracked entries whose category the member turned off (API sends
+    carry their own per-recipient status, decided at acceptance). Preferences change: a range once
+    recorded keeps the seqs decided then (`_recorded`)."""
+    wanted = [e for e in entries if ch.wants(target, e)]
+    if not ch.per_recipient or not wanted:
+        return wanted
+    untracked = {policy.entry_category(e) for e in wanted if not status.is_tracked(e)}
+    if not untracked:
+        return wanted
+    muted = policy.muted_categories(organization_id=wanted[0].organization_id, channel=ch.name,
+                                    user_id=ch.recipient_id(target), categories=untracked)
+    if not muted:
+        return wanted
+    return [e for e in wanted if status.is_tracked(e) or policy.entry_category(e) not in muted]
+
+
+def _recorded(head: Delivery, entries: list[LogEntry]) -> list[LogEntry]:
+    """The entries of an attempted head: exactly the seqs decided when it was recorded."""
+    seqs = set(head.seqs)
+    return [e for e in entries if e.seq in seqs]
 
 
 def _skip(ch: Channel, stream: DeliveryStream, last_seq: int) -> DrainResult:
@@ -220,7 +238,7 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
             if not entries:
                 return _skip(ch, stream, last)
             head = Delivery.objects.create(organization_id=org_id, stream=stream, channel=ch.name,
-                                           first_seq=first, last_seq=last)
+                                           first_seq=first, last_seq=last, seqs=[e.seq for e in entries])
         else:
             if head.attempts == 0 and ch.coalesce:
                 # Never sent yet (it waited on a gate or a deferral): later entries may join it. Once
@@ -229,7 +247,14 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
                 if newest > head.last_seq:
                     head.last_seq = newest
                     head.save(update_fields=["last_seq"])
-            entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq))
+            if head.attempts > 0 and head.seqs is not None:
+                entries = _recorded(head, _entries(org_id, head.first_seq, head.last_seq))
+            else:
+                entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq))
+                seqs = [e.seq for e in entries]
+                if entries and seqs != head.seqs:
+                    head.seqs = seqs
+                    head.save(update_fields=["seqs"])
             if not entries:  # nothing in its range is for this destination (any more)
                 Delivery.objects.filter(pk=head.pk).delete()
                 return _skip(ch, stream, head.last_seq)
@@ -246,7 +271,7 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
         admitted = ch.admit(target, run, now=now, first_attempt=not head.admitted)
         if not admitted.allowed:
             status.run_record(channel=ch.name, recipient_id=recipient, entries=entries, state="deferred",
-                              error=admitted.reason or "")
+                              error=admitted.reason or "", due_at=admitted.until)
             return _defer(ch, stream, head, admitted)
         if not head.admitted:
             Delivery.objects.filter(pk=head.pk).update(admitted=True)

@@ -31,14 +31,20 @@ FOR UPDATE
 _RECORD_SQL = """
 UPDATE notifications_senddelivery
 SET state = %(state)s, updated_at = now(), error = %(error)s,
-    sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END
+    sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END,
+    due_at = CASE WHEN %(state)s = 'deferred' THEN %(due)s::timestamptz ELSE due_at END
 WHERE entry_id = ANY(%(entries)s::bigint[]) AND channel = %(channel)s AND state = ANY(%(states)s)
   AND (%(user)s::bigint IS NULL OR user_id = %(user)s::bigint)
 """
 
 
+def is_tracked(entry) -> bool:
+    kind = KINDS.get(entry.kind)
+    return kind is not None and kind.tracked
+
+
 def _tracked(entries: list) -> list[int]:
-    return [e.id for e in entries if (kind := KINDS.get(e.kind)) is not None and kind.tracked]
+    return [e.id for e in entries if is_tracked(e)]
 
 
 def run_claim(*, channel: str, recipient_id: int | None, entries: list) -> list:
@@ -56,13 +62,14 @@ def run_claim(*, channel: str, recipient_id: int | None, entries: list) -> list:
 
 
 def run_record(*, channel: str, recipient_id: int | None, entries: list, state: str, error: str = "",
-               from_states: tuple[str, ...] = CLAIMABLE) -> int:
-    """Move the run's status rows for this channel (and recipient) from `from_states` to `state`;
-    returns how many."""
+               from_states: tuple[str, ...] = CLAIMABLE, due_at=None) -> int:
+    """Move the run's status rows for this channel (and recipient) from `from_states` to `state`
+    (`deferred`: with `due_at`, when it goes); returns how many."""
     tracked = _tracked(entries)
     if not tracked:
         return 0
     with connection.cursor() as cursor:
         cursor.execute(_RECORD_SQL, {"entries": tracked, "channel": channel, "states": list(from_states),
-                                     "user": recipient_id, "state": state, "error": error[:2000]})
+                                     "user": recipient_id, "state": state, "error": error[:2000],
+                                     "due": due_at})
         return cursor.rowcount

@@ -16,6 +16,8 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from config.errors import ApplicationError, Conflict, NotFound
+from notifications import policy
+from notifications.categories import category_get
 from notifications.channels import registry
 from notifications.errors import NotificationsError
 from notifications.kinds import kind_get
@@ -29,32 +31,43 @@ TOPICS = ("members",)
 LOCAL_TIME = re.compile(r"^(?:(?P<date>\d{4}-\d{2}-\d{2})[T ])?(?P<time>\d{2}:\d{2})$")
 
 _MEMBERS_SQL = """
-SELECT u.id, lower(u.email), u.time_zone
+SELECT u.id, lower(u.email), u.time_zone, q.quiet_hours_start, q.quiet_hours_end
 FROM organizations_membership m JOIN organizations_user u ON u.id = m.user_id AND u.is_active
+LEFT JOIN notifications_membernotificationsettings q ON q.user_id = u.id
 WHERE m.organization_id = %(org)s AND (%(all)s OR m.user_id = ANY(%(ids)s::bigint[])
                                       OR lower(u.email) = ANY(%(emails)s::text[]))
 ORDER BY u.id
 """
 
-# One row per recipient x channel. A per-recipient channel (email, sms, push, ...) reaches a member
-# through their streams (DeliveryStream.user: their email, phone or devices); a member without an
-# active one (preference off, no phone, no device) is `suppressed` at once with the channel's reason
-# rather than left queued. The check is _NO_DESTINATION, one indexed probe per row.
-_NO_DESTINATION = """c.per_recipient AND NOT EXISTS (
-                SELECT 1 FROM notifications_deliverystream s
-                WHERE s.organization_id = %(org)s AND s.channel = c.channel AND s.user_id = r.user_id AND s.active)"""
-
+# One row per recipient x channel. A member who turned the send's category off on a channel (their
+# choice for the organization, their global one, the organization's default; never for a
+# transactional category: notifications.policy) is `suppressed` with error 'preference'. A
+# per-recipient channel (email, sms, push, ...) reaches a member through their streams
+# (DeliveryStream.user: their email, phone or devices); a member without an active one (no phone, no
+# device, email not opted in) is `suppressed` at once with the channel's reason rather than left
+# queued: one indexed probe per row.
+_PREF_JOINS, _PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
+                                             category="%(category)s", builtin="c.builtin")
 _ROWS_SQL = f"""
 INSERT INTO notifications_senddelivery
     (send_id, organization_id, user_id, channel, locale, entry_id, state, due_at, created_at, updated_at,
      sent_at, delivered_at, error)
-SELECT %(send)s, %(org)s, r.user_id, c.channel, r.locale, %(entry)s,
-       CASE WHEN {_NO_DESTINATION} THEN 'suppressed' ELSE %(state)s END,
-       r.due_at, now(), now(), NULL, NULL,
-       CASE WHEN {_NO_DESTINATION} THEN c.no_destination ELSE '' END
-FROM unnest(%(users)s::bigint[], %(locales)s::text[], %(due)s::timestamptz[]) AS r(user_id, locale, due_at)
-CROSS JOIN unnest(%(channels)s::text[], %(per_recipient)s::boolean[], %(no_destination)s::text[])
-    AS c(channel, per_recipient, no_destination)
+SELECT %(send)s, %(org)s, x.user_id, x.channel, x.locale, %(entry)s,
+       CASE WHEN NOT x.wanted OR NOT x.reachable THEN 'suppressed' ELSE %(state)s END,
+       x.due_at, now(), now(), NULL, NULL,
+       CASE WHEN NOT x.wanted THEN 'preference' WHEN NOT x.reachable THEN x.no_destination ELSE '' END
+FROM (
+    SELECT r.user_id, r.locale, r.due_at, c.channel, c.no_destination,
+           %(locked)s OR {_PREF_ON} AS wanted,
+           NOT c.per_recipient OR EXISTS (
+                SELECT 1 FROM notifications_deliverystream s
+                WHERE s.organization_id = %(org)s AND s.channel = c.channel AND s.user_id = r.user_id
+                  AND s.active) AS reachable
+    FROM unnest(%(users)s::bigint[], %(locales)s::text[], %(due)s::timestamptz[]) AS r(user_id, locale, due_at)
+    CROSS JOIN unnest(%(channels)s::text[], %(per_recipient)s::boolean[], %(no_destination)s::text[],
+                      %(builtin)s::boolean[]) AS c(channel, per_recipient, no_destination, builtin)
+    {_PREF_JOINS}
+) x
 """
 
 # How far the organization's log is ahead of the slowest active stream of the send's channels.
@@ -88,6 +101,8 @@ class Recipient:
     user_id: int
     time_zone: str
     locale: str | None = None  # the recipient's own locale, if known (else the organization's)
+    quiet_hours_start: time | None = None
+    quiet_hours_end: time | None = None
 
 
 def _field_error(field: str, message: str, code: str = "validation_error", status: int = 400) -> ApplicationError:
@@ -123,7 +138,8 @@ def send_recipients_resolve(*, organization_id: int, recipients: list | None, to
                            code=NotificationsError.RECIPIENT_NOT_FOUND, extra={"recipients": missing[:100]})
     if not rows:
         raise _field_error("recipients", "The topic has no members.")
-    return [Recipient(user_id=row[0], time_zone=row[2] or "UTC") for row in rows]
+    return [Recipient(user_id=row[0], time_zone=row[2] or "UTC", quiet_hours_start=row[3], quiet_hours_end=row[4])
+            for row in rows]
 
 
 def _channels_validate(channels: list[str] | None, template_channels: tuple[str, ...]) -> list[str]:
@@ -172,6 +188,23 @@ def deliver_at_local_validate(value: str) -> str:
     return value
 
 
+def _quiet_hours_hold(recipients: list[Recipient], due: list[datetime | None], now: datetime) -> list[datetime | None]:
+    """A promotional send is held for a recipient whose quiet hours it would fall into (now, or at
+    its scheduled time): due when they end, in the recipient's zone (notifications.policy)."""
+    out, cache = [], {}
+    for recipient, at in zip(recipients, due, strict=True):
+        if recipient.quiet_hours_start is None:
+            out.append(at)
+            continue
+        when = at or now
+        key = (recipient.time_zone, recipient.quiet_hours_start, recipient.quiet_hours_end, when)
+        if key not in cache:
+            cache[key] = policy.quiet_release(when, zone=recipient.time_zone, start=recipient.quiet_hours_start,
+                                              end=recipient.quiet_hours_end)
+        out.append(cache[key] or at)
+    return out
+
+
 def _due_times(recipients: list[Recipient], *, send_at: datetime | None, deliver_at_local: str,
                now: datetime) -> list[datetime | None]:
     if send_at is not None:
@@ -216,6 +249,8 @@ def send_create(*, organization_id: int, recipients: list | None, topic: str | N
     if priority is None:
         priority = rendered.priority
     due = _due_times(people, send_at=send_at, deliver_at_local=deliver_at_local, now=now)
+    if category_get(rendered.category).promotional:
+        due = _quiet_hours_hold(people, due, now)
     lane = None
     if priority == Send.Priority.PROMOTIONAL and any(d is None for d in due):
         lane = _promotional_lane(organization_id=organization_id, channels=chosen)
@@ -273,14 +308,16 @@ def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | No
         dues.append(at)
     per_recipient = [registry.get(c).per_recipient for c in send.channels]
     no_destination = [registry.get(c).no_destination for c in send.channels]
+    builtin = [policy.builtin_enabled(c, send.category) for c in send.channels]
     with connection.cursor() as cursor:
         for state, (users, locales, dues) in groups.items():
             if users:
                 cursor.execute(_ROWS_SQL, {"send": send.pk, "org": send.organization_id, "users": users,
                                            "locales": locales, "due": dues, "channels": list(send.channels),
                                            "per_recipient": per_recipient, "no_destination": no_destination,
-                                           "state": state,
-                                           "entry": entry_id if state == "queued" else None})
+                                           "builtin": builtin, "category": send.category,
+                                           "locked": policy.is_locked(send.category),
+                                           "state": state, "entry": entry_id if state == "queued" else None})
 
 
 @transaction.atomic
