@@ -17,7 +17,7 @@ from django.db import connection
 from notifications.categories import CATEGORIES, category_is_transactional
 from notifications.delivery.types import Gate
 from notifications.kinds import KINDS
-from notifications.models import EmailDeferral, MemberNotificationSettings
+from notifications.models import EmailDeferral
 
 # (channel, category) pairs that are off unless someone turns them on.
 BUILTIN_OFF: frozenset[tuple[str, str]] = frozenset({("email", "tracker_event")})
@@ -203,6 +203,3 @@ def daily_cap_admit(*, user_id: int, channel: str, delivery_id: int, category: s
                                      delivery_id=delivery_id, release_at=until)
     return Gate(False, until=until, reason="recipient_daily_limit")
 
-
-def member_settings_get(user_id: int) -> MemberNotificationSettings | None:
-    return MemberNotificationSettings.objects.filter(user_id=user_id).first()

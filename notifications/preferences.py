@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import time
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from config.errors import ApplicationError, NotFound
 from notifications import policy
@@ -57,14 +57,22 @@ def preference_channels() -> list[str]:
     return ["inapp", *[n for n in names if n != "inapp"]]
 
 
+_CHOICES_SQL = """
+SELECT 'member', organization_id, channel, category, enabled FROM notifications_notificationpreference
+WHERE user_id = %(user)s AND (%(channel)s::text IS NULL OR channel = %(channel)s::text)
+UNION ALL
+SELECT 'organization', d.organization_id, d.channel, d.category, d.enabled FROM notifications_organizationpreference d
+WHERE d.organization_id = ANY(%(orgs)s::bigint[]) AND (%(channel)s::text IS NULL OR d.channel = %(channel)s::text)
+"""
+
+
 def _choices(*, user: User, organization_ids: list[int], channel: str | None = None) -> policy.Choices:
-    mine = NotificationPreference.objects.filter(user=user)
-    defaults = OrganizationPreference.objects.filter(organization_id__in=organization_ids)
-    if channel is not None:
-        mine, defaults = mine.filter(channel=channel), defaults.filter(channel=channel)
-    return policy.Choices(
-        member={(p.organization_id, p.channel, p.category): p.enabled for p in mine},
-        organization={(p.organization_id, p.channel, p.category): p.enabled for p in defaults})
+    """The member's own choices and their organizations' defaults, in one query."""
+    with connection.cursor() as cursor:
+        cursor.execute(_CHOICES_SQL, {"user": user.pk, "orgs": list(organization_ids), "channel": channel})
+        rows = cursor.fetchall()
+    return policy.Choices(member={(o, ch, c): e for src, o, ch, c, e in rows if src == "member"},
+                          organization={(o, ch, c): e for src, o, ch, c, e in rows if src == "organization"})
 
 
 def _org_ids(user: User) -> list[int]:
@@ -81,18 +89,37 @@ def _rows(choices: policy.Choices, pairs, org_ids: list[int]) -> list[EffectiveP
     return result
 
 
+def _matrix_pairs() -> list[tuple[str, str]]:
+    return [(channel, category) for channel in preference_channels() for category in CATEGORY_NAMES]
+
+
 def preference_list(*, user: User) -> list[EffectivePreference]:
     """The email rows GET /me/preferences always listed (tracker events, profile confirmations),
-    globally and for each of the user's organizations (three queries)."""
+    globally and for each of the user's organizations (two queries)."""
     org_ids = _org_ids(user)
     return _rows(_choices(user=user, organization_ids=org_ids), DEFAULTS, org_ids)
 
 
 def preference_matrix(*, user: User) -> list[EffectivePreference]:
-    """Every category x channel, globally and for each of the user's organizations (three queries)."""
+    """Every category x channel, globally and for each of the user's organizations (two queries)."""
     org_ids = _org_ids(user)
-    pairs = [(channel, category) for channel in preference_channels() for category in CATEGORY_NAMES]
-    return _rows(_choices(user=user, organization_ids=org_ids), pairs, org_ids)
+    return _rows(_choices(user=user, organization_ids=org_ids), _matrix_pairs(), org_ids)
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything GET /me/preferences shows, read in three queries."""
+
+    preferences: list[EffectivePreference]
+    matrix: list[EffectivePreference]
+    settings: MemberNotificationSettings | None
+
+
+def preference_overview(*, user: User) -> Overview:
+    org_ids = _org_ids(user)
+    choices = _choices(user=user, organization_ids=org_ids)
+    return Overview(preferences=_rows(choices, DEFAULTS, org_ids), matrix=_rows(choices, _matrix_pairs(), org_ids),
+                    settings=MemberNotificationSettings.objects.filter(user=user).first())
 
 
 def preference_enabled(*, user: User, organization_id: int | None, channel: str, category: str) -> bool:
