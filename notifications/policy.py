@@ -7,6 +7,7 @@ organization's default, else the built-in default (BUILTIN_OFF: tracker-event em
 everything else is on). The same order is written once in Python (`resolve`) and once in SQL
 (`effective_sql`, set-based for fan-outs). Writes of preferences live in notifications.preferences.
 """
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -136,7 +137,10 @@ def daily_cap_default(channel: str) -> int:
 
 
 def daily_cap_for(member_caps: dict | None, channel: str) -> tuple[int, str]:
-    """(cap, source): the member's own cap for the channel (within the bound) or the default."""
+    """(cap, source): the member's own cap for the channel (within the bound) or the default.
+    `member_caps` as stored (a dict, or its JSON text from a raw query)."""
+    if isinstance(member_caps, str):
+        member_caps = json.loads(member_caps)
     value = (member_caps or {}).get(channel)
     if isinstance(value, int) and not isinstance(value, bool):
         return max(0, min(value, settings.HERALD_DAILY_CAP_MAX)), "member"
