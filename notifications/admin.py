@@ -9,8 +9,9 @@ from notifications import services, templating
 from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
 from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, Device, EmailDeferral,
-                                  IdempotencyKey, LogEntry, Notification, NotificationPreference, NotificationTemplate,
-                                  OutboundEmail, Send, SendDelivery)
+                                  IdempotencyKey, LogEntry, MemberNotificationSettings, Notification,
+                                  NotificationPreference, NotificationTemplate, OrganizationPreference, OutboundEmail,
+                                  Send, SendDelivery)
 
 
 @admin.register(LogEntry)
@@ -107,6 +108,25 @@ class NotificationPreferenceAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "user__email", "organization__name")
     list_select_related = ("user", "organization")
     raw_id_fields = ("user", "organization")
+
+
+@admin.register(OrganizationPreference)
+class OrganizationPreferenceAdmin(admin.ModelAdmin):
+    """An organization's defaults for its members (a transactional category stays on whatever this says)."""
+
+    list_display = ("organization", "channel", "category", "enabled", "updated_at")
+    list_filter = ("channel", "category", "enabled")
+    search_fields = ("organization__name",)
+    list_select_related = ("organization",)
+    raw_id_fields = ("organization",)
+
+
+@admin.register(MemberNotificationSettings)
+class MemberNotificationSettingsAdmin(admin.ModelAdmin):
+    list_display = ("user", "quiet_hours_start", "quiet_hours_end", "daily_caps", "updated_at")
+    search_fields = ("user__username", "user__email")
+    list_select_related = ("user",)
+    raw_id_fields = ("user",)
 
 
 @admin.register(OutboundEmail)

@@ -1,11 +1,15 @@
 """Browser pages of the notifications app: the member's inbox (read, read all, live over /ws/), their
 notification preferences, and an organization's webhook endpoints (admins). They call the same
 selectors and services as the REST API, so answers and error codes are the API's."""
+from datetime import time
 from urllib.parse import urlencode
+
+from django.conf import settings
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -16,7 +20,8 @@ from config.errors import ApplicationError, NotFound
 from notifications import inbox, preferences, selectors
 from notifications.channels import registry
 from notifications.channels.webhook import webhook_create, webhook_delete
-from notifications.models import ChannelDestination, PreferenceCategory
+from notifications.categories import template_categories
+from notifications.models import ChannelDestination
 from organizations.selectors import organization_get_for_user, organization_list_for_user
 
 INBOX_PER_PAGE = 25
@@ -71,48 +76,108 @@ def inbox_read_all(request):
 
 # --- preferences -----------------------------------------------------------------------------------
 
+CHANNEL_LABELS = {"inapp": "In-app", "email": "Email", "sms": "SMS", "push": "Push", "whatsapp": "WhatsApp"}
+SOURCE_NOTES = {"default": "default", "organization_default": "organization default", "global": "as for all"}
+
+
 def _preference_key(pref) -> str:
     return f"{pref.organization_id or 'all'}:{pref.channel}:{pref.category}"
+
+
+def _time_or_none(value: str):
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        return time.fromisoformat(value)
+    except ValueError:
+        raise ApplicationError("Enter times as HH:MM.", code="validation_error",
+                               extra={"fields": {"quiet_hours": [value]}}) from None
+
+
+def _preferences_save(request, user) -> int:
+    """Apply what the member changed on the page (the same services as the API), all or nothing."""
+    overview = preferences.preference_overview(user=user)
+    current = {_preference_key(p): p for p in overview.matrix}
+    organizations = {o.id: o for o in organization_list_for_user(user=user)}
+    wanted_on = set(request.POST.getlist("on"))
+    changed = 0
+    with transaction.atomic():
+        for key in request.POST.getlist("shown"):
+            pref = current.get(key)
+            if pref is None:
+                raise ApplicationError("There is no such preference.", code="unknown_preference")
+            wanted = key in wanted_on
+            if pref.locked or wanted == pref.enabled:
+                continue  # only what the member changed becomes an explicit choice
+            organization = organizations.get(pref.organization_id) if pref.organization_id else None
+            preferences.preference_set(user=user, organization=organization, channel=pref.channel,
+                                       category=pref.category, enabled=wanted)
+            changed += 1
+        if "quiet_start" in request.POST:
+            start, end = _time_or_none(request.POST.get("quiet_start")), _time_or_none(request.POST.get("quiet_end"))
+            row = overview.settings
+            if (start, end) != ((row.quiet_hours_start, row.quiet_hours_end) if row else (None, None)):
+                preferences.member_quiet_hours_set(user=user, start=start, end=end)
+                changed += 1
+        caps = {}
+        for cap in preferences.member_daily_caps(settings_row=overview.settings):
+            field = f"cap_{cap['channel']}"
+            if field not in request.POST:
+                continue
+            raw = request.POST.get(field, "").strip()
+            if raw == "":
+                if cap["source"] == "member":
+                    caps[cap["channel"]] = None
+                continue
+            if not raw.isdigit():
+                raise ApplicationError("A daily limit is a whole number.", code="validation_error",
+                                       extra={"fields": {field: [raw]}})
+            if int(raw) != cap["limit"]:
+                caps[cap["channel"]] = int(raw)
+        if caps:
+            preferences.member_daily_caps_set(user=user, caps=caps)
+            changed += 1
+    return changed
 
 
 @login_required
 def preferences_page(request):
     user = request.user
     if request.method == "POST":
-        current = {_preference_key(p): p for p in preferences.preference_list(user=user)}
-        shown = request.POST.getlist("shown")
-        organizations = {o.id: o for o in organization_list_for_user(user=user)}
-        changed = 0
         try:
-            for key in shown:
-                pref = current.get(key)
-                if pref is None:
-                    raise ApplicationError("There is no such preference.", code="unknown_preference")
-                wanted = key in request.POST.getlist("on")
-                if pref.locked or wanted == pref.enabled:
-                    continue  # only what the member changed becomes an explicit choice
-                organization = organizations.get(pref.organization_id) if pref.organization_id else None
-                preferences.preference_set(user=user, organization=organization, channel=pref.channel,
-                                           category=pref.category, enabled=wanted)
-                changed += 1
+            changed = _preferences_save(request, user)
         except ApplicationError as exc:
             messages.error(request, exc.display())
         else:
             messages.success(request, "Preferences saved." if changed else "Nothing changed.")
         return redirect("preferences")
-    organizations = list(organization_list_for_user(user=user))
-    by_key = {_preference_key(p): p for p in preferences.preference_list(user=user)}
-    columns = [(None, "All my organizations")] + [(o.id, o.name) for o in organizations]
-    rows = []
-    for channel, category in preferences.DEFAULTS:
-        cells = []
-        for org_id, name in columns:
-            key = f"{org_id or 'all'}:{channel}:{category}"
-            cells.append({"pref": by_key[key], "key": key, "column": name,
-                          "id": f"pref-{org_id or 'all'}-{channel}-{category}"})
-        rows.append({"channel": channel, "category": category, "label": PreferenceCategory(category).label,
-                     "cells": cells})
-    return render(request, "notifications/preferences.html", {"rows": rows, "columns": columns})
+    overview = preferences.preference_overview(user=user)
+    by_key = {_preference_key(p): p for p in overview.matrix}
+    channels = [(c, CHANNEL_LABELS.get(c, c)) for c in preferences.preference_channels()]
+    scopes = []
+    for org_id, name in [(None, "All my organizations")] + [(o.id, o.name)
+                                                            for o in organization_list_for_user(user=user)]:
+        rows = []
+        for category in template_categories():
+            cells = []
+            for channel, channel_label in channels:
+                key = f"{org_id or 'all'}:{channel}:{category.name}"
+                pref = by_key[key]
+                cells.append({"pref": pref, "key": key, "channel_label": channel_label,
+                              "id": f"pref-{org_id or 'all'}-{channel}-{category.name}",
+                              "note": SOURCE_NOTES.get(pref.source, "") if org_id or pref.source != "global" else ""})
+            rows.append({"category": category, "cells": cells})
+        scopes.append({"id": org_id or "all", "name": name, "rows": rows})
+    row = overview.settings
+    return render(request, "notifications/preferences.html", {
+        "scopes": scopes, "channels": channels,
+        "quiet_start": row.quiet_hours_start.strftime("%H:%M") if row and row.quiet_hours_start else "",
+        "quiet_end": row.quiet_hours_end.strftime("%H:%M") if row and row.quiet_hours_end else "",
+        "time_zone": user.time_zone or "UTC",
+        "caps": [dict(c, label=CHANNEL_LABELS.get(c["channel"], c["channel"]))
+                 for c in preferences.member_daily_caps(settings_row=row)],
+        "cap_max": settings.HERALD_DAILY_CAP_MAX})
 
 
 # --- webhooks (admins) -----------------------------------------------------------------------------

@@ -91,11 +91,6 @@ class PreferencesApi(APIView):
             child=serializers.IntegerField(min_value=0, max_value=settings.HERALD_DAILY_CAP_MAX, allow_null=True),
             required=False, help_text="{channel: messages per day, or null for the default}")
 
-        def validate(self, attrs):
-            if not attrs:
-                raise serializers.ValidationError("Give preferences, quiet_hours or daily_caps.")
-            return attrs
-
     @extend_schema(responses=PreferenceListOutput)
     def get(self, request):
         return Response(_output(require_user(request)))

@@ -5,7 +5,7 @@ preferences (only what was changed becomes a choice; locked ones stay on) and we
 import pytest
 from django.test import Client
 
-from notifications.models import ChannelDestination, Notification, NotificationPreference
+from notifications.models import ChannelDestination, MemberNotificationSettings, Notification, NotificationPreference
 from notifications.pages import INBOX_PER_PAGE
 from notifications.preferences import preference_list
 from tests.conftest import queries_for
@@ -122,6 +122,54 @@ def test_preferences_page_refuses_unknown_or_foreign_keys(browser_for, org_with_
                                                   "on": [f"{other_org.org.id}:email:tracker_event"]}, follow=True)
     assert "[unknown_preference]" in response.content.decode()
     assert not NotificationPreference.objects.exists()
+
+
+def test_preferences_page_sets_any_category_x_channel_quiet_hours_and_caps(browser_for, org_with_members):
+    member, org_id = org_with_members.member, org_with_members.org.id
+    client = browser_for(member)
+    html = client.get("/me/notifications/").content.decode()
+    assert f'id="pref-{org_id}-inapp-marketing"' in html and 'id="pref-all-sms-billing" checked disabled' in html
+    assert 'name="quiet_start"' in html and 'name="cap_email"' in html
+    shown = [f"{org_id}:inapp:marketing", "all:push:reminders"]
+
+    response = client.post("/me/notifications/", {"shown": shown, "on": ["all:push:reminders"],
+                                                  "quiet_start": "22:00", "quiet_end": "07:00",
+                                                  "cap_email": "4", "cap_sms": ""})
+
+    assert response.status_code == 302
+    choices = set(NotificationPreference.objects.filter(user=member).values_list("organization_id", "channel",
+                                                                                 "category", "enabled"))
+    assert choices == {(org_id, "inapp", "marketing", False)}  # push reminders were on already: no choice
+    row = MemberNotificationSettings.objects.get(user=member)
+    assert (row.quiet_hours_start.isoformat(), row.quiet_hours_end.isoformat(), row.daily_caps) == (
+        "22:00:00", "07:00:00", {"email": 4})
+    html = client.get("/me/notifications/").content.decode()
+    assert "Preferences saved." in html and 'value="22:00"' in html and 'value="4"' in html
+
+    client.post("/me/notifications/", {"quiet_start": "", "quiet_end": "", "cap_email": ""})
+    row.refresh_from_db()
+    assert (row.quiet_hours_start, row.daily_caps) == (None, {})
+
+
+@pytest.mark.parametrize(("form", "code"), [
+    ({"quiet_start": "22:00", "quiet_end": ""}, "invalid_quiet_hours"),
+    ({"quiet_start": "9pm", "quiet_end": "07:00"}, "validation_error"),
+    ({"cap_sms": "500"}, "daily_cap_out_of_range"),
+    ({"cap_sms": "-2"}, "validation_error"),
+    ({"shown": ["all:inapp:billing"], "on": []}, None),  # locked: ignored, nothing changes
+])
+def test_preferences_page_shows_the_api_s_errors_and_writes_nothing(browser_for, org_with_members, form, code):
+    member = org_with_members.member
+    client = browser_for(member)
+    response = client.post("/me/notifications/", {"shown": ["all:inapp:reminders"], "on": [], **form}, follow=True)
+    html = response.content.decode()
+    if code is None:
+        assert "Nothing changed." in html
+        assert not NotificationPreference.objects.filter(category="billing").exists()
+        return
+    assert f"[{code}]" in html
+    assert not NotificationPreference.objects.exists()  # the reminders change rolled back with it
+    assert not MemberNotificationSettings.objects.filter(user=member).exclude(daily_caps={}).exists()
 
 
 WEBHOOKS = "/orgs/{}/admin/webhooks/"

@@ -144,7 +144,6 @@ def test_daily_caps_per_member_within_the_bound(auth_client, org_with_members):
 
 
 @pytest.mark.parametrize("payload", [
-    {},
     {"preferences": [{"channel": "slack", "category": "reminders", "enabled": False}]},
     {"preferences": [{"channel": "inapp", "category": "nope", "enabled": False}]},
     {"daily_caps": {"sms": "many"}},
@@ -152,6 +151,12 @@ def test_daily_caps_per_member_within_the_bound(auth_client, org_with_members):
 ])
 def test_bad_input_is_400_in_the_error_format(auth_client, org_with_members, payload):
     assert_error(auth_client(org_with_members.member).put(URL, payload, format="json"), 400, "validation_error")
+
+
+def test_an_empty_put_changes_nothing(auth_client, org_with_members):
+    client = auth_client(org_with_members.member)
+    response = _put(client)
+    assert response.status_code == 200 and response.json() == client.get(URL).json()
 
 
 def test_another_organization_s_preferences_are_404(auth_client, org_with_members, other_org):
