@@ -133,6 +133,20 @@ def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_clients: dict[str, redis.Redis] = {}
+
+
+def _shared_client() -> redis.Redis:
+    """One client (one connection pool) per process and Redis URL: the fence makes a breaker per
+    call, and a client per breaker opened and closed a TCP connection for every allow() and
+    record() (two per provider send)."""
+    url = settings.REDIS_URL
+    client = _clients.get(url)
+    if client is None:
+        client = _clients[url] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return client
+
+
 class CircuitBreaker:
     def __init__(self, name: str, client: redis.Redis | None = None, *, clock: Callable[[], float] | None = None):
         """`clock`: seconds since the epoch; default Redis TIME, the one clock every worker shares
@@ -144,7 +158,7 @@ class CircuitBreaker:
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
+            self._client = _shared_client()
         return self._client
 
     @property

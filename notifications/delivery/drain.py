@@ -20,6 +20,10 @@ def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_sec
     while True:
         result = stream_deliver(org_id=org_id, channel=channel, destination=destination)
         total += result.count
+        if result.kind == "delivered" and result.drained:
+            # The flag was cleared before the step read the log, so whatever committed after that
+            # read has kicked again: looking once more (a lock, a read, a commit) would find nothing.
+            return DrainResult("idle", count=total)
         if result.kind == "delivered" and time.monotonic() < deadline:
             continue
         if result.kind == "delivered":

@@ -210,7 +210,8 @@ def _deliver_local(ch: Channel, org_id: int, destination: str) -> DrainResult:
         _touch(stream.pk, delivered_seq=entries[-1].seq, head_attempts=0, head_since=None, last_error="")
         # After commit: a rolled-back drain announces nothing.
         transaction.on_commit(lambda: ch.published(outcome), robust=True)
-    return DrainResult("delivered", count=len(entries))
+    # Fewer than a full run: the read saw every entry committed before it.
+    return DrainResult("delivered", count=len(entries), drained=len(entries) < ch.batch_max)
 
 
 # --- external channels ------------------------------------------------------------------------
@@ -322,7 +323,8 @@ def _sent(ch: Channel, target, stream: DeliveryStream, head: Delivery, run: Run,
     metrics.BATCH_SIZE.labels(channel=ch.name).observe(count)
     for entry in run.entries:
         metrics.LATENCY.labels(channel=ch.name).observe(max(0.0, (stream.db_now - entry.occurred_at).total_seconds()))
-    return DrainResult("delivered", count=count)
+    # The run ended at the organization's last seq as read under the lock: nothing more to look at.
+    return DrainResult("delivered", count=count, drained=head.last_seq >= stream.organization.last_event_seq)
 
 
 def _rate_limited(ch: Channel, target, stream: DeliveryStream, head: Delivery, exc: RateLimitedFailure):

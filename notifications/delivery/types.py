@@ -66,3 +66,7 @@ class DrainResult:
     count: int = 0
     wait: float = 0.0
     notes: dict = field(default_factory=dict)
+    # delivered: the run reached the end of the log as this step read it under the lock, so the
+    # drain stops without a second look (an entry committed later was kicked after the drain
+    # cleared its flag, and gets a drain of its own).
+    drained: bool = False

@@ -163,3 +163,14 @@ def test_keys_share_the_breakers_hash_tag(breaker):
     breaker.record(ok=False)
     keys = sorted(k.decode() for k in breaker.client.keys("herald:cb:*"))
     assert keys == ["herald:cb:{test}:calls", "herald:cb:{test}:failures", "herald:cb:{test}:state"]
+
+
+def test_breakers_share_one_redis_connection_per_process(settings):
+    """The fence makes a breaker per call: each used to open (and close) a TCP connection for
+    allow() and record(), two per provider send."""
+    first, second = CircuitBreaker("slack"), CircuitBreaker("smtp-primary")
+    first.allow()
+    second.record(ok=True)
+    assert first.client is second.client
+    pool = first.client.connection_pool
+    assert len(pool._available_connections) + len(pool._in_use_connections) == 1
