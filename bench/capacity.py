@@ -273,7 +273,7 @@ def listener_main(conn, web: str, ws_base: str, pairs: list[tuple[int, int, str]
     asyncio.run(main())
 
 
-async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
+async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter, profiler=None):
     receipts: dict[tuple[int, int], list[tuple[int, float]]] = defaultdict(list)
     accepted: dict[int, list[tuple[int, float]]] = defaultdict(list)
     statuses: Counter = Counter()
@@ -324,6 +324,8 @@ async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter):
         meter.start()
         t_start = time.monotonic()
         t_end = t_start + args.duration
+        if profiler:  # sample the loaded stack, not the socket connects or the idle phase before it
+            profiler.start_later(min(5.0, args.duration / 4))
 
         async def drive(org_id: int):
             nonlocal timeouts, transport_errors, refused_without_retry_after
@@ -449,7 +451,7 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=10,
                     help="measure the idle stack (sockets open, no events) this long first; 0 skips")
     ap.add_argument("--profile", type=float, default=0,
-                    help="py-spy record this many seconds of every stack process, from 5 s into the load")
+                    help="py-spy record this many seconds of every stack process (pool children included), from 5 s into the load")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack (repeatable)")
     ap.add_argument("--db-name", default="herald_capacity")
     ap.add_argument("--keep-logs", action="store_true")
@@ -520,8 +522,7 @@ def main() -> None:
         profiler = None
         if args.profile:
             profiler = ProfileAll(meter, tmp / "profiles", args.profile)
-            profiler.start_later(5)
-        result = asyncio.run(run_load(args, seeded, web, f"ws://127.0.0.1:{web_port}", meter))
+        result = asyncio.run(run_load(args, seeded, web, f"ws://127.0.0.1:{web_port}", meter, profiler))
         if profiler:
             profiler.join()
     finally:
