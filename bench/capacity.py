@@ -451,7 +451,8 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=10,
                     help="measure the idle stack (sockets open, no events) this long first; 0 skips")
     ap.add_argument("--profile", type=float, default=0,
-                    help="py-spy record this many seconds of every stack process (pool children included), from 5 s into the load")
+                    help="py-spy record this many seconds of every stack process (pool children included), "
+                         "from 5 s into the load")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the stack (repeatable)")
     ap.add_argument("--db-name", default="herald_capacity")
     ap.add_argument("--keep-logs", action="store_true")

@@ -51,7 +51,7 @@ def main() -> None:
         "SLACK_API_URL": f"http://127.0.0.1:{slack_port}/api/", "SLACK_GLOBAL_PER_MINUTE": "1000000",
     })
     os.environ.setdefault("HERALD_ENCRYPTION_KEYS", Fernet.generate_key().decode())
-    db_url = setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
+    setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
     os.environ["DJANGO_SETTINGS_MODULE"] = "config.settings.production"
     tmp = Path(tempfile.mkdtemp(prefix="herald-drain-cost-"))
     slack = subprocess.Popen([sys.executable, "-m", "tests.support.fakeslack", "--port", str(slack_port),

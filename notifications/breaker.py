@@ -38,9 +38,14 @@ DEFAULTS = {"window": 30.0, "min_calls": 10, "failure_ratio": 0.5, "open_seconds
             "max_open_seconds": 60.0, "probe_seconds": 10.0, "consecutive_failures": 5,
             "consecutive_window": 300.0, "unavailable_wait": 5.0}
 
-# KEYS: state hash, calls zset, failures zset. ARGV: now_ms, probe_ms. Returns {allowed, wait_ms, state}.
+# KEYS: state hash, calls zset, failures zset. ARGV: now_ms ("": Redis TIME), probe_ms.
+# Returns {allowed, wait_ms, state}.
 _ALLOW = """
 local now = tonumber(ARGV[1])
+if now == nil then  -- no clock given: Redis TIME, read here rather than in a round trip of its own
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
 if st == 'closed' then return {1, 0, 'closed'} end
 local until_ms = tonumber(redis.call('HGET', KEYS[1], 'until') or 0)
@@ -52,13 +57,17 @@ redis.call('HSET', KEYS[1], 'state', 'half_open', 'probe_until', now + tonumber(
 return {1, 0, 'half_open'}
 """
 
-# KEYS: state hash, calls zset, failures zset. ARGV: now_ms, ok(1/0), window_ms, min_calls, ratio,
+# KEYS: state hash, calls zset, failures zset. ARGV: now_ms ("": Redis TIME), ok(1/0), window_ms, min_calls, ratio,
 # open_ms, max_open_ms, member, consecutive_failures, consecutive_window_ms. Returns {state, probe(1/0)}.
 # Calls and failures of the window are two sorted sets counted with ZCARD (O(log n) a call, not a
 # scan of the window). The state hash also counts consecutive failures while closed (field
 # `fails`, the hash expiring consecutive_window after the last one); any success clears it.
 _RECORD = """
 local now = tonumber(ARGV[1])
+if now == nil then  -- no clock given: Redis TIME, read here rather than in a round trip of its own
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local ok = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local st = redis.call('HGET', KEYS[1], 'state') or 'closed'
@@ -168,11 +177,11 @@ class CircuitBreaker:
     def _keys(self) -> list[str]:
         return [f"herald:cb:{{{self.name}}}:{part}" for part in ("state", "calls", "failures")]
 
-    def _now_ms(self) -> int:
+    def _now_ms(self) -> int | str:
+        """The clock the scripts use: the test's, else "" (the script reads Redis TIME itself)."""
         if self._clock is not None:
             return int(self._clock() * 1000)
-        seconds, micros = self.client.time()
-        return seconds * 1000 + micros // 1000
+        return ""
 
     def allow(self) -> BreakerDecision:
         """May a call go now? Fails closed (wait `unavailable_wait`, state "unknown") when Redis errs."""

@@ -68,8 +68,16 @@ def _later(seconds: float):
     return DbClock() + timedelta(seconds=seconds)
 
 
-def _entries(org_id: int, first: int, last: int) -> list[LogEntry]:
-    return list(LogEntry.objects.filter(organization_id=org_id, seq__gte=first, seq__lte=last).order_by("seq"))
+def _entries(org_id: int, first: int, last: int, known: list[LogEntry] | None = None) -> list[LogEntry]:
+    """The entries first..last in seq order. `known`: a contiguous run read earlier in this step
+    (entries never change once written), so only what it lacks is read."""
+    have: list[LogEntry] = []
+    if known and known[0].seq <= first <= known[-1].seq:
+        have = [e for e in known if first <= e.seq <= last]
+        if known[-1].seq >= last:
+            return have
+        first = known[-1].seq + 1
+    return have + list(LogEntry.objects.filter(organization_id=org_id, seq__gte=first, seq__lte=last).order_by("seq"))
 
 
 def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
@@ -119,11 +127,12 @@ def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> Drain
         return DrainResult("missing")
     if not ch.external:
         return _deliver_local(ch, org_id, destination)
-    gated = stream_gate(org_id=org_id, channel=channel, destination=destination)
+    known: list[LogEntry] = []
+    gated = _stream_gate(ch, org_id, destination, known)
     if isinstance(gated, DrainResult):
         return gated
     target, gate = gated
-    return _deliver_external(ch, target, gate, org_id, destination)
+    return _deliver_external(ch, target, gate, org_id, destination, known=known)
 
 
 def stream_gate(*, org_id: int, channel: str, destination: str = ""):
@@ -132,7 +141,13 @@ def stream_gate(*, org_id: int, channel: str, destination: str = ""):
     this, so it is one indexed read and the channel's Redis scripts. Returns (target, gate) when
     a slot is granted, else the DrainResult to report. Streams share a provider's global limit
     oldest pending entry first (the head's occurred_at), so a failed send keeps its place."""
-    ch = registry.get(channel)
+    return _stream_gate(registry.get(channel), org_id, destination, [])
+
+
+def _stream_gate(ch: Channel, org_id: int, destination: str, known: list[LogEntry]):
+    """stream_gate; the entries it read are appended to `known` (the send under the lock reuses
+    them instead of reading the same range again)."""
+    channel = ch.name
     with connection.cursor() as cursor:
         cursor.execute(_PEEK_SQL, [org_id, channel, destination])
         row = cursor.fetchone()
@@ -149,9 +164,11 @@ def stream_gate(*, org_id: int, channel: str, destination: str = ""):
     if target is None:
         stream_deactivate(org_id=org_id, channel=channel, destination=destination)
         return DrainResult("idle")
-    if not pending and not _wanted(ch, target, _entries(org_id, delivered + 1, min(last, delivered + ch.batch_max))):
-        # Nothing ahead is for this destination: move past it without asking for a slot.
-        return _skip_unwanted(ch, target, org_id, destination)
+    if not pending:
+        known += _entries(org_id, delivered + 1, min(last, delivered + ch.batch_max))
+        if not _wanted(ch, target, known):
+            # Nothing ahead is for this destination: move past it without asking for a slot.
+            return _skip_unwanted(ch, target, org_id, destination)
     gate = ch.gate(target, since=float(head_at) if head_at is not None else None,
                    member=f"{org_id}:{channel}:{destination}")
     if not gate.allowed:
@@ -216,7 +233,8 @@ def _deliver_local(ch: Channel, org_id: int, destination: str) -> DrainResult:
 
 # --- external channels ------------------------------------------------------------------------
 
-def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) -> DrainResult:
+def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
+                      known: list[LogEntry] | None = None) -> DrainResult:
     locked_at = time.monotonic()
     with transaction.atomic():
         stream = _lock(org_id, ch.name, destination)
@@ -235,7 +253,7 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
             last = min(last, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
             if last < first:
                 return DrainResult("idle")
-            entries = _wanted(ch, target, _entries(org_id, first, last))
+            entries = _wanted(ch, target, _entries(org_id, first, last, known))
             if not entries:
                 return _skip(ch, stream, last)
             head = Delivery.objects.create(organization_id=org_id, stream=stream, channel=ch.name,
@@ -249,9 +267,9 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str) 
                     head.last_seq = newest
                     head.save(update_fields=["last_seq"])
             if head.attempts > 0 and head.seqs is not None:
-                entries = _recorded(head, _entries(org_id, head.first_seq, head.last_seq))
+                entries = _recorded(head, _entries(org_id, head.first_seq, head.last_seq, known))
             else:
-                entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq))
+                entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq, known))
                 seqs = [e.seq for e in entries]
                 if entries and seqs != head.seqs:
                     head.seqs = seqs

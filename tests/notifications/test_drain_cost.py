@@ -6,7 +6,9 @@ from notifications.channels import registry
 from notifications.delivery import fence
 from notifications.delivery.drain import stream_drain
 from notifications.models import DeliveryStream, Notification
+from organizations.services import slack_integration_set
 from tests.organizations.factories import MembershipFactory
+from tests.support.fakeslack import FakeSlack
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
 
 pytestmark = pytest.mark.django_db
@@ -51,3 +53,52 @@ def test_a_full_run_is_followed_by_the_next_one(monkeypatch):
     assert list(Notification.objects.filter(organization=org).order_by("id").values_list("seq", flat=True)) == \
         [1, 2, 3, 4, 5]
     assert DeliveryStream.objects.get(organization=org, channel="inapp").delivered_seq == 5
+
+
+TOKEN = "xoxb-drain-cost"
+
+
+@pytest.fixture
+def slack(settings):
+    with FakeSlack(valid_tokens={TOKEN}, channel_burst=100, channel_rate=100) as server:
+        settings.SLACK_API_URL = server.base_url
+        settings.HERALD_RATE_LIMITS = {**settings.HERALD_RATE_LIMITS,
+                                       "slack.global": {"rate": 1000, "burst": 100},
+                                       "slack.channel": {"rate": 1000, "burst": 100}}
+        yield server
+
+
+def test_a_slack_send_reads_its_entries_once(slack, django_assert_num_queries):
+    """The gate's look at the run (is anything for this channel?) is reused under the lock: the
+    entries are read once per send, not twice."""
+    tracker = _org_with_members(1)
+    org = tracker.organization
+    slack_integration_set(organization=org, channel="C1", token=TOKEN)
+    TrackerEventFactory(tracker=tracker)
+    TrackerEventFactory(tracker=tracker, action="stop")
+
+    with django_assert_num_queries(11) as captured:
+        result = stream_drain(org_id=org.id, channel="slack")
+
+    assert (result.kind, result.count) == ("idle", 2)
+    entry_reads = [q["sql"] for q in captured.captured_queries if 'FROM "notifications_logentry"' in q["sql"]]
+    assert len(entry_reads) == 1, entry_reads
+    assert [m["text"].splitlines()[0] for m in slack.messages()] == ["2 tracker updates (#1–#2):"]
+    assert DeliveryStream.objects.get(organization=org, channel="slack").delivered_seq == 2
+
+
+def test_entries_known_from_the_gate_are_reused_only_where_they_cover_the_range(django_assert_num_queries):
+    tracker = _org_with_members(1)
+    org = tracker.organization
+    for _ in range(6):
+        TrackerEventFactory(tracker=tracker)
+    known = fence._entries(org.id, 2, 4)
+
+    with django_assert_num_queries(0):
+        assert [e.seq for e in fence._entries(org.id, 3, 4, known)] == [3, 4]
+    with django_assert_num_queries(1):  # the tail beyond what is known is read
+        assert [e.seq for e in fence._entries(org.id, 3, 6, known)] == [3, 4, 5, 6]
+    with django_assert_num_queries(1):  # starts before what is known
+        assert [e.seq for e in fence._entries(org.id, 1, 3, known)] == [1, 2, 3]
+    with django_assert_num_queries(1):
+        assert [e.seq for e in fence._entries(org.id, 5, 6, known)] == [5, 6]
