@@ -15,6 +15,7 @@ The fence never names a channel: it asks the registry, and the channel answers t
 interface of notifications.channels.base. Cheap checks (is there work, is the stream waiting,
 do breaker and limiter grant a slot) run before the lock, so waiting streams poll cheaply.
 """
+import json
 import logging
 import random
 import time
@@ -208,23 +209,67 @@ def _busy_or_missing(org_id: int, channel: str, destination: str) -> DrainResult
 
 # --- local channels (in-app) ------------------------------------------------------------------
 
+# One statement for the fence's part of a local step: lock the stream (SKIP LOCKED: no row when
+# another worker holds it or it does not exist), read the run after its cursor, and move the cursor
+# to the run's end. The channel's apply() then writes the run in the same transaction; if anything
+# fails, the rollback puts the cursor back. A held stream returns one row without entries.
+_LOCAL_STEP_SQL = """
+WITH s AS (
+    SELECT id, held, delivered_seq FROM notifications_deliverystream
+    WHERE organization_id = %(org)s AND channel = %(channel)s AND destination = %(destination)s
+    FOR UPDATE SKIP LOCKED
+), run AS (  -- LATERAL: the cursor bounds the index scan (not a filter over the whole log)
+    SELECT e.* FROM s CROSS JOIN LATERAL (
+        SELECT id, seq, kind, payload, actor_id, actor_name, audience, occurred_at FROM notifications_logentry
+        WHERE organization_id = %(org)s AND seq > s.delivered_seq ORDER BY seq LIMIT %(limit)s) e
+    WHERE NOT s.held
+), moved AS (
+    UPDATE notifications_deliverystream t
+    SET delivered_seq = (SELECT max(seq) FROM run), head_attempts = 0, head_since = NULL, last_error = '',
+        updated_at = clock_timestamp()
+    FROM s WHERE t.id = s.id AND EXISTS (SELECT 1 FROM run)
+)
+SELECT s.held, run.id, run.seq, run.kind, run.payload, run.actor_id, run.actor_name, run.audience, run.occurred_at
+FROM s LEFT JOIN run ON true ORDER BY run.seq
+"""
+
+
+def _local_step(org_id: int, channel: str, destination: str, limit: int) -> tuple[bool, list[LogEntry]] | None:
+    """(held, run) under the stream's lock, the cursor already at the run's end; None when the
+    stream is locked by another worker or missing."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCAL_STEP_SQL, {"org": org_id, "channel": channel, "destination": destination,
+                                         "limit": limit})
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    entries = []
+    for _held, id_, seq, kind, payload, actor_id, actor_name, audience, occurred_at in rows:
+        if id_ is None:
+            continue
+        entry = LogEntry(id=id_, organization_id=org_id, seq=seq, kind=kind,
+                         payload=json.loads(payload) if isinstance(payload, str) else payload,
+                         actor_id=actor_id, actor_name=actor_name, audience=audience, occurred_at=occurred_at)
+        entry._state.adding, entry._state.db = False, connection.alias
+        entries.append(entry)
+    return rows[0][0], entries
+
+
 def _deliver_local(ch: Channel, org_id: int, destination: str) -> DrainResult:
     with transaction.atomic():
-        stream = _lock(org_id, ch.name, destination)
-        if stream is None:
+        step = _local_step(org_id, ch.name, destination, ch.batch_max)
+        if step is None:
             result = _busy_or_missing(org_id, ch.name, destination)
             if result.kind == "missing":
                 stream_ensure(org_id=org_id, channel=ch.name, destination=destination)
                 return DrainResult("busy")  # the caller retries at once and finds it
             return result
-        if stream.held:
+        held, entries = step
+        if held:
             return DrainResult("held")
-        entries = list(LogEntry.objects.filter(organization_id=org_id, seq__gt=stream.delivered_seq)
-                       .order_by("seq")[:ch.batch_max])
         if not entries:
             return DrainResult("idle")
         outcome = ch.apply(organization_id=org_id, entries=entries)
-        _touch(stream.pk, delivered_seq=entries[-1].seq, head_attempts=0, head_since=None, last_error="")
         # After commit: a rolled-back drain announces nothing.
         transaction.on_commit(lambda: ch.published(outcome), robust=True)
     # Fewer than a full run: the read saw every entry committed before it.
