@@ -178,10 +178,42 @@ def _stream_gate(ch: Channel, org_id: int, destination: str, known: list[LogEntr
     return target, gate
 
 
+# Every column of the stream (from the model, so a new field is read too), the organization's last
+# seq and Postgres' clock, in one statement without the ORM's query building (this runs per drain).
+_STREAM_FIELDS = [f for f in DeliveryStream._meta.concrete_fields]
+_LOCK_SQL = (
+    "SELECT " + ", ".join(f"s.{f.column}" for f in _STREAM_FIELDS) + ", o.last_event_seq, clock_timestamp() "
+    "FROM notifications_deliverystream s JOIN organizations_organization o ON o.id = s.organization_id "
+    "WHERE s.organization_id = %s AND s.channel = %s AND s.destination = %s FOR UPDATE OF s SKIP LOCKED"
+)
+
+
+_DELIVERY_FIELDS = [f for f in Delivery._meta.concrete_fields]
+_HEAD_SQL = (
+    "SELECT " + ", ".join(f.column for f in _DELIVERY_FIELDS) + " FROM notifications_delivery "
+    "WHERE stream_id = %s AND status = 'pending' AND NOT late ORDER BY first_seq LIMIT 1"
+)
+
+
+def _pending_head(stream: DeliveryStream) -> Delivery | None:
+    """The stream's pending head (a run attempted or waiting before), read after the lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(_HEAD_SQL, [stream.pk])
+        row = cursor.fetchone()
+    return None if row is None else Delivery.from_db(connection.alias, [f.attname for f in _DELIVERY_FIELDS], row)
+
+
 def _lock(org_id: int, channel: str, destination: str) -> DeliveryStream | None:
-    return (DeliveryStream.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("organization").annotate(db_now=DbClock())
-            .filter(organization_id=org_id, channel=channel, destination=destination).first())
+    """The stream row, locked (None: another worker holds it, or it does not exist), with
+    `org_last_seq` (the organization's last seq) and `db_now` (Postgres' clock) read with it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_LOCK_SQL, [org_id, channel, destination])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    stream = DeliveryStream.from_db(connection.alias, [f.attname for f in _STREAM_FIELDS], row[:-2])
+    stream.org_last_seq, stream.db_now = row[-2], row[-1]
+    return stream
 
 
 def _skip_unwanted(ch: Channel, target, org_id: int, destination: str) -> DrainResult:
@@ -194,7 +226,7 @@ def _skip_unwanted(ch: Channel, target, org_id: int, destination: str) -> DrainR
         if stream.held or Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING, late=False).exists():
             return DrainResult("busy")
         first = stream.delivered_seq + 1
-        last = min(stream.organization.last_event_seq, stream.delivered_seq + ch.batch_max)
+        last = min(stream.org_last_seq, stream.delivered_seq + ch.batch_max)
         if last < first:
             return DrainResult("idle")
         if _wanted(ch, target, _entries(org_id, first, last)):
@@ -290,9 +322,8 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
         now = stream.db_now
         if stream.next_attempt_at and stream.next_attempt_at > now:
             return DrainResult("wait", wait=(stream.next_attempt_at - now).total_seconds())
-        head = (Delivery.objects.filter(stream=stream, status=Delivery.Status.PENDING, late=False)
-                .order_by("first_seq").first())
-        last = stream.organization.last_event_seq if head is None else head.last_seq
+        head = _pending_head(stream)
+        last = stream.org_last_seq if head is None else head.last_seq
         if head is None:
             first = stream.delivered_seq + 1
             last = min(last, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
@@ -307,7 +338,7 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
             if head.attempts == 0 and ch.coalesce:
                 # Never sent yet (it waited on a gate or a deferral): later entries may join it. Once
                 # attempted, its range is frozen, so every attempt carries the same message.
-                newest = min(stream.organization.last_event_seq, head.first_seq + ch.batch_max - 1)
+                newest = min(stream.org_last_seq, head.first_seq + ch.batch_max - 1)
                 if newest > head.last_seq:
                     head.last_seq = newest
                     head.save(update_fields=["last_seq"])
@@ -370,13 +401,25 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
         return _sent(ch, target, stream, head, run, ref)
 
 
+_SENT_SQL = """
+WITH sent AS (
+    UPDATE notifications_delivery
+    SET status = 'sent', sent_at = clock_timestamp(), provider_ref = %(ref)s, last_error = '', attempts = %(attempts)s,
+        verify_first = false, updated_at = clock_timestamp()
+    WHERE id = %(delivery)s
+)
+UPDATE notifications_deliverystream
+SET delivered_seq = GREATEST(delivered_seq, %(last_seq)s), head_attempts = 0, head_since = NULL, next_attempt_at = NULL,
+    last_error = '', updated_at = clock_timestamp()
+WHERE id = %(stream)s
+"""
+
+
 def _sent(ch: Channel, target, stream: DeliveryStream, head: Delivery, run: Run, ref: str,
           verified: bool = False) -> DrainResult:
-    Delivery.objects.filter(pk=head.pk).update(status=Delivery.Status.SENT, sent_at=DbClock(), provider_ref=ref[:120],
-                                               last_error="", attempts=head.attempts, verify_first=False,
-                                               updated_at=DbClock())
-    _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), head.last_seq), head_attempts=0, head_since=None,
-           next_attempt_at=None, last_error="")
+    with connection.cursor() as cursor:  # the outcome and the cursor in one statement
+        cursor.execute(_SENT_SQL, {"delivery": head.pk, "ref": ref[:120], "attempts": head.attempts,
+                                   "stream": stream.pk, "last_seq": head.last_seq})
     ch.sent(target, run, at=stream.db_now)
     status.run_record(channel=ch.name, recipient_id=ch.recipient_id(target), entries=run.entries, state="sent")
     if not verified:
@@ -387,7 +430,7 @@ def _sent(ch: Channel, target, stream: DeliveryStream, head: Delivery, run: Run,
     for entry in run.entries:
         metrics.LATENCY.labels(channel=ch.name).observe(max(0.0, (stream.db_now - entry.occurred_at).total_seconds()))
     # The run ended at the organization's last seq as read under the lock: nothing more to look at.
-    return DrainResult("delivered", count=count, drained=head.last_seq >= stream.organization.last_event_seq)
+    return DrainResult("delivered", count=count, drained=head.last_seq >= stream.org_last_seq)
 
 
 def _rate_limited(ch: Channel, target, stream: DeliveryStream, head: Delivery, exc: RateLimitedFailure):
