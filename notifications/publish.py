@@ -29,6 +29,8 @@ from notifications.email import profile_updated_email_queue
 logger = logging.getLogger("herald.delivery")
 
 # Allocates the seq and writes the entry in one round trip. Audience NULL: the members right now.
+# Also returns the organization's active streams, which the kick on commit wakes (a stream that
+# becomes active between this statement and the commit starts at the current seq or is swept).
 _APPEND_SQL = """
 WITH org AS (
     UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = now()
@@ -41,7 +43,10 @@ SELECT org.id, org.last_event_seq, %(kind)s, %(payload)s::jsonb, %(actor_id)s, %
                       ORDER BY m.user_id)),
        COALESCE(%(occurred_at)s, now())
 FROM org
-RETURNING id, seq, audience, occurred_at
+RETURNING id, seq, audience, occurred_at,
+          ARRAY(SELECT ARRAY[s.channel, s.destination] FROM notifications_deliverystream s
+                WHERE s.organization_id = notifications_logentry.organization_id AND s.active AND NOT s.held
+                ORDER BY s.id)
 """
 
 
@@ -76,14 +81,15 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
     entry = LogEntry(id=row[0], organization_id=organization_id, seq=row[1], kind=kind, payload=payload,
                      actor_id=actor_id, actor_name=actor_name, audience=row[2], occurred_at=row[3])
     entry._state.adding, entry._state.db = False, "default"
-    transaction.on_commit(lambda: _committed(entry), robust=True)
+    streams = [(channel, destination) for channel, destination in row[4]]
+    transaction.on_commit(lambda: _committed(entry, streams), robust=True)
     return entry
 
 
-def _committed(entry: LogEntry) -> None:
+def _committed(entry: LogEntry, streams: list[tuple[str, str]]) -> None:
     metrics.EVENTS_TOTAL.labels(action=entry.payload.get("action", entry.kind)).inc()
     try:
-        streams_kick_all(org_id=entry.organization_id)
+        streams_kick_all(org_id=entry.organization_id, streams=streams)
     except Exception:
         logger.warning("streams not kicked (broker or Redis unavailable); the sweeper will re-kick them",
                        extra={"org_id": entry.organization_id, "seq": entry.seq}, exc_info=True)

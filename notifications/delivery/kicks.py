@@ -101,11 +101,27 @@ def stream_retry_token(*, org_id: int, channel: str, destination: str = "", dela
         return True
 
 
-def streams_kick_all(*, org_id: int) -> None:
-    """Wake every active stream of the organization (after a log entry committed): one query."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT channel, destination FROM notifications_deliverystream "
-                       "WHERE organization_id = %s AND active AND NOT held", [org_id])
-        streams = cursor.fetchall()
-    for channel, destination in streams:
-        stream_kick(org_id=org_id, channel=channel, destination=destination)
+def streams_kick_all(*, org_id: int, streams: list[tuple[str, str]] | None = None) -> None:
+    """Wake every active stream of the organization (after a log entry committed). `streams`: the
+    (channel, destination) pairs if the caller read them already (publish does, with the entry),
+    else one query. The kick flags are set in one Redis round trip (a pipeline), then a drain is
+    enqueued for each stream that had none queued."""
+    if streams is None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT channel, destination FROM notifications_deliverystream "
+                           "WHERE organization_id = %s AND active AND NOT held", [org_id])
+            streams = cursor.fetchall()
+    if not streams:
+        return
+    keys = [_kick_key(org_id, channel, destination) for channel, destination in streams]
+    try:
+        pipe = redis_client().pipeline(transaction=False)
+        for key in keys:
+            pipe.eval(_KICK, 2, key, key + ":retry", KICK_TTL_SECONDS)
+        fresh = [answer == 1 for answer in pipe.execute()]
+    except redis.RedisError:
+        logger.warning("kick flags unavailable; enqueueing anyway", extra={"org_id": org_id})
+        fresh = [True] * len(keys)
+    for (channel, destination), enqueue in zip(streams, fresh, strict=True):
+        if enqueue:
+            drain_enqueue(org_id=org_id, channel=channel, destination=destination)
