@@ -1,9 +1,11 @@
 """What a drain costs: a run shorter than batch_max is delivered with one look at the log (one
 lock, one read, one commit), not a second empty look after it; a full run still continues."""
 import pytest
+from django.db import transaction
 
+from notifications import publish
 from notifications.channels import registry
-from notifications.delivery import fence
+from notifications.delivery import fence, kicks
 from notifications.delivery.drain import stream_drain
 from notifications.models import DeliveryStream, Notification
 from organizations.services import slack_integration_set
@@ -104,3 +106,27 @@ def test_entries_known_from_the_gate_are_reused_only_where_they_cover_the_range(
         assert [e.seq for e in fence._entries(org.id, 1, 3, known)] == [1, 2, 3]
     with django_assert_num_queries(1):
         assert [e.seq for e in fence._entries(org.id, 5, 6, known)] == [5, 6]
+
+
+def test_a_committed_entry_kicks_its_streams_without_reading_them_again(
+        monkeypatch, django_assert_num_queries, django_capture_on_commit_callbacks):
+    """publish() returns the organization's active streams with the entry, so the kick on commit
+    makes no query; the kick flags go in one pipeline, and a stream whose drain is already queued
+    is not enqueued again."""
+    tracker = _org_with_members(1)
+    org = tracker.organization
+    slack_integration_set(organization=org, channel="C1", token=TOKEN)
+    enqueued = []
+    monkeypatch.setattr(kicks, "drain_enqueue", lambda **kw: enqueued.append(kw["channel"]))
+
+    def append():
+        with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+            publish.publish(organization_id=org.id, kind="tracker.event",
+                            payload={"tracker_id": tracker.id, "tracker_name": tracker.name, "action": "start"})
+
+    with django_assert_num_queries(3):  # savepoint, the append (seq, entry, streams), release
+        append()
+    assert sorted(enqueued) == ["inapp", "slack"]
+
+    append()  # both drains still queued: their flags are set
+    assert sorted(enqueued) == ["inapp", "slack"]
