@@ -31,6 +31,12 @@ def error_payload(message: str, code: str, extra: dict | None = None) -> dict:
     return {"message": message, "code": code, "extra": extra or {}}
 
 
+def activity_organization(request, organization_id: int) -> None:
+    """Tell the activity log (reports.middleware) which organization a write concerned, when the
+    URL does not name it: the middleware then needs no query to find it."""
+    getattr(request, "_request", request).herald_organization_id = organization_id
+
+
 def exception_handler(exc, context):
     """Every API error, whatever raised it, leaves as {"message", "code", "extra"}."""
     headers = {}

@@ -4,7 +4,8 @@ activity log: organization, actor (user or API key), action (the URL name), obje
 Cheap by construction: no query for the common shapes (the organization comes from the URL's
 org_id or the API key); a URL naming another object (tracker_id, report_id, ... listed in
 settings.ACTIVITY_OBJECT_MODELS) costs one primary-key lookup of its organization_id; then one
-INSERT into today's partition."""
+INSERT into today's partition. A view that knows the organization says so
+(config.api.activity_organization: tracker start/stop) and spares that lookup."""
 from django.apps import apps
 from django.conf import settings
 
@@ -32,7 +33,7 @@ class ActivityLogMiddleware:
         user = getattr(request, "user", None)  # DRF sets the authenticated principal on the Django request
         api_key_id = user_id = None
         actor_name = ""
-        organization_id = kwargs.get("org_id")
+        organization_id = kwargs.get("org_id") or getattr(request, "herald_organization_id", None)
         if isinstance(user, ApiKeyPrincipal):
             api_key_id, actor_name = user.api_key.pk, str(user)
             organization_id = organization_id or user.organization_id

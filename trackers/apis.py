@@ -6,7 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.api import Pagination, StrictSerializer
+from config.api import Pagination, StrictSerializer, activity_organization
 from config.errors import ApplicationError
 from organizations.selectors import organization_get_for_user
 from notifications import publish
@@ -64,10 +64,11 @@ class _TrackerActionApi(APIView):
     action = ""
 
     def post(self, request, tracker_id: int):
-        tracker = selectors.tracker_get_for_user(user=request.user, id=tracker_id)
-        change = services.tracker_start if self.action == "start" else services.tracker_stop
-        entry = change(tracker_id=tracker.id, actor=request.user)
-        tracker.refresh_from_db()
+        # One locking SELECT checks access too (404 for a tracker the caller cannot see); the answer
+        # is built from the row as written, without reading it back.
+        change = services.tracker_start_for if self.action == "start" else services.tracker_stop_for
+        tracker, entry = change(tracker_id=tracker_id, principal=request.user)
+        activity_organization(request, tracker.organization_id)
         event = publish.entry_message(entry)
         del event["type"]
         return Response({"tracker": TrackerOutput(tracker).data, "event": EventOutput(event).data})

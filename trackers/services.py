@@ -1,13 +1,16 @@
 """Tracker writes. A start or stop changes the tracker and its TimeEntry and appends a
 "tracker.event" entry to the organization's log (notifications.publish), in one transaction;
 delivery is kicked only after commit."""
+from typing import NamedTuple
+
 from django.db import connection, transaction
+from django.db.models import DurationField, ExpressionWrapper, F, Value
 from django.utils import timezone
 
-from config.errors import ApplicationError, Conflict, Forbidden
+from config.errors import ApplicationError, Conflict, Forbidden, NotFound
 from notifications import publish
 from organizations.models import Membership, Organization
-from organizations.selectors import ApiKeyPrincipal, role_in_organization
+from organizations.selectors import ApiKeyPrincipal, organization_list_for_user, role_in_organization
 from trackers.errors import TrackerErrorCode
 from trackers.selectors import comment_thread_participant_ids
 from trackers.models import Comment, TimeEntry, Tracker
@@ -34,10 +37,50 @@ def _record_event(*, tracker: Tracker, action: str, actor, now):
     )
 
 
+class TrackerChange(NamedTuple):
+    tracker: Tracker  # as written (started_by is the actor object: serializing it needs no query)
+    entry: "publish.LogEntry"
+
+
+def _locked(*, tracker_id: int, principal) -> Tracker:
+    """The tracker row, locked; with `principal`, only if it may see the tracker (404 otherwise,
+    another organization's included). One statement: the access check is a subquery of the lock."""
+    trackers = Tracker.objects.select_for_update().filter(pk=tracker_id)
+    if principal is not None:
+        trackers = trackers.filter(organization__in=organization_list_for_user(user=principal).values("id"))
+    tracker = trackers.first()
+    if tracker is None:
+        raise NotFound("Tracker not found.", code=TrackerErrorCode.TRACKER_NOT_FOUND)
+    return tracker
+
+
 @transaction.atomic
-def tracker_start(*, tracker_id: int, actor):
+def tracker_start_for(*, tracker_id: int, principal) -> TrackerChange:
+    """Start the tracker as `principal` (a user or an org API key; a tracker it cannot see is
+    404): lock it, UPDATE it, INSERT the time entry, append the log entry."""
+    return _start(_locked(tracker_id=tracker_id, principal=principal), actor=principal)
+
+
+@transaction.atomic
+def tracker_stop_for(*, tracker_id: int, principal) -> TrackerChange:
+    """Stop the tracker as `principal`: lock it, close its open time entry (one UPDATE, the
+    duration computed by Postgres), UPDATE it, append the log entry."""
+    return _stop(_locked(tracker_id=tracker_id, principal=principal), actor=principal)
+
+
+@transaction.atomic
+def tracker_start(*, tracker_id: int, actor) -> "publish.LogEntry":
+    """Start the tracker (no access check: the caller made it); returns the log entry."""
+    return _start(_locked(tracker_id=tracker_id, principal=None), actor=actor).entry
+
+
+@transaction.atomic
+def tracker_stop(*, tracker_id: int, actor) -> "publish.LogEntry":
+    return _stop(_locked(tracker_id=tracker_id, principal=None), actor=actor).entry
+
+
+def _start(tracker: Tracker, *, actor) -> TrackerChange:
     # Lock order everywhere: tracker row, then organization row (in publish).
-    tracker = Tracker.objects.select_for_update().get(pk=tracker_id)
     if tracker.is_running:
         raise Conflict("The tracker is already running.", code=TrackerErrorCode.TRACKER_ALREADY_RUNNING)
     now = timezone.now()
@@ -45,22 +88,19 @@ def tracker_start(*, tracker_id: int, actor):
     tracker.save(update_fields=["is_running", "started_at", "started_by"])
     TimeEntry.objects.create(organization_id=tracker.organization_id, tracker=tracker,
                              started_by=_user_or_none(actor), started_at=now)
-    return _record_event(tracker=tracker, action=START, actor=actor, now=now)
+    return TrackerChange(tracker, _record_event(tracker=tracker, action=START, actor=actor, now=now))
 
 
-@transaction.atomic
-def tracker_stop(*, tracker_id: int, actor):
-    tracker = Tracker.objects.select_for_update().get(pk=tracker_id)
+def _stop(tracker: Tracker, *, actor) -> TrackerChange:
     if not tracker.is_running:
         raise Conflict("The tracker is not running.", code=TrackerErrorCode.TRACKER_NOT_RUNNING)
     now = timezone.now()
-    entry = TimeEntry.objects.filter(tracker=tracker, stopped_at__isnull=True).first()
-    if entry is not None:
-        entry.stopped_at, entry.stopped_by, entry.duration = now, _user_or_none(actor), now - entry.started_at
-        entry.save(update_fields=["stopped_at", "stopped_by", "duration"])
+    TimeEntry.objects.filter(tracker=tracker, stopped_at__isnull=True).update(
+        stopped_at=now, stopped_by=_user_or_none(actor),
+        duration=ExpressionWrapper(Value(now) - F("started_at"), output_field=DurationField()))
     tracker.is_running, tracker.started_at, tracker.started_by = False, None, None
     tracker.save(update_fields=["is_running", "started_at", "started_by"])
-    return _record_event(tracker=tracker, action=STOP, actor=actor, now=now)
+    return TrackerChange(tracker, _record_event(tracker=tracker, action=STOP, actor=actor, now=now))
 
 
 @transaction.atomic

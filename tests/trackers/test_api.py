@@ -292,3 +292,49 @@ def test_events_query_count_does_not_grow(auth_client, org_with_members, main_tr
 
     assert len(response.json()["results"]) == 21
     assert many == few
+
+
+def test_start_and_stop_statement_counts(auth_client, org_with_members, main_tracker, django_assert_num_queries):
+    """The hot path's statements, pinned (7 in production). Start: the token; the locking SELECT
+    that also checks access; UPDATE tracker; INSERT time entry; the log append; the activity row.
+    Stop: the same with UPDATE time entry (its duration computed in SQL) instead of the INSERT. No
+    read of the tracker before the lock, none after the write, none for the activity row's
+    organization. Under the test's transaction each atomic block adds SAVEPOINT + RELEASE (2 x 2)
+    and the after-commit kick (one SELECT of the streams) does not run."""
+    client = auth_client(org_with_members.member)
+    assert client.get("/api/v1/me").status_code == 200  # the token's first use writes last_used_at
+
+    with django_assert_num_queries(6 + 4):
+        started = client.post(start_url(main_tracker.id))
+    with django_assert_num_queries(6 + 4):
+        stopped = client.post(stop_url(main_tracker.id))
+
+    assert started.status_code == 200 and stopped.status_code == 200
+    assert started.json()["tracker"]["started_by"] == org_with_members.member.username
+    assert stopped.json()["tracker"] == {**stopped.json()["tracker"], "is_running": False, "started_at": None,
+                                         "started_by": None}
+    entry = TimeEntry.objects.get(tracker=main_tracker)
+    assert entry.duration == entry.stopped_at - entry.started_at and entry.stopped_by == org_with_members.member
+    main_tracker.refresh_from_db()
+    assert main_tracker.is_running is False and main_tracker.started_by is None
+
+
+def test_stop_closes_only_the_open_time_entry(auth_client, org_with_members, main_tracker):
+    client = auth_client(org_with_members.member)
+    for _ in range(2):
+        assert client.post(start_url(main_tracker.id)).status_code == 200
+        assert client.post(stop_url(main_tracker.id)).status_code == 200
+    first, second = TimeEntry.objects.filter(tracker=main_tracker).order_by("id")
+
+    assert first.stopped_at < second.started_at <= second.stopped_at
+    assert first.duration == first.stopped_at - first.started_at
+    assert second.duration == second.stopped_at - second.started_at
+
+
+def test_start_a_tracker_of_an_org_one_left_is_404(auth_client, org_with_members, main_tracker):
+    client = auth_client(org_with_members.member)
+    org_with_members.org.memberships.filter(user=org_with_members.member).delete()
+
+    assert_error(client.post(start_url(main_tracker.id)), 404, "tracker_not_found")
+    main_tracker.refresh_from_db()
+    assert main_tracker.is_running is False and not TimeEntry.objects.exists()
