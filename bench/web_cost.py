@@ -1,0 +1,241 @@
+"""Benchmark: CPU per request of the web tier's hot endpoints, in process (issues 10, 12, 13).
+
+Calls the ASGI application the web processes serve (`config.asgi.application`: admission control,
+Django's ASGI handler, every middleware, DRF, the views, their sync-to-async thread hop) directly
+from an event loop, one request at a time, under config.settings.production (DEBUG off) with the
+connection pool the web processes use (DB_POOL), on a database of its own. No HTTP server: what it
+measures is Herald's own code per request (the HTTP server's share comes on top; see
+docs/benchmarks.md). Prints, per endpoint, CPU ms per request (time.process_time of this process:
+every thread), wall ms per request and SQL statements per request; `--profile` adds a py-spy
+profile of the run (the functions with the most samples, inclusive).
+
+Endpoints: `start_stop` (POST /api/v1/trackers/{id}/start then /stop, user token), `search_top`
+(GET /api/v1/orgs/{id}/search/top, user token), `send` (POST /api/v1/send, 10 recipients, org API
+key, Idempotency-Key), `me` (GET /api/v1/me), `healthz`.
+
+    .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py
+    .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --requests 2000 --only start_stop
+    .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --profile
+"""
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import setup_database  # noqa: E402
+
+FERNET_KEY = "YmVuY2gtd2ViLWNvc3QtYmVuY2gtd2ViLWNvc3QtYmU="
+ENDPOINTS = ("start_stop", "search_top", "send", "me", "healthz")
+
+
+class Statements:
+    """SQL statements executed by any connection of this process (an execute wrapper installed on
+    each connection as it connects)."""
+
+    count = 0
+
+    @classmethod
+    def wrapper(cls, execute, sql, params, many, context):
+        cls.count += 1
+        return execute(sql, params, many, context)
+
+    @classmethod
+    def install(cls) -> None:
+        from django.db.backends.signals import connection_created
+
+        def on_connect(sender, connection, **kwargs):
+            if not getattr(connection, "_bench_counted", False):
+                connection.execute_wrappers.append(cls.wrapper)
+                connection._bench_counted = True
+
+        connection_created.connect(on_connect, weak=False)
+
+
+def seed(users: int) -> dict:
+    from django.utils import timezone
+
+    from notifications.templating import template_create
+    from organizations import services
+    from organizations.models import ApiKeyScope, Membership, User, UserToken
+    from reports.search import top
+    from reports.search.models import SearchLog
+    from trackers.models import Tracker
+
+    owner = User.objects.create_user(username="cost-owner", email="owner@cost.test", password="x")
+    org = services.organization_create(creator=owner, name="Cost bench")
+    other = services.organization_create(creator=owner, name="Cost bench other")
+    people = User.objects.bulk_create([User(username=f"cost-{i}", email=f"c{i}@cost.test") for i in range(users)])
+    Membership.objects.bulk_create([Membership(organization=org, user=u, role="member") for u in people])
+    tokens = [services.user_token_create(user=u) for u in people]
+    UserToken.objects.update(last_used_at=timezone.now())  # a first use writes it: not what is measured
+    trackers = Tracker.objects.bulk_create([Tracker(organization=org, name=f"t{i}") for i in range(users)])
+    _, key = services.api_key_create(organization=org, name="cost", created_by=None,
+                                     scopes=[ApiKeyScope.NOTIFICATIONS_SEND])
+    template_create(organization=org, kind="bench", locale="en", category="transactional",
+                    parts={"inapp": {"title": "{{ title }}", "body": "{{ body }}"}}, variables=["title", "body"])
+    SearchLog.objects.bulk_create([SearchLog(organization_id=org.id, query=f"q{i % 15}") for i in range(300)])
+    top.search_top_refresh()
+    return {"org": org.id, "other": other.id, "tokens": tokens, "trackers": [t.id for t in trackers],
+            "key": key, "members": [u.id for u in people]}
+
+
+async def call(app, method: str, path: str, headers: dict, body: bytes = b"") -> tuple[int, bytes]:
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+             "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+             + ([(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+                if body else []),
+             "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+    sent = False
+    status, chunks = 0, []
+
+    async def receive():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await asyncio.sleep(3600)
+
+    async def send(message):
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await app(scope, receive, send)
+    return status, b"".join(chunks)
+
+
+def requests_for(name: str, seeded: dict, n: int):
+    """n (method, path, headers, body, expected status) tuples for an endpoint."""
+    tokens, trackers = seeded["tokens"], seeded["trackers"]
+    out = []
+    for i in range(n):
+        u = (i // 2) % len(tokens)
+        auth = {"authorization": f"Token {tokens[u]}"}
+        if name == "start_stop":
+            action = "start" if i % 2 == 0 else "stop"
+            out.append(("POST", f"/api/v1/trackers/{trackers[u]}/{action}", auth, b"", 200))
+        elif name == "search_top":
+            out.append(("GET", f"/api/v1/orgs/{seeded['org']}/search/top", auth, b"", 200))
+        elif name == "send":
+            members = seeded["members"]
+            start = (i * 10) % max(1, len(members) - 10)
+            body = json.dumps({"recipients": members[start:start + 10], "kind": "bench",
+                               "data": {"title": f"n{i}", "body": "b"}}).encode()
+            out.append(("POST", "/api/v1/send", {"authorization": f"Bearer {seeded['key']}",
+                                                 "idempotency-key": uuid.uuid4().hex}, body, 202))
+        elif name == "me":
+            out.append(("GET", "/api/v1/me", auth, b"", 200))
+        else:
+            out.append(("GET", "/healthz", {}, b"", 200))
+    return out
+
+
+async def run(app, batch) -> tuple[float, float, int, Counter]:
+    statuses: Counter = Counter()
+    q0, c0, w0 = Statements.count, time.process_time(), time.perf_counter()
+    for method, path, headers, body, expected in batch:
+        status, payload = await call(app, method, path, headers, body)
+        statuses[status] += 1
+        if status != expected and statuses[status] == 1:
+            print(f"  unexpected {status} for {method} {path}: {payload[:300]!r}")
+    return time.process_time() - c0, time.perf_counter() - w0, Statements.count - q0, statuses
+
+
+def summarize_profile(raw: Path, top: int = 25) -> list[str]:
+    """py-spy raw (collapsed) output -> the frames with the most samples, inclusive, idle dropped."""
+    inclusive: Counter = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if any(w in frames[-1] for w in ("select (selectors", "_worker (concurrent/futures", "wait (threading",
+                                            "_run_once (asyncio", "epoll")):
+            continue  # idle
+        total += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+    lines = [f"{total} busy samples"]
+    for frame, count in inclusive.most_common(top):
+        lines.append(f"{100 * count / max(1, total):5.1f}%  {frame[:150]}")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000, help="measured requests per endpoint")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--only", action="append", choices=ENDPOINTS)
+    parser.add_argument("--profile", action="store_true", help="py-spy record this process during the runs")
+    parser.add_argument("--db-name", default="herald_bench_web_cost")
+    args = parser.parse_args()
+
+    db_url = setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
+    os.environ.update(DATABASE_URL=db_url, DJANGO_SETTINGS_MODULE="config.settings.production",
+                      SECRET_KEY="bench-secret-key-" + "x" * 40, HERALD_ENCRYPTION_KEYS=FERNET_KEY,
+                      HERALD_BASE_URL="http://127.0.0.1:8000", ALLOWED_HOSTS="127.0.0.1",
+                      SECURE_SSL_REDIRECT="false", SECURE_COOKIES="false", DB_POOL="true", LOG_LEVEL="WARNING")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import redis
+    from django.conf import settings
+    from django.db import connection
+
+    from notifications.ratelimit import RateLimiter
+
+    redis_client = redis.Redis.from_url(settings.REDIS_URL)
+    redis_client.flushdb()
+    RateLimiter(redis_client).start_fresh()
+    seeded = seed(args.users)
+    connection.close()
+    Statements.install()
+    from config.asgi import application
+
+    spy, raw = None, Path(tempfile.mkdtemp(prefix="bench-web-cost-")) / "web_cost.txt"
+    if args.profile:
+        py_spy = Path(sys.executable).parent / "py-spy"
+        spy = subprocess.Popen([str(py_spy) if py_spy.exists() else "py-spy", "record", "-r", "200", "--format",
+                                "raw", "-o", str(raw), "-p", str(os.getpid())],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        time.sleep(1)
+    load = os.getloadavg()
+    print(f"{args.requests} requests per endpoint, one at a time, in process (config.asgi.application, "
+          f"production settings, DB_POOL); load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'endpoint':<12} {'CPU ms/req':>10} {'wall ms/req':>11} {'SQL/req':>8}  statuses")
+    for name in args.only or ENDPOINTS:
+        asyncio.run(run(application, requests_for(name, seeded, args.warmup)))
+        cpu, wall, statements, statuses = asyncio.run(run(application, requests_for(name, seeded, args.requests)))
+        n = args.requests
+        print(f"{name:<12} {1e3 * cpu / n:>10.2f} {1e3 * wall / n:>11.2f} {statements / n:>8.1f}  {dict(statuses)}",
+              flush=True)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    if spy is not None:
+        spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
+        spy.wait(timeout=60)
+        print(f"py-spy profile ({raw}):")
+        print("\n".join(summarize_profile(raw)))
+    redis_client.flushdb()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
