@@ -5,6 +5,7 @@ sees exactly one organization with the admin role.
 """
 from dataclasses import dataclass
 
+from django.db import connection
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
@@ -42,9 +43,13 @@ def organization_list_for_user(*, user) -> QuerySet[Organization]:
 def role_in_organization(*, user, organization_id: int) -> str | None:
     if isinstance(user, ApiKeyPrincipal):
         return Membership.Role.ADMIN if user.organization_id == organization_id else None
-    return (
-        Membership.objects.filter(user=user, organization_id=organization_id).values_list("role", flat=True).first()
-    )
+    if not getattr(user, "pk", None):
+        return None
+    with connection.cursor() as cursor:  # every org-scoped request asks: hand-written (config.rawrows)
+        cursor.execute("SELECT role FROM organizations_membership WHERE user_id = %s AND organization_id = %s",
+                       [user.pk, organization_id])
+        row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def organization_get_for_user(*, user, id: int, admin: bool = False) -> Organization:

@@ -262,3 +262,60 @@ def test_password_change_closes_open_sockets():
         assert await closed_with(comm) == 4401
 
     async_to_sync(body)()
+
+
+# --- the hand-written lookups of every request (config.rawrows) --------------------------------
+
+def _fields(instance) -> dict:
+    return {f.attname: getattr(instance, f.attname) for f in type(instance)._meta.concrete_fields}
+
+
+@pytest.mark.django_db
+def test_token_lookup_returns_what_the_orm_does(django_assert_num_queries):
+    me = UserFactory(first_name="Zoë", time_zone="Europe/Paris")
+    key = services.user_token_create(user=me, name="laptop")
+    client_for(key).get(ME)  # the first use writes last_used_at
+
+    with django_assert_num_queries(1):  # the token and its user in one SELECT
+        token = services.user_token_resolve(key=key)
+
+    orm = UserToken.objects.select_related("user").get(prefix=key.split("_")[1])
+    assert _fields(token) == _fields(orm) and _fields(token.user) == _fields(orm.user)
+    assert token.user.pk == me.pk and token.last_used_at.tzinfo is not None
+    assert not token._state.adding and token.user.get_username() == me.username
+
+
+@pytest.mark.django_db
+def test_api_key_lookup_returns_what_the_orm_does(django_assert_num_queries):
+    from organizations.models import ApiKey
+
+    owner = UserFactory()
+    org = services.organization_create(creator=owner, name="Keys")
+    row_, key = services.api_key_create(organization=org, name="ci", created_by=owner, scopes=["orgs:read"])
+    services.api_key_authenticate(key=key)  # the first use writes last_used_at
+
+    with django_assert_num_queries(1):
+        principal = services.api_key_authenticate(key=key)
+
+    assert _fields(principal.api_key) == _fields(ApiKey.objects.get(pk=row_.pk))
+    assert principal.api_key.scopes == ["orgs:read"]  # a list (decoded JSON), not its text: `in` is exact
+    assert "orgs" not in principal.api_key.scopes
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("end", ["revoke", "deactivate", "password"])
+def test_every_request_sees_a_token_end_at_once(end):
+    me = UserFactory()
+    key = services.user_token_create(user=me)
+    client = client_for(key)
+    assert client.get(ME).status_code == 200
+
+    if end == "revoke":
+        UserToken.objects.filter(user=me).update(revoked_at=timezone.now())
+    elif end == "deactivate":
+        User.objects.filter(pk=me.pk).update(is_active=False)
+    else:
+        me.set_password(NEW_PASSWORD)
+        me.save(update_fields=["password"])
+
+    assert client.get(ME).status_code == 401
