@@ -295,18 +295,19 @@ def test_events_query_count_does_not_grow(auth_client, org_with_members, main_tr
 
 
 def test_start_and_stop_statement_counts(auth_client, org_with_members, main_tracker, django_assert_num_queries):
-    """The hot path's statements, pinned (7 in production). Start: the token; the locking SELECT
-    that also checks access; UPDATE tracker; INSERT time entry; the log append; the activity row.
-    Stop: the same with UPDATE time entry (its duration computed in SQL) instead of the INSERT. No
-    read of the tracker before the lock, none after the write, none for the activity row's
-    organization. Under the test's transaction each atomic block adds SAVEPOINT + RELEASE (2 x 2)
-    and the after-commit kick (one SELECT of the streams) does not run."""
+    """The hot path's statements, pinned. Start: the token; one statement that UPDATEs the tracker
+    (its lock; state and access checked in its WHERE) and INSERTs the time entry; the log append;
+    the activity row. Stop: the token; UPDATE tracker; UPDATE the open time entry (its duration
+    computed in SQL); the log append; the activity row. No read of the tracker before or after the
+    write, none for the activity row's organization. In production add BEGIN, COMMIT and the
+    after-commit kick (one SELECT of the streams): 7 and 8 statements, from 13. Under the test's
+    transaction each atomic block is SAVEPOINT + RELEASE (2 x 2) and the kick does not run."""
     client = auth_client(org_with_members.member)
     assert client.get("/api/v1/me").status_code == 200  # the token's first use writes last_used_at
 
-    with django_assert_num_queries(6 + 4):
+    with django_assert_num_queries(4 + 4):
         started = client.post(start_url(main_tracker.id))
-    with django_assert_num_queries(6 + 4):
+    with django_assert_num_queries(5 + 4):
         stopped = client.post(stop_url(main_tracker.id))
 
     assert started.status_code == 200 and stopped.status_code == 200
