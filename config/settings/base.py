@@ -115,7 +115,11 @@ if env_bool("DB_POOL", False):
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env_int("DB_CONN_MAX_AGE", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Celery's Django fixup resets the check around every task, so with it a worker pays a
+    # `SELECT 1` per task. The delivery workers (partition queues, providers: only deliver_stream,
+    # which retries an OperationalError) turn it off: a connection that broke fails the task's first
+    # statement, the task is retried, and the fixup drops the connection after the failed task.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = env_bool("DB_CONN_HEALTH_CHECKS", True)
 # A frozen or partitioned worker host must not hold a stream's row lock for hours: Postgres ends a
 # session idle in a transaction after DB_IDLE_IN_TRANSACTION_SECONDS, TCP keepalives notice a
 # dead peer, and the fence does not send after DELIVERY_LOCK_BUDGET_SECONDS.

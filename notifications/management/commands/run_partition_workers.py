@@ -2,6 +2,7 @@
 
 `--partitions 0-3` runs a subset, so partitions can be spread across hosts. A worker that exits
 is restarted; SIGINT/SIGTERM stop them all."""
+import os
 import subprocess
 import sys
 
@@ -33,12 +34,16 @@ class Command(BaseCommand):
     def handle(self, *args, partitions: str, loglevel: str, **options):
         ks = _parse(partitions, settings.ORG_QUEUE_PARTITIONS)
 
+        # Only deliver_stream runs here, and it retries an OperationalError: no `SELECT 1` health
+        # check per task (config.settings.base, DB_CONN_HEALTH_CHECKS).
+        env = {**os.environ, "DB_CONN_HEALTH_CHECKS": os.environ.get("DB_CONN_HEALTH_CHECKS", "false")}
+
         def spawn(k: int) -> subprocess.Popen:
             return subprocess.Popen([
                 sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", f"org-{k}", "-c", "1",
                 "-n", f"org-{k}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-l", loglevel, "--prefetch-multiplier", "1",
-            ])
+            ], env=env)
 
         self.stdout.write(f"partition workers running for org-{ks[0]}..org-{ks[-1]} ({len(ks)} queues)")
         self.stdout.flush()
