@@ -8,7 +8,8 @@ from config.errors import ApplicationError
 from notifications import services, templating
 from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
-from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, Device, EmailDeferral,
+from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, Device, Digest,
+                                  DigestItem, DigestSetting, EmailDeferral,
                                   IdempotencyKey, LogEntry, MemberNotificationSettings, Notification,
                                   NotificationPreference, NotificationTemplate, OrganizationPreference, OutboundEmail,
                                   Send, SendDelivery)
@@ -127,6 +128,41 @@ class MemberNotificationSettingsAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "user__email")
     list_select_related = ("user",)
     raw_id_fields = ("user",)
+
+
+@admin.register(DigestSetting)
+class DigestSettingAdmin(admin.ModelAdmin):
+    list_display = ("user", "organization", "kind", "frequency", "daily_at", "updated_at")
+    list_filter = ("frequency",)
+    search_fields = ("user__username", "user__email", "organization__name", "kind")
+    list_select_related = ("user", "organization")
+    raw_id_fields = ("user", "organization")
+
+
+@admin.register(Digest)
+class DigestAdmin(admin.ModelAdmin):
+    """Digests that went out (one per member x kind x window); read-only."""
+
+    list_display = ("user", "organization", "kind", "window_end", "items", "entry", "created_at")
+    search_fields = ("user__username", "kind")
+    list_select_related = ("user", "organization")
+    raw_id_fields = ("user", "organization", "entry")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(DigestItem)
+class DigestItemAdmin(admin.ModelAdmin):
+    """Entries held for a member's digest; digest empty until their window's digest goes out."""
+
+    list_display = ("user", "organization", "kind", "seq", "due_at", "digest")
+    search_fields = ("user__username", "kind")
+    list_select_related = ("user", "organization")
+    raw_id_fields = ("user", "organization", "entry", "digest")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
 
 
 @admin.register(OutboundEmail)

@@ -47,6 +47,17 @@ class Kind:
     inbox_data: Callable[[EntryView], dict] = lambda e: e.payload
     # In-app title and body per locale ({locale: (title, body)}); None: one rendering for everyone.
     localized: Callable[[EntryView], dict[str, tuple[str, str]]] | None = None
+    # A member may have entries of this kind held and sent as one digest per window
+    # (notifications.digests); `digest_key` names what they choose (default: the kind's name).
+    digestible: bool = True
+    digest_key: Callable[[dict], str] | None = None
+    # The preference category is the payload's "category" (an API send's template, a digest's items).
+    payload_category: bool = False
+
+    def digest_key_for(self, payload: dict) -> str | None:
+        if not self.digestible:
+            return None
+        return self.digest_key(payload) if self.digest_key else self.name
 
     def render_line(self, entry: EntryView) -> str:
         return (self.line or self.title)(entry) + f" (#{entry.seq})"
@@ -67,6 +78,17 @@ def _excerpt(entry: EntryView) -> str:
 def _report(entry: EntryView) -> str:
     p = entry.payload
     return f"{p.get('report_kind', 'report')} {p.get('from', '')}–{p.get('to', '')} ({p.get('format', '')})"
+
+
+def _digest_title(entry: EntryView) -> str:
+    p = entry.payload
+    count = int(p.get("count", len(p.get("items") or [])))
+    return f"{count} notification{'s' if count != 1 else ''}: {p.get('label') or p.get('kind', '')}"
+
+
+def _digest_body(entry: EntryView) -> str:
+    return "\n".join(f"• {item.get('title', '')}" + (f" — {item['body']}" if item.get("body") else "")
+                     + f" (#{item.get('seq')})" for item in entry.payload.get("items") or [])
 
 
 def message_part(entry: EntryView, channel: str, field_name: str, locale: str | None = None) -> str:
@@ -107,6 +129,7 @@ KINDS: dict[str, Kind] = {
             title=lambda e: f"{e.actor} commented on {_tracker(e)}",
             body=_excerpt,
             channels=(),
+            digestible=False,
         ),
         # To the parent's author and the thread's participants, minus the replier.
         Kind(
@@ -142,6 +165,21 @@ KINDS: dict[str, Kind] = {
             tracked=True,
             inbox_data=_message_inbox_data,
             localized=_message_localized,
+            digest_key=lambda p: str(p.get("kind") or "message"),
+            payload_category=True,
+        ),
+        # A member's digest (notifications.digests): the entries of one kind held for them during a
+        # window, listed in seq order; one message per channel.
+        Kind(
+            name="digest",
+            category="activity",
+            title=_digest_title,
+            body=_digest_body,
+            line=_digest_title,
+            channels=("inapp", "email", "sms", "push", "whatsapp"),
+            private=True,
+            digestible=False,
+            payload_category=True,
         ),
     ]
 }

@@ -490,7 +490,7 @@ class Send(models.Model):
 
 
 SEND_DELIVERY_STATES = ["queued", "scheduled", "sent", "delivered", "failed", "dead", "suppressed", "deferred",
-                        "shed", "cancelled"]
+                        "shed", "cancelled", "digested"]
 
 
 class SendDelivery(models.Model):
@@ -509,6 +509,7 @@ class SendDelivery(models.Model):
         DEFERRED = "deferred", "Deferred by a cap"
         SHED = "shed", "Shed under overload"
         CANCELLED = "cancelled", "Cancelled"
+        DIGESTED = "digested", "Held for the member's digest"
 
     # States from which a row may still go out; DELETE /send/{id} cancels exactly these.
     PENDING = ("queued", "scheduled", "deferred", "failed")
@@ -574,3 +575,67 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.organization_id}:{self.key}"
+
+
+# --- digests -------------------------------------------------------------------------------------------
+# A member's choice to get one kind as a digest per window (DigestSetting); the entries held for it,
+# recorded when they are published (DigestItem); the digest that went out (Digest, unique per member x
+# kind x window: exactly once). Owned by notifications.digests.
+
+
+class DigestSetting(models.Model):
+    class Frequency(models.TextChoices):
+        HOURLY = "hourly", "Hourly"
+        DAILY = "daily", "Daily at a local time"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=100)  # a log kind ("tracker.event") or a send's template kind
+    frequency = models.CharField(max_length=8, choices=Frequency.choices)
+    daily_at = models.TimeField(null=True, blank=True)  # in the member's time zone
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["organization", "kind", "user"], name="digestsetting_unique"),
+            models.CheckConstraint(condition=Q(frequency="hourly", daily_at__isnull=True)
+                                   | Q(frequency="daily", daily_at__isnull=False), name="digestsetting_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}/{self.organization_id}/{self.kind}: {self.frequency} {self.daily_at or ''}"
+
+
+class Digest(models.Model):
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=100)
+    window_end = models.DateTimeField()
+    entry = models.ForeignKey(LogEntry, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    items = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "organization", "kind", "window_end"],
+                                               name="digest_unique_window")]
+
+    def __str__(self) -> str:
+        return f"digest {self.user_id}/{self.kind} @{self.window_end:%Y-%m-%d %H:%M} ({self.items})"
+
+
+class DigestItem(models.Model):
+    id = models.BigAutoField(primary_key=True)
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    entry = models.ForeignKey(LogEntry, on_delete=models.CASCADE, related_name="+")
+    seq = models.BigIntegerField()
+    kind = models.CharField(max_length=100)
+    due_at = models.DateTimeField()  # the end of the window it belongs to
+    digest = models.ForeignKey(Digest, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["entry", "user"], name="digestitem_unique")]
+        indexes = [models.Index(fields=["due_at"], condition=Q(digest__isnull=True), name="digestitem_due")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id}/{self.kind} #{self.seq} due {self.due_at:%Y-%m-%d %H:%M}"

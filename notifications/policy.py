@@ -76,7 +76,7 @@ def effective_sql(*, user: str, org: str, channel: str, category: str, builtin: 
 def entry_category(entry) -> str:
     """The preference category of a log entry: its kind's (an API send: the template's)."""
     kind = KINDS.get(entry.kind)
-    if kind is not None and kind.tracked:
+    if kind is not None and (kind.tracked or kind.payload_category):
         return str((entry.payload or {}).get("category") or kind.category)
     return kind.category if kind is not None else ""
 
@@ -207,3 +207,16 @@ def daily_cap_admit(*, user_id: int, channel: str, delivery_id: int, category: s
                                      delivery_id=delivery_id, release_at=until)
     return Gate(False, until=until, reason="recipient_daily_limit")
 
+
+
+# --- digests -------------------------------------------------------------------------------------
+
+def digested_entry_ids(*, user_id: int, entry_ids: list[int]) -> set[int]:
+    """Of these log entries, those held for the member's digest (recorded when they were published,
+    so every attempt decides the same; one query)."""
+    if not entry_ids:
+        return set()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT entry_id FROM notifications_digestitem WHERE user_id = %s AND entry_id = ANY(%s)",
+                       [user_id, list(entry_ids)])
+        return {row[0] for row in cursor.fetchall()}

@@ -12,6 +12,8 @@ organization's default); enabling creates it at the organization's current seq (
 history), disabling the last one deactivates it. Which entries the stream then carries is
 decided per category (the fence asks notifications.policy).
 """
+import json
+import re
 from dataclasses import dataclass
 from datetime import time
 
@@ -21,9 +23,11 @@ from django.db import IntegrityError, connection, transaction
 from config.errors import ApplicationError, NotFound
 from notifications import policy
 from notifications.categories import CATEGORIES, CATEGORY_NAMES
+from notifications.kinds import KINDS
 from notifications.channels import registry
 from notifications.models import (
     Channel,
+    DigestSetting,
     MemberNotificationSettings,
     NotificationPreference,
     OrganizationPreference,
@@ -108,18 +112,37 @@ def preference_matrix(*, user: User) -> list[EffectivePreference]:
 
 @dataclass(frozen=True)
 class Overview:
-    """Everything GET /me/preferences shows, read in three queries."""
+    """Everything GET /me/preferences shows, read in three queries (member + organizations + settings,
+    choices, digests)."""
 
     preferences: list[EffectivePreference]
     matrix: list[EffectivePreference]
     settings: MemberNotificationSettings | None
+    digests: list[DigestSetting]
+
+
+_MEMBER_SQL = """
+SELECT s.user_id, s.quiet_hours_start, s.quiet_hours_end, s.daily_caps,
+       ARRAY(SELECT m.organization_id FROM organizations_membership m WHERE m.user_id = u.id
+             ORDER BY m.organization_id)
+FROM organizations_user u LEFT JOIN notifications_membernotificationsettings s ON s.user_id = u.id
+WHERE u.id = %s
+"""
 
 
 def preference_overview(*, user: User) -> Overview:
-    org_ids = _org_ids(user)
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMBER_SQL, [user.pk])
+        settings_user, start, end, caps, org_ids = cursor.fetchone()
+    row = None
+    if settings_user is not None:
+        row = MemberNotificationSettings(user_id=settings_user, quiet_hours_start=start, quiet_hours_end=end,
+                                         daily_caps=json.loads(caps) if isinstance(caps, str) else (caps or {}))
+    org_ids = list(org_ids)
     choices = _choices(user=user, organization_ids=org_ids)
     return Overview(preferences=_rows(choices, DEFAULTS, org_ids), matrix=_rows(choices, _matrix_pairs(), org_ids),
-                    settings=MemberNotificationSettings.objects.filter(user=user).first())
+                    settings=row, digests=list(DigestSetting.objects.filter(user=user).order_by("organization_id",
+                                                                                                 "kind")))
 
 
 def preference_enabled(*, user: User, organization_id: int | None, channel: str, category: str) -> bool:
@@ -293,3 +316,32 @@ def member_daily_caps(*, settings_row: MemberNotificationSettings | None) -> lis
         limit, source = policy.daily_cap_for(caps, channel)
         out.append({"channel": channel, "limit": limit, "source": source})
     return out
+
+
+# --- digests ---------------------------------------------------------------------------------------
+
+DIGEST_KIND = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+DIGEST_WINDOWS = ("hourly", "daily", "off")
+
+
+@transaction.atomic
+def digest_set(*, user: User, organization: Organization, kind: str, window: str,
+               at: time | None = None) -> DigestSetting | None:
+    """Get `kind` (a log kind such as "tracker.event", or a send's template kind) in `organization` as
+    a digest: hourly, or daily at `at` in the member's time zone; "off" sends each one again. Entries
+    published from now on are held (notifications.digests); those already held still go out."""
+    declared = KINDS.get(kind)
+    if not DIGEST_KIND.match(kind or "") or (declared is not None and not declared.digestible):
+        raise ApplicationError(f"{kind!r} cannot be digested.", code="invalid_digest",
+                               extra={"fields": {"kind": [kind]}})
+    if window not in DIGEST_WINDOWS or (window == "daily") != (at is not None):
+        raise ApplicationError("A digest is hourly, daily with a local time (at), or off.", code="invalid_digest",
+                               extra={"fields": {"window": [window], "at": [at.isoformat() if at else None]}})
+    if not Membership.objects.filter(user=user, organization=organization).exists():
+        raise NotFound("Organization not found.", code="organization_not_found")
+    lookup = {"user": user, "organization": organization, "kind": kind}
+    if window == "off":
+        DigestSetting.objects.filter(**lookup).delete()
+        return None
+    setting, _ = DigestSetting.objects.update_or_create(**lookup, defaults={"frequency": window, "daily_at": at})
+    return setting

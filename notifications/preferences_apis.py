@@ -45,6 +45,14 @@ class DailyCapOutput(serializers.Serializer):
     source = serializers.ChoiceField(choices=["default", "member"])
 
 
+class DigestOutput(serializers.Serializer):
+    organization_id = serializers.IntegerField()
+    kind = serializers.CharField(help_text="A log kind (tracker.event, comment.reply, report.ready) or a send's kind")
+    window = serializers.ChoiceField(choices=["hourly", "daily"], source="frequency")
+    at = serializers.TimeField(format="%H:%M", allow_null=True, source="daily_at",
+                               help_text="Daily: the local time (your time zone) it goes out")
+
+
 class PreferenceListOutput(serializers.Serializer):
     preferences = PreferenceOutput(many=True, help_text="Email: tracker events and profile confirmations")
     channels = serializers.ListField(child=serializers.CharField())
@@ -53,6 +61,7 @@ class PreferenceListOutput(serializers.Serializer):
     quiet_hours = QuietHoursOutput()
     daily_caps = DailyCapOutput(many=True)
     daily_cap_max = serializers.IntegerField()
+    digests = DigestOutput(many=True, help_text="Kinds you get as one message per window")
 
 
 class PreferenceInput(StrictSerializer):
@@ -61,6 +70,14 @@ class PreferenceInput(StrictSerializer):
     channel = serializers.ChoiceField(choices=CHANNEL_CHOICES, default="email")
     category = serializers.ChoiceField(choices=list(CATEGORY_NAMES))
     enabled = serializers.BooleanField()
+
+
+class DigestInput(StrictSerializer):
+    organization_id = serializers.IntegerField()
+    kind = serializers.CharField(max_length=100)
+    window = serializers.ChoiceField(choices=["hourly", "daily", "off"])
+    at = serializers.TimeField(required=False, allow_null=True, default=None,
+                               help_text="Daily only: HH:MM in your time zone")
 
 
 class QuietHoursInput(StrictSerializer):
@@ -80,6 +97,7 @@ def _output(user) -> dict:
                         "time_zone": user.time_zone or "UTC"},
         "daily_caps": preferences.member_daily_caps(settings_row=row),
         "daily_cap_max": settings.HERALD_DAILY_CAP_MAX,
+        "digests": overview.digests,
     }).data
 
 
@@ -90,6 +108,7 @@ class PreferencesApi(APIView):
         daily_caps = serializers.DictField(
             child=serializers.IntegerField(min_value=0, max_value=settings.HERALD_DAILY_CAP_MAX, allow_null=True),
             required=False, help_text="{channel: messages per day, or null for the default}")
+        digests = DigestInput(many=True, required=False, max_length=100)
 
     @extend_schema(responses=PreferenceListOutput)
     def get(self, request):
@@ -97,7 +116,7 @@ class PreferencesApi(APIView):
 
     @extend_schema(request=Input, responses=PreferenceListOutput)
     def put(self, request):
-        """Set the given preferences, quiet hours and daily caps (the others keep their values);
+        """Set the given preferences, quiet hours, daily caps and digests (the others keep their values);
         answers with all of them. All or nothing."""
         user = require_user(request)
         data = self.Input(data=request.data)
@@ -115,6 +134,10 @@ class PreferencesApi(APIView):
                                                    end=values["quiet_hours"]["end"])
             if "daily_caps" in values:
                 preferences.member_daily_caps_set(user=user, caps=values["daily_caps"])
+            for item in values.get("digests", []):
+                organization = organization_get_for_user(user=user, id=item["organization_id"])
+                preferences.digest_set(user=user, organization=organization, kind=item["kind"],
+                                       window=item["window"], at=item["at"])
         return Response(_output(user))
 
 

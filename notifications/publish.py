@@ -31,22 +31,42 @@ logger = logging.getLogger("herald.delivery")
 # Allocates the seq and writes the entry in one round trip. Audience NULL: the members right now.
 # Also returns the organization's active streams, which the kick on commit wakes (a stream that
 # becomes active between this statement and the commit starts at the current seq or is swept).
+# In the same statement, the audience members who get this kind as a digest have the entry held for
+# it (notifications.digests): a DigestItem due at the end of their window (hourly, or daily at a local
+# time in their zone), so every channel decides from that record, the same on every attempt.
 _APPEND_SQL = """
 WITH org AS (
     UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = now()
     WHERE id = %(org)s RETURNING id, last_event_seq
+), entry AS (
+    INSERT INTO notifications_logentry
+        (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
+    SELECT org.id, org.last_event_seq, %(kind)s, %(payload)s::jsonb, %(actor_id)s, %(actor_name)s,
+           COALESCE(%(audience)s::bigint[],
+                    ARRAY(SELECT m.user_id FROM organizations_membership m WHERE m.organization_id = org.id
+                          ORDER BY m.user_id)),
+           COALESCE(%(occurred_at)s, now())
+    FROM org
+    RETURNING id, organization_id, seq, audience, occurred_at
+), held AS (
+    INSERT INTO notifications_digestitem (organization_id, user_id, entry_id, seq, kind, due_at)
+    SELECT e.organization_id, d.user_id, e.id, e.seq, d.kind,
+           CASE WHEN d.frequency = 'hourly' THEN date_trunc('hour', e.occurred_at) + interval '1 hour'
+                WHEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
+                     > e.occurred_at
+                THEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
+                ELSE ((e.occurred_at AT TIME ZONE u.time_zone)::date + 1 + d.daily_at) AT TIME ZONE u.time_zone END
+    FROM entry e
+    JOIN notifications_digestsetting d ON d.organization_id = e.organization_id AND d.kind = %(digest_key)s
+         AND d.user_id = ANY(e.audience)
+    JOIN organizations_user u ON u.id = d.user_id
+    ON CONFLICT DO NOTHING
 )
-INSERT INTO notifications_logentry (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
-SELECT org.id, org.last_event_seq, %(kind)s, %(payload)s::jsonb, %(actor_id)s, %(actor_name)s,
-       COALESCE(%(audience)s::bigint[],
-                ARRAY(SELECT m.user_id FROM organizations_membership m WHERE m.organization_id = org.id
-                      ORDER BY m.user_id)),
-       COALESCE(%(occurred_at)s, now())
-FROM org
-RETURNING id, seq, audience, occurred_at,
-          ARRAY(SELECT ARRAY[s.channel, s.destination] FROM notifications_deliverystream s
-                WHERE s.organization_id = notifications_logentry.organization_id AND s.active AND NOT s.held
-                ORDER BY s.id)
+SELECT e.id, e.seq, e.audience, e.occurred_at,
+       ARRAY(SELECT ARRAY[s.channel, s.destination] FROM notifications_deliverystream s
+             WHERE s.organization_id = e.organization_id AND s.active AND NOT s.held
+             ORDER BY s.id)
+FROM entry e
 """
 
 
@@ -65,7 +85,7 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
     `audience`: the user ids to notify, or None for every member (taken now, with the entry).
     Must be called inside transaction.atomic(); raises ApplicationError for an unknown kind and
     organizations' NotFound when the organization does not exist."""
-    kind_get(kind)
+    declared = kind_get(kind)
     if not connection.in_atomic_block:
         raise RuntimeError("publish() must run inside the caller's transaction")
     actor_id, actor_name = _actor_fields(actor)
@@ -74,6 +94,7 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
             "org": organization_id, "kind": kind, "payload": json.dumps(payload, cls=DjangoJSONEncoder),
             "actor_id": actor_id, "actor_name": actor_name, "occurred_at": occurred_at,
             "audience": sorted(set(audience)) if audience is not None else None,
+            "digest_key": declared.digest_key_for(payload),
         })
         row = cursor.fetchone()
     if row is None:

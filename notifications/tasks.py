@@ -8,7 +8,7 @@ import logging
 from celery import shared_task
 from django.db import OperationalError
 
-from notifications import email, retention, services
+from notifications import digests, email, retention, services
 from notifications.delivery import drain, kicks, sweeper
 from notifications.send import idempotency as send_idempotency
 from notifications.send import services as send_services
@@ -80,6 +80,12 @@ def archive_notifications() -> dict:
 def sweep_due_sends() -> int:
     """Publish scheduled sends that fell due (beat, every SEND_DISPATCH_INTERVAL_SECONDS)."""
     return send_services.sends_dispatch_due()
+
+
+@shared_task(name="notifications.tasks.publish_due_digests", acks_late=True, time_limit=120)
+def publish_due_digests() -> int:
+    """Members' digests whose window ended, one entry each (beat, every DIGEST_INTERVAL_SECONDS)."""
+    return digests.digests_publish_due()
 
 
 @shared_task(name="notifications.tasks.sweep_idempotency_keys", acks_late=True, time_limit=300)

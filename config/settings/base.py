@@ -464,6 +464,10 @@ CELERY_BEAT_SCHEDULE["notifications.sweep_due_sends"] = {  # scheduled sends tha
     "task": "notifications.tasks.sweep_due_sends",
     "schedule": env_float("SEND_DISPATCH_INTERVAL_SECONDS", 5.0),
 }
+CELERY_BEAT_SCHEDULE["notifications.publish_due_digests"] = {  # members' digests whose window ended
+    "task": "notifications.tasks.publish_due_digests",
+    "schedule": env_float("DIGEST_INTERVAL_SECONDS", 30.0),
+}
 CELERY_BEAT_SCHEDULE["notifications.sweep_idempotency_keys"] = {  # expired Idempotency-Keys
     "task": "notifications.tasks.sweep_idempotency_keys",
     "schedule": crontab(minute=23),  # hourly

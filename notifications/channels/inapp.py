@@ -22,8 +22,8 @@ from notifications.kinds import kind_get
 logger = logging.getLogger("herald.delivery")
 
 # A row per (entry, audience member still active who gets the entry's category in-app: their
-# preferences, the organization's defaults, notifications.policy), titles rendered by the entry's
-# kind. Idempotent: a redelivered run inserts nothing twice.
+# preferences, the organization's defaults, notifications.policy; and who does not have it held for
+# a digest), titles rendered by the entry's kind. Idempotent: a redelivered run inserts nothing twice.
 _PREF_JOINS, _PREF_ON = policy.effective_sql(user="u.id", org="l.organization_id", channel="%(channel)s::text",
                                              category="v.category", builtin="true")
 _FANOUT_SQL = f"""
@@ -36,7 +36,8 @@ JOIN notifications_logentry l ON l.id = v.entry_id
 CROSS JOIN LATERAL unnest(l.audience) AS a(user_id)
 JOIN organizations_user u ON u.id = a.user_id AND u.is_active
 {_PREF_JOINS}
-WHERE v.locked OR {_PREF_ON}
+WHERE (v.locked OR {_PREF_ON})
+  AND NOT EXISTS (SELECT 1 FROM notifications_digestitem di WHERE di.entry_id = l.id AND di.user_id = u.id)
 ORDER BY l.seq, u.id
 ON CONFLICT (recipient_id, entry_id) WHERE entry_id IS NOT NULL DO NOTHING
 RETURNING id, recipient_id, seq

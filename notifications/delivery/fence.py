@@ -84,12 +84,18 @@ def _entries(org_id: int, first: int, last: int, known: list[LogEntry] | None = 
 def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
     """The entries of a range this destination gets (its kind lists the channel; a per-recipient
     channel's user is in the audience; private kinds never reach org-wide channels), minus, for a
-    per-recipient channel, the untracked entries whose category the member turned off (API sends
-    carry their own per-recipient status, decided at acceptance). Preferences change: a range once
+    per-recipient channel, the entries held for the member's digest and the untracked entries whose
+    category the member turned off (API sends carry their own per-recipient status, decided at
+    acceptance). Preferences change: a range once
     recorded keeps the seqs decided then (`_recorded`)."""
     wanted = [e for e in entries if ch.wants(target, e)]
     if not ch.per_recipient or not wanted:
         return wanted
+    held = policy.digested_entry_ids(user_id=ch.recipient_id(target), entry_ids=[e.id for e in wanted])
+    if held:  # held for the member's digest, which goes out as an entry of its own
+        wanted = [e for e in wanted if e.id not in held]
+        if not wanted:
+            return wanted
     untracked = {policy.entry_category(e) for e in wanted if not status.is_tracked(e)}
     if not untracked:
         return wanted

@@ -45,7 +45,8 @@ ORDER BY u.id
 # per-recipient channel (email, sms, push, ...) reaches a member through their streams
 # (DeliveryStream.user: their email, phone or devices); a member without an active one (no phone, no
 # device, email not opted in) is `suppressed` at once with the channel's reason rather than left
-# queued: one indexed probe per row.
+# queued: one indexed probe per row. A member who gets the send's kind as a digest has the entry held
+# for it (publish records that): `digested`, and their digest lists it.
 _PREF_JOINS, _PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
                                              category="%(category)s", builtin="c.builtin")
 _ROWS_SQL = f"""
@@ -53,7 +54,11 @@ INSERT INTO notifications_senddelivery
     (send_id, organization_id, user_id, channel, locale, entry_id, state, due_at, created_at, updated_at,
      sent_at, delivered_at, error)
 SELECT %(send)s, %(org)s, x.user_id, x.channel, x.locale, %(entry)s,
-       CASE WHEN NOT x.wanted OR NOT x.reachable THEN 'suppressed' ELSE %(state)s END,
+       CASE WHEN NOT x.wanted OR NOT x.reachable THEN 'suppressed'
+            WHEN %(entry)s::bigint IS NOT NULL AND EXISTS (
+                SELECT 1 FROM notifications_digestitem di WHERE di.entry_id = %(entry)s::bigint
+                  AND di.user_id = x.user_id) THEN 'digested'
+            ELSE %(state)s END,
        x.due_at, now(), now(), NULL, NULL,
        CASE WHEN NOT x.wanted THEN 'preference' WHEN NOT x.reachable THEN x.no_destination ELSE '' END
 FROM (
@@ -368,8 +373,14 @@ def _dispatch(send: Send) -> int:
         if users:
             entry = publish(organization_id=send.organization_id, kind=MESSAGE_KIND, payload=send.payload,
                             actor=None, audience=users)
-            cursor.execute("""UPDATE notifications_senddelivery SET state = 'queued', entry_id = %s, updated_at = now()
-                              WHERE send_id = %s AND state = 'scheduled' AND due_at <= now()""", [entry.id, send.pk])
+            cursor.execute("""UPDATE notifications_senddelivery d
+                              SET state = CASE WHEN EXISTS (
+                                      SELECT 1 FROM notifications_digestitem di
+                                      WHERE di.entry_id = %(entry)s AND di.user_id = d.user_id)
+                                  THEN 'digested' ELSE 'queued' END,
+                                  entry_id = %(entry)s, updated_at = now()
+                              WHERE send_id = %(send)s AND state = 'scheduled' AND due_at <= now()""",
+                           {"entry": entry.id, "send": send.pk})
             send.entry_id = entry.id
         cursor.execute("SELECT min(due_at) FROM notifications_senddelivery WHERE send_id = %s AND state = 'scheduled'",
                        [send.pk])

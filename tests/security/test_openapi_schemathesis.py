@@ -81,7 +81,8 @@ SEMANTIC_400 = {
     ("POST", "/api/v1/me/password"): [("invalid_credentials", None),
                                       ("validation_error", {"new_password", "current_password"})],
     # Transactional categories cannot be turned off; quiet hours need a start and a different end.
-    ("PUT", "/api/v1/me/preferences"): [("preference_locked", None), ("invalid_quiet_hours", None)],
+    ("PUT", "/api/v1/me/preferences"): [("preference_locked", None), ("invalid_quiet_hours", None),
+                                        ("invalid_digest", None)],
     ("PUT", "/api/v1/orgs/{org_id}/preferences"): [("preference_locked", None)],
     # Template text is checked by parsing it (syntax, declared variables, the sandbox's rules).
     ("POST", "/api/v1/orgs/{org_id}/templates/"): [(code, None) for code in TEMPLATE_400],
