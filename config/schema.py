@@ -33,11 +33,13 @@ ERROR_CODES = {
     "401": ["not_authenticated", "authentication_failed", "invalid_token", "token_expired", "token_revoked",
             "invalid_api_key", "revoked_api_key"],
     "403": ["permission_denied", "forbidden", "admin_required", "user_required", "scope_required", "invalid_role",
-            "comment_not_author"],
+            "comment_not_author",
+            # provider status callbacks
+            "invalid_signature", "callback_not_configured", "invalid_verify_token"],
     "404": ["not_found", "organization_not_found", "api_key_not_found", "token_not_found", "invitation_not_found",
             "tracker_not_found", "notification_not_found", "time_entry_not_found", "comment_not_found",
             "parent_not_found", "template_not_found", "device_not_found",
-            "apprise_destination_not_found", "send_not_found", "recipient_not_found"],
+            "apprise_destination_not_found", "send_not_found", "recipient_not_found", "sms_provider_not_found"],
     "405": ["method_not_allowed"],
     "406": ["not_acceptable"],
     "409": ["conflict", "registration_unavailable", "email_taken", "slug_taken", "membership_exists",
@@ -99,6 +101,8 @@ class AutoSchema(SpectacularAutoSchema):
         statuses = ["400", "405", "406", "503"]
         if not all(isinstance(p, AllowAny) for p in self.view.get_permissions()):
             statuses += ["401", "403"]
+        if self.path.startswith("/api/v1/callbacks/"):
+            statuses.append("403")  # a provider's request without a valid signature
         if "{" in self.path or self._is_list_view():
             statuses.append("404")  # an unknown or foreign object; a page past the end
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):

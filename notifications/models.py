@@ -170,6 +170,10 @@ class Delivery(models.Model):
             models.Index(fields=["status", "created_at"], condition=Q(status="dead"), name="delivery_dead"),
             # The fence's head lookup and the peek's "is a head pending" (a stream's sent history grows).
             models.Index(fields=["stream", "first_seq"], condition=Q(status="pending"), name="delivery_pending"),
+            # Provider status callbacks name a message by its reference: only the channels whose
+            # providers post them (SMS, WhatsApp) pay for this index.
+            models.Index(fields=["channel", "provider_ref"], condition=Q(channel__in=["sms", "whatsapp"]),
+                         name="delivery_provider_ref"),
         ]
         verbose_name_plural = "deliveries"
 

@@ -333,6 +333,9 @@ HERALD_CHANNELS = {
                         "rate_per_second": env_float("SMS_PER_SECOND", 10.0), "burst": env_int("SMS_BURST", 10),
                         "recipient_per_minute": env_float("SMS_PER_RECIPIENT_PER_MINUTE", 6.0),
                         "recipient_burst": env_int("SMS_PER_RECIPIENT_BURST", 3),
+                        # StatusCallback on every message: Twilio posts sent/delivered/undelivered to
+                        # <url>/<provider> (default {HERALD_BASE_URL}/api/v1/callbacks/twilio).
+                        "status_callbacks": env_bool("SMS_STATUS_CALLBACKS", True),
                         "status_callback_url": env("SMS_STATUS_CALLBACK_URL", ""),
                         "providers": {
                             provider: {"url": env(f"SMS_{provider.upper()}_URL", "https://api.twilio.com"),
@@ -360,7 +363,11 @@ HERALD_CHANNELS = {
                              "access_token": env("WHATSAPP_ACCESS_TOKEN", ""),
                              "rate_per_second": env_float("WHATSAPP_PER_SECOND", 80.0),
                              "burst": env_int("WHATSAPP_BURST", 20),
-                             "recipient_per_minute": env_float("WHATSAPP_PER_RECIPIENT_PER_MINUTE", 10.0)}},
+                             "recipient_per_minute": env_float("WHATSAPP_PER_RECIPIENT_PER_MINUTE", 10.0),
+                             # Status webhooks (POST /api/v1/callbacks/whatsapp): the Meta app's secret
+                             # signs them; the verify token answers the subscription handshake (GET).
+                             "app_secret": env("WHATSAPP_APP_SECRET", ""),
+                             "webhook_verify_token": env("WHATSAPP_WEBHOOK_VERIFY_TOKEN", "")}},
     # Apprise URLs an organization configures (100+ services), encrypted at rest (docs/channels.md).
     "apprise": {"BACKEND": "notifications.channels.apprise.AppriseChannel",
                 "OPTIONS": {"retry_seconds": env_float("APPRISE_RETRY_SECONDS", 24 * 3600),

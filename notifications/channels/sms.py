@@ -5,8 +5,9 @@ One stream per (organization, "sms", str(user id)); the destination is the membe
 while the member has a phone (notifications.preferences.recipient_streams_sync); it gets the
 entries whose kind lists "sms" and whose audience holds the member (an API send: kind "message").
 
-Each request: `POST {url}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded To/From/Body
-(plus StatusCallback when `status_callback_url` is set), HTTP basic auth (account SID, auth token).
+Each request: `POST {url}/2010-04-01/Accounts/{sid}/Messages.json`, form-encoded To/From/Body and
+StatusCallback (`<status callback URL>/<provider>`, unless `status_callbacks` is off), HTTP basic
+auth (account SID, auth token).
 - 2xx: sent (the message SID is the provider reference).
 - 429 (Twilio 20429): the account sends too fast: scope `sms.api` is paused for Retry-After for
   every worker (no failover: the secondary is for outages, not extra capacity).
@@ -20,18 +21,44 @@ Bodies over 1,600 characters are refused before any call (`validate`, which the 
 
 Limits: `sms.api` (the account's messages per second, every worker) and `sms.recipient` (per phone
 number). Breakers `sms-primary`, `sms-secondary`, asked before a grant is spent.
+
+Status callbacks: `POST /api/v1/callbacks/twilio/{provider}` (form MessageSid, MessageStatus,
+ErrorCode, ...), signed with X-Twilio-Signature (base64 HMAC-SHA1, keyed with that provider's auth
+token, of the callback URL followed by every POST parameter's name and value sorted by name): a
+bad signature is 403 `invalid_signature`. `delivered` marks the message's status rows delivered,
+`undelivered` / `failed` failed (with the ErrorCode); the other states are acknowledged and ignored.
 """
+import base64
+import hashlib
+import hmac
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 
 import httpx
+from django.conf import settings
 from django.core.checks import Error
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.parsers import FormParser
+from rest_framework.response import Response
 
-from config.errors import ApplicationError
+from config.errors import ApplicationError, NotFound
 from notifications.breaker import BreakerDecision, CircuitBreaker
+from notifications.channels import registry
 from notifications.channels.base import Channel, Run
+from notifications.channels.callbacks import (
+    CallbackApi,
+    CallbackError,
+    StatusReportOutput,
+    bad_signature,
+    report_answer,
+    report_record,
+    signature_matches,
+)
 from notifications.channels.parts import run_text
 from notifications.delivery.types import (
     Gate,
@@ -76,6 +103,13 @@ class _Failover(Exception):
     """This provider did not take the message and cannot have: try the next one."""
 
 
+def twilio_signature(auth_token: str, url: str, params: list[tuple[str, str]]) -> str:
+    """X-Twilio-Signature: base64 HMAC-SHA1 (key: the auth token) of the full URL followed by each
+    POST parameter's name and value, sorted by name."""
+    data = url + "".join(f"{k}{v}" for k, v in sorted(params, key=lambda kv: kv[0]))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
 def retry_after(response: httpx.Response, default: float = 1.0) -> float:
     try:
         return max(0.05, float(response.headers.get("Retry-After", default)))
@@ -113,6 +147,14 @@ class SmsChannel(Channel):
             if missing:
                 errors.append(Error(f"SMS provider {name!r} lacks {', '.join(missing)}", id="herald.E030"))
         return errors
+
+    def status_callback_url(self, provider: str) -> str:
+        """Where this provider posts a message's status (given as StatusCallback): the configured
+        base (default {HERALD_BASE_URL}/api/v1/callbacks/twilio) + "/<provider>"; "" when off."""
+        if not self.options.get("status_callbacks", True):
+            return ""
+        base = self.options.get("status_callback_url") or f"{settings.HERALD_BASE_URL}/api/v1/callbacks/twilio"
+        return f"{base.rstrip('/')}/{provider}"
 
     def rate_limits(self) -> dict:
         return {"sms.api": {"rate": float(self.options["rate_per_second"]), "burst": int(self.options["burst"])},
@@ -198,11 +240,12 @@ class SmsChannel(Channel):
         except Exception:  # bookkeeping after the provider answered never changes the outcome
             logger.warning("breaker not updated (Redis unavailable)", extra={"breaker": f"sms-{provider}"})
 
-    def _post(self, provider: dict, target: SmsTarget, body: str) -> str:
+    def _post(self, name: str, provider: dict, target: SmsTarget, body: str) -> str:
         url = f"{provider['url'].rstrip('/')}/2010-04-01/Accounts/{provider['account_sid']}/Messages.json"
         form = {"To": target.phone, "From": provider["from"], "Body": body}
-        if self.options.get("status_callback_url"):
-            form["StatusCallback"] = self.options["status_callback_url"]
+        callback = self.status_callback_url(name)
+        if callback:
+            form["StatusCallback"] = callback
         try:
             response = httpx.post(url, data=form, auth=(provider["account_sid"], provider["auth_token"]),
                                   timeout=float(self.options["timeout"]))
@@ -237,7 +280,7 @@ class SmsChannel(Channel):
             tried += 1
             probes_only = probes_only and decision.state == "half_open"
             try:
-                sid = self._post(provider, target, message)
+                sid = self._post(name, provider, target, message)
             except _Failover as exc:
                 self._record(name, ok=False)
                 errors.append(f"{name}: {exc}")
@@ -274,3 +317,60 @@ class SmsChannel(Channel):
                 if isinstance(item, dict) and item.get("body") == body and item.get("status") != "failed":
                     return f"{name}:{item.get('sid', '')}"
         return None
+
+
+    # --- API ------------------------------------------------------------------------------------
+    def urlpatterns(self) -> list:
+        return [path("callbacks/twilio/<slug:provider>", TwilioStatusCallbackApi.as_view(channel_name=self.name),
+                     name="callbacks-twilio")]
+
+
+# --- status callbacks ------------------------------------------------------------------------------
+
+# Twilio's message states; the final ones Herald records.
+TWILIO_STATES = ("accepted", "scheduled", "queued", "sending", "sent", "receiving", "received", "delivered",
+                 "undelivered", "failed", "read", "partially_delivered", "canceled")
+RECORDED = {"delivered": "delivered", "read": "delivered", "undelivered": "failed", "failed": "failed"}
+
+
+class TwilioStatusCallbackApi(CallbackApi):
+    """Twilio's StatusCallback for a message Herald sent through `provider` (primary, secondary)."""
+
+    channel_name = "sms"
+    parser_classes = [FormParser]
+
+    class Input(serializers.Serializer):
+        """The parameters Herald reads; Twilio sends more (AccountSid, From, To, ApiVersion, ...)."""
+
+        MessageSid = serializers.RegexField(r"^[A-Za-z0-9]{2,64}\Z", help_text="The message's SID (SM...)")
+        MessageStatus = serializers.ChoiceField(choices=TWILIO_STATES)
+        ErrorCode = serializers.CharField(required=False, allow_blank=True, max_length=16)
+
+    @extend_schema(
+        operation_id="callbacks_twilio_status", auth=[],
+        request={"application/x-www-form-urlencoded": Input},
+        parameters=[OpenApiParameter("X-Twilio-Signature", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True,
+                                     description="base64 HMAC-SHA1 of the URL and the sorted POST parameters")],
+        responses=StatusReportOutput)
+    def post(self, request, provider: str):
+        """Record a message's delivery status as the provider reports it (delivered, undelivered,
+        failed); other states are acknowledged. An unknown message id is acknowledged and counted."""
+        channel = registry.get(self.channel_name)
+        account = dict(channel.providers()).get(provider)
+        if account is None:
+            raise NotFound("No such SMS provider.", code=CallbackError.SMS_PROVIDER_NOT_FOUND)
+        url = channel.status_callback_url(provider) or request.build_absolute_uri(request.path)
+        if request.META.get("QUERY_STRING"):
+            url += "?" + request.META["QUERY_STRING"]
+        params = [(k, v) for k, values in request.POST.lists() for v in values]
+        if not signature_matches(twilio_signature(account["auth_token"], url, params),
+                                 request.headers.get("X-Twilio-Signature")):
+            raise bad_signature(self.channel_name)
+        data = self.Input(data=request.POST)
+        data.is_valid(raise_exception=True)
+        state = data.validated_data["MessageStatus"]
+        code = data.validated_data.get("ErrorCode") or ""
+        outcome = report_record(channel=self.channel_name, ref=f"{provider}:{data.validated_data['MessageSid']}",
+                                state=RECORDED.get(state),
+                                error=f"{provider}: {state}" + (f" (Twilio error {code})" if code else ""))
+        return Response(report_answer([outcome]))

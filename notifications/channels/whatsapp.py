@@ -17,14 +17,43 @@ template message (what WhatsApp requires outside the 24-hour customer service wi
   carries the same `biz_opaque_callback_data`, the delivery id, for the status webhook to match).
 - Other 4xx (131026 undeliverable, 131047 outside the 24-hour window, 100 invalid parameter): a
   dead letter. Text bodies are at most 4,096 characters (`validate`).
+
+Status webhooks (the Meta app's callback URL, `{HERALD_BASE_URL}/api/v1/callbacks/whatsapp`):
+- GET: the subscription handshake (hub.mode=subscribe, hub.verify_token = `webhook_verify_token`)
+  answers hub.challenge as text; a wrong token is 403 `invalid_verify_token`.
+- POST: `entry[].changes[].value.statuses[]` {id (the wamid), status, timestamp, errors}, signed
+  with X-Hub-Signature-256 (`sha256=` + hex HMAC-SHA256 of the raw body, keyed with the app secret):
+  a bad signature is 403 `invalid_signature`. `delivered` and `read` mark the message's status
+  rows delivered at the report's timestamp, `failed` failed (with the error); `sent` is ignored.
 """
+import hashlib
+import hmac
+import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 import httpx
+from django.http import HttpResponse
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.response import Response
 
-from config.errors import ApplicationError
+from config.errors import ApplicationError, Forbidden
+from notifications.channels import registry
 from notifications.channels.base import Channel, Run
+from notifications.channels.callbacks import (
+    CallbackApi,
+    CallbackError,
+    StatusReportOutput,
+    bad_signature,
+    not_configured,
+    report_answer,
+    report_record,
+    signature_matches,
+)
 from notifications.channels.parts import entry_parts, run_text
 from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
 from notifications.ratelimit import Scope
@@ -156,3 +185,114 @@ class WhatsAppChannel(Channel):
         if status >= 500 or status == 401 or code in TRANSIENT:
             raise TransientFailure(f"whatsapp {status} {code}: {text}")
         raise PermanentFailure(f"whatsapp {status} {code}: {text}")
+
+    # --- API ------------------------------------------------------------------------------------
+    def urlpatterns(self) -> list:
+        return [path("callbacks/whatsapp", WhatsAppWebhookApi.as_view(channel_name=self.name),
+                     name="callbacks-whatsapp")]
+
+
+# --- status webhooks -------------------------------------------------------------------------------
+
+RECORDED = {"delivered": "delivered", "read": "delivered", "failed": "failed"}
+
+
+def hub_signature(app_secret: str, body: bytes) -> str:
+    """X-Hub-Signature-256: "sha256=" + hex HMAC-SHA256 of the raw body, keyed with the app secret."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class _StatusError(serializers.Serializer):
+    code = serializers.IntegerField(required=False)
+    title = serializers.CharField(required=False, allow_blank=True)
+    message = serializers.CharField(required=False, allow_blank=True)
+
+
+class _Status(serializers.Serializer):
+    id = serializers.CharField(max_length=200, help_text="The message's wamid")
+    status = serializers.CharField(max_length=32, help_text="sent, delivered, read, failed, ...")
+    timestamp = serializers.RegexField(r"^[0-9]{1,10}\Z", help_text="Unix seconds")
+    recipient_id = serializers.CharField(required=False, allow_blank=True)
+    errors = _StatusError(many=True, required=False)
+
+
+class _Value(serializers.Serializer):
+    messaging_product = serializers.CharField(required=False)
+    statuses = _Status(many=True, required=False)
+
+
+class _Change(serializers.Serializer):
+    field = serializers.CharField(required=False)
+    value = _Value()
+
+
+class _Entry(serializers.Serializer):
+    id = serializers.CharField(required=False)
+    changes = _Change(many=True)
+
+
+class WhatsAppWebhookApi(CallbackApi):
+    """The WhatsApp Business Account's webhook: the subscription handshake and status reports."""
+
+    channel_name = "whatsapp"
+
+    class Input(serializers.Serializer):
+        object = serializers.CharField(help_text="whatsapp_business_account")
+        entry = _Entry(many=True)
+
+    @extend_schema(
+        operation_id="callbacks_whatsapp_verify", auth=[],
+        parameters=[OpenApiParameter("hub.mode", OpenApiTypes.STR, enum=["subscribe"], required=True),
+                    OpenApiParameter("hub.verify_token", OpenApiTypes.STR, required=True),
+                    OpenApiParameter("hub.challenge", OpenApiTypes.STR, required=True,
+                                     description="Echoed back when the verify token matches")],
+        responses={(200, "text/plain"): OpenApiTypes.STR})
+    def get(self, request):
+        """Meta's verification request when the callback URL is configured: answers the challenge."""
+        expected = str(registry.get(self.channel_name).options.get("webhook_verify_token") or "")
+        if not expected:
+            raise not_configured(self.channel_name, "WHATSAPP_WEBHOOK_VERIFY_TOKEN")
+        fields = {}
+        mode, challenge = request.query_params.get("hub.mode"), request.query_params.get("hub.challenge")
+        if mode != "subscribe":
+            fields["hub.mode"] = ["Must be \"subscribe\"."]
+        if not challenge:
+            fields["hub.challenge"] = ["Required."]
+        if fields:
+            raise ApplicationError("Invalid verification request.", code="validation_error", extra={"fields": fields})
+        if not signature_matches(expected, request.query_params.get("hub.verify_token")):
+            raise Forbidden("The verify token does not match.", code=CallbackError.INVALID_VERIFY_TOKEN)
+        return HttpResponse(challenge, content_type="text/plain")
+
+    @extend_schema(
+        operation_id="callbacks_whatsapp_status", auth=[], request=Input,
+        parameters=[OpenApiParameter("X-Hub-Signature-256", OpenApiTypes.STR, OpenApiParameter.HEADER, required=True,
+                                     description="sha256=<hex HMAC-SHA256 of the raw body with the app secret>")],
+        responses=StatusReportOutput)
+    def post(self, request):
+        """Record the delivery status of messages Herald sent (delivered, read, failed); other
+        states, inbound messages and unknown message ids are acknowledged (and counted)."""
+        secret = str(registry.get(self.channel_name).options.get("app_secret") or "")
+        if not secret:
+            raise not_configured(self.channel_name, "WHATSAPP_APP_SECRET")
+        body = request.body  # the raw bytes the signature covers, before any parsing
+        if not signature_matches(hub_signature(secret, body), request.headers.get("X-Hub-Signature-256")):
+            raise bad_signature(self.channel_name)
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise ApplicationError("The body is not JSON.", code="malformed_request") from None
+        data = self.Input(data=payload)
+        data.is_valid(raise_exception=True)
+        outcomes = []
+        for entry in data.validated_data["entry"]:
+            for change in entry["changes"]:
+                for report in change["value"].get("statuses") or []:
+                    errors = report.get("errors") or []
+                    error = "; ".join(f"{e.get('code', '')} {e.get('title') or e.get('message') or ''}".strip()
+                                      for e in errors)
+                    outcomes.append(report_record(
+                        channel=self.channel_name, ref=report["id"], state=RECORDED.get(report["status"]),
+                        at=datetime.fromtimestamp(int(report["timestamp"]), UTC),
+                        error=f"whatsapp: {report['status']}" + (f" ({error})" if error else "")))
+        return Response(report_answer(outcomes))

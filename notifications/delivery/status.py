@@ -73,3 +73,49 @@ def run_record(*, channel: str, recipient_id: int | None, entries: list, state: 
                                      "user": recipient_id, "state": state, "error": error[:2000],
                                      "due": due_at})
         return cursor.rowcount
+
+
+# --- provider status callbacks -------------------------------------------------------------------
+# A provider reports what became of a message it accepted (Twilio's StatusCallback, WhatsApp's
+# status webhooks), naming it by the reference the fence recorded on the Delivery (`provider_ref`).
+# The Delivery covers a run of the stream's entries; its member (the stream's user) and channel pick
+# the status rows. States only move forward: sent -> failed -> delivered (a provider may report
+# `delivered` after `failed` when the member has several devices; never `sent` after either), and
+# only rows that went out (sent_at set) move: a row cancelled before the run is not touched.
+REPORT_FROM = {"delivered": ("sent", "failed"), "failed": ("sent",)}
+
+_REF_SQL = """
+SELECT d.id FROM notifications_delivery d
+WHERE d.channel = %s AND d.provider_ref = %s
+ORDER BY d.id DESC LIMIT 1
+"""
+
+_REPORT_SQL = """
+UPDATE notifications_senddelivery sd
+SET state = %(state)s, updated_at = now(),
+    delivered_at = CASE WHEN %(state)s = 'delivered' THEN COALESCE(%(at)s, now()) ELSE sd.delivered_at END,
+    error = %(error)s
+FROM notifications_delivery d
+JOIN notifications_deliverystream s ON s.id = d.stream_id
+JOIN notifications_logentry e ON e.organization_id = d.organization_id AND e.seq BETWEEN d.first_seq AND d.last_seq
+WHERE d.id = %(delivery)s AND sd.entry_id = e.id AND sd.channel = d.channel AND sd.user_id = s.user_id
+  AND sd.state = ANY(%(from_states)s) AND sd.sent_at IS NOT NULL
+"""
+
+
+def provider_report(*, channel: str, ref: str, state: str, at=None, error: str = "") -> int | None:
+    """Record a provider's report (`delivered` or `failed`) on the status rows of the message it
+    names. Returns how many rows moved (0: a repeat, an older report, or entries without status
+    rows such as tracker events), or None when no Delivery has this reference (not ours, or the
+    report overtook the commit of the send: the caller counts it)."""
+    if state not in REPORT_FROM:
+        raise ValueError(state)
+    with connection.cursor() as cursor:
+        cursor.execute(_REF_SQL, [channel, ref[:120]])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        cursor.execute(_REPORT_SQL, {"delivery": row[0], "state": state, "at": at,
+                                     "error": error[:2000] if state == "failed" else "",
+                                     "from_states": list(REPORT_FROM[state])})
+        return cursor.rowcount

@@ -327,7 +327,8 @@ def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | No
 
 @transaction.atomic
 def send_cancel(*, send: Send) -> tuple[Send, int]:
-    """Cancel every recipient x channel that has not gone out (queued, scheduled, deferred, failed).
+    """Cancel every recipient x channel that has not gone out (queued, scheduled, deferred, failed
+    while retried; not a row the provider reported failed after it was sent).
     Rows a worker is sending right now are locked and skipped: they go out. 409
     `send_not_cancellable` when nothing was left to cancel."""
     send = Send.objects.select_for_update().get(pk=send.pk)  # waits for a dispatch in progress
@@ -335,7 +336,7 @@ def send_cancel(*, send: Send) -> tuple[Send, int]:
         cursor.execute("""
             UPDATE notifications_senddelivery SET state = 'cancelled', updated_at = now()
             WHERE id IN (SELECT id FROM notifications_senddelivery
-                         WHERE send_id = %s AND state = ANY(%s) FOR UPDATE SKIP LOCKED)""",
+                         WHERE send_id = %s AND state = ANY(%s) AND sent_at IS NULL FOR UPDATE SKIP LOCKED)""",
                        [send.pk, list(SendDelivery.PENDING)])
         cancelled = cursor.rowcount
     if cancelled == 0 and send.status != Send.Status.CANCELLED:

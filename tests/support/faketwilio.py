@@ -8,8 +8,11 @@ HTTP basic auth with the account SID and auth token; 201 with the message resour
 {"code": 21211, "message": "...", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400}.
 Besides the faults of FakeHTTPProvider (429 with Retry-After, 5xx, slow answers, down):
 - `unreachable = {"+15550000000"}`: those numbers are refused with 400 / 21211 (invalid To);
-- `deliver = "delivered" | "failed" | None`: after accepting, POST that MessageStatus to the
-  message's StatusCallback (form-encoded, signed with X-Twilio-Signature like Twilio does).
+- `deliver = "delivered" | "undelivered" | "failed" | [states...] | None`: after accepting, POST
+  the message's states to its StatusCallback like Twilio does, asynchronously, `callback_delay`
+  seconds apart (a carrier's receipt takes a while): "sent" then the final state, or exactly the
+  listed states in that order (out of order, repeated). Form-encoded, signed with
+  X-Twilio-Signature; `callbacks` records (url, params, answer status).
 """
 import base64
 import hashlib
@@ -44,7 +47,8 @@ class FakeTwilio(FakeHTTPProvider):
         super().__init__(port=port)
         self.account_sid, self.auth_token = account_sid, auth_token
         self.unreachable: set[str] = set()
-        self.deliver: str | None = None
+        self.deliver: str | list[str] | None = None
+        self.callback_delay = 0.3
         self.callbacks: list[tuple[str, dict, int]] = []
 
     def settings(self, from_number: str = "+15005550006") -> dict:
@@ -91,20 +95,25 @@ class FakeTwilio(FakeHTTPProvider):
                     "date_created": time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())}
         request.extra["resource"] = resource
         if self.deliver and form.get("StatusCallback"):
-            threading.Thread(target=self._callback, args=(form["StatusCallback"], resource, self.deliver),
+            states = [self.deliver] if isinstance(self.deliver, str) else list(self.deliver)
+            if isinstance(self.deliver, str) and self.deliver != "sent":
+                states.insert(0, "sent")
+            threading.Thread(target=self._callbacks, args=(form["StatusCallback"], resource, states),
                              daemon=True).start()
         return 201, {}, resource
 
-    def _callback(self, url: str, resource: dict, status: str) -> None:
-        time.sleep(0.05)
-        params = {"AccountSid": self.account_sid, "MessageSid": resource["sid"], "MessageStatus": status,
-                  "To": resource["to"], "From": resource["from"]}
-        if status == "failed":
-            params["ErrorCode"] = "30003"
-        headers = {"X-Twilio-Signature": twilio_signature(self.auth_token, url, params)}
-        try:
-            code = httpx.post(url, data=params, headers=headers, timeout=5).status_code
-        except httpx.HTTPError:
-            code = 0
-        with self.lock:
-            self.callbacks.append((url, params, code))
+    def _callbacks(self, url: str, resource: dict, states: list[str]) -> None:
+        for status in states:
+            time.sleep(self.callback_delay)
+            params = {"AccountSid": self.account_sid, "MessageSid": resource["sid"], "SmsSid": resource["sid"],
+                      "MessageStatus": status, "SmsStatus": status, "To": resource["to"], "From": resource["from"],
+                      "ApiVersion": "2010-04-01"}
+            if status in ("failed", "undelivered"):
+                params["ErrorCode"] = "30003"
+            headers = {"X-Twilio-Signature": twilio_signature(self.auth_token, url, params)}
+            try:
+                code = httpx.post(url, data=params, headers=headers, timeout=5).status_code
+            except httpx.HTTPError:
+                code = 0
+            with self.lock:
+                self.callbacks.append((url, params, code))
