@@ -554,6 +554,8 @@ class SendDelivery(models.Model):
                          name="senddelivery_org_failures"),
             # Beat's dispatcher: scheduled rows by due time.
             models.Index(fields=["due_at"], condition=Q(state="scheduled"), name="senddelivery_due"),
+            # A member who changes zone: their scheduled rows (notifications.send.schedule).
+            models.Index(fields=["user"], condition=Q(state="scheduled"), name="senddelivery_user_scheduled"),
         ]
         verbose_name_plural = "send deliveries"
 

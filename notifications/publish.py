@@ -15,6 +15,7 @@ from datetime import datetime
 
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
+from django.utils import timezone
 
 from config.errors import NotFound
 
@@ -25,6 +26,7 @@ from notifications.preferences import email_streams_sync, recipient_streams_sync
 from notifications.delivery.streams import stream_ensure
 from notifications.delivery.kicks import streams_kick_all
 from notifications.email import profile_updated_email_queue
+from notifications.send.schedule import member_schedules_move
 
 logger = logging.getLogger("herald.delivery")
 
@@ -162,6 +164,12 @@ def membership_added(*, user, organization_id: int) -> None:
     phone and devices get its SMS, WhatsApp and push streams."""
     email_streams_sync(user=user, organization_ids=[organization_id])
     recipient_streams_sync(user=user, organization_ids=[organization_id])
+
+
+def member_time_zone_changed(*, user_id: int, old_zone: str, new_zone: str) -> int:
+    """A member changed zone: their deliver_at_local sends not yet due move to the same local time in
+    the new zone (rows and each send's due time), in the caller's transaction. Returns the sends."""
+    return member_schedules_move(user_id=user_id, old_zone=old_zone, new_zone=new_zone, now=timezone.now())
 
 
 def profile_updated(*, user, changed: list[str]) -> None:

@@ -262,6 +262,7 @@ def user_update(*, user: User, data: dict) -> User:
     if email and User.objects.filter(email__iexact=email).exclude(pk=user.pk).exists():
         raise Conflict("An account with that email exists.", code="email_taken")
     changed = [f for f in fields if getattr(user, f) != data[f]]
+    old_zone = user.time_zone
     for field in fields:
         setattr(user, field, data[field])
     try:
@@ -277,6 +278,8 @@ def user_update(*, user: User, data: dict) -> User:
                 user.save(update_fields=fields)
         except IntegrityError as exc:  # the same email claimed by a concurrent update that committed first
             raise Conflict("An account with that email exists.", code="email_taken") from exc
+    if "time_zone" in changed:  # scheduled sends at a local time follow the member, in this transaction
+        publish.member_time_zone_changed(user_id=user.id, old_zone=old_zone, new_zone=user.time_zone)
     if changed:
         # Queued in this transaction (durable with the change); the send is kicked on commit.
         publish.profile_updated(user=user, changed=changed)

@@ -5,10 +5,8 @@ A send's entry goes through the same log, fence and channels as every other fact
 fan-out and the fence move each status row out of `queued` exactly once (notifications.SendDelivery
 is unique per send x user x channel; channels/inapp.py and delivery/status.py).
 """
-import re
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time, timedelta
-from zoneinfo import ZoneInfo
+from datetime import date, datetime, time, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -24,11 +22,11 @@ from notifications.kinds import kind_get
 from notifications.models import Send, SendDelivery
 from notifications.publish import publish
 from notifications.send.rendering import send_render
+from notifications.send.schedule import LOCAL_TIME, local_due
 
 MESSAGE_KIND = "message"
 MAX_RECIPIENTS = 10_000
 TOPICS = ("members",)
-LOCAL_TIME = re.compile(r"^(?:(?P<date>\d{4}-\d{2}-\d{2})[T ])?(?P<time>\d{2}:\d{2})$")
 
 _MEMBERS_SQL = """
 SELECT u.id, lower(u.email), u.time_zone, q.quiet_hours_start, q.quiet_hours_end
@@ -166,20 +164,6 @@ def _channels_validate(channels: list[str] | None, template_channels: tuple[str,
     return chosen
 
 
-def _local_due(value: str, zone: str, now: datetime) -> datetime:
-    """`HH:MM` (the next such time in the zone) or `YYYY-MM-DD HH:MM` in the zone, as UTC. A local
-    time that does not exist (DST gap) moves forward by the gap; an ambiguous one (DST overlap)
-    takes the first occurrence (fold=0)."""
-    match = LOCAL_TIME.match(value)
-    tz = ZoneInfo(zone)
-    at = time.fromisoformat(match["time"])
-    day = date.fromisoformat(match["date"]) if match["date"] else now.astimezone(tz).date()
-    due = datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
-    if not match["date"] and due <= now:
-        due = datetime.combine(day + timedelta(days=1), at, tzinfo=tz).astimezone(UTC)
-    return due
-
-
 def deliver_at_local_validate(value: str) -> str:
     match = LOCAL_TIME.match(value or "")
     try:
@@ -219,7 +203,7 @@ def _due_times(recipients: list[Recipient], *, send_at: datetime | None, deliver
         out = []
         for recipient in recipients:
             if recipient.time_zone not in by_zone:
-                by_zone[recipient.time_zone] = _local_due(deliver_at_local, recipient.time_zone, now)
+                by_zone[recipient.time_zone] = local_due(deliver_at_local, recipient.time_zone, now)
             due = by_zone[recipient.time_zone]
             out.append(due if due > now else None)
         return out

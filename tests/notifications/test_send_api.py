@@ -4,6 +4,7 @@ and never delivered, one log entry per send, set-based status rows moved once by
 fan-out, cancellation the fan-out honours, scheduled sends dispatched by beat's task, Stripe's
 Idempotency-Key rules."""
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection
@@ -13,6 +14,7 @@ from django.utils import timezone
 from notifications.delivery.fence import stream_deliver
 from notifications.models import DeliveryStream, IdempotencyKey, LogEntry, Notification, Send, SendDelivery
 from notifications.send import idempotency, services
+from notifications.send.schedule import local_due
 from notifications.templating import template_create
 from organizations.models import ApiKeyScope
 from tests.conftest import assert_error
@@ -277,13 +279,13 @@ def test_a_cancelled_scheduled_send_is_never_published(org_with_members, key_cli
 def test_deliver_at_local_per_zone_dst_gap_moves_forward_and_overlap_takes_the_first():
     now = datetime(2026, 3, 1, tzinfo=UTC)
     # 2026-03-08 02:30 does not exist in New York (02:00 -> 03:00): 03:30 EDT = 07:30 UTC.
-    assert services._local_due("2026-03-08 02:30", "America/New_York", now) == datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
+    assert local_due("2026-03-08 02:30", "America/New_York", now) == datetime(2026, 3, 8, 7, 30, tzinfo=UTC)
     # 2026-11-01 01:30 happens twice: the first (EDT, UTC-4) = 05:30 UTC.
-    assert services._local_due("2026-11-01 01:30", "America/New_York", now) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
+    assert local_due("2026-11-01 01:30", "America/New_York", now) == datetime(2026, 11, 1, 5, 30, tzinfo=UTC)
     # No date: the next 09:00 in the zone.
-    assert services._local_due("09:00", "Asia/Tokyo", datetime(2026, 3, 1, 1, 0, tzinfo=UTC)) == \
+    assert local_due("09:00", "Asia/Tokyo", datetime(2026, 3, 1, 1, 0, tzinfo=UTC)) == \
         datetime(2026, 3, 2, 0, 0, tzinfo=UTC)
-    assert services._local_due("09:00", "Europe/Paris", datetime(2026, 3, 1, 1, 0, tzinfo=UTC)) == \
+    assert local_due("09:00", "Europe/Paris", datetime(2026, 3, 1, 1, 0, tzinfo=UTC)) == \
         datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 
 
@@ -296,8 +298,8 @@ def test_deliver_at_local_schedules_each_recipient_in_their_zone(org_with_member
     assert body["status"] == "scheduled"
     rows = {r.user_id: r for r in SendDelivery.objects.all()}
     tokyo, new_york = rows[o.member.pk].due_at, rows[o.admin.pk].due_at
-    assert tokyo.astimezone(services.ZoneInfo("Asia/Tokyo")).hour == 9
-    assert new_york.astimezone(services.ZoneInfo("America/New_York")).hour == 9
+    assert tokyo.astimezone(ZoneInfo("Asia/Tokyo")).hour == 9
+    assert new_york.astimezone(ZoneInfo("America/New_York")).hour == 9
     assert Send.objects.get().due_at == min(tokyo, new_york)
 
 
