@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('notifications', '0011_stream_member'),
+        ('notifications', '0012_policy'),
     ]
 
     operations = [
