@@ -72,3 +72,33 @@ def test_tracker_events_and_notifications_move_to_the_org_log(scratch_db):
                                         (2, "tracker.event", "stop", "Main", [user])]
     assert notification_entry == entries[1][0]
     assert tracker_events_gone
+
+
+@pytest.mark.django_db
+def test_existing_per_recipient_streams_get_their_member(scratch_db):
+    """0011: email, sms and whatsapp streams (destination: a user id) and push streams (a device id)
+    get DeliveryStream.user; organization-wide streams keep none."""
+    _migrate(scratch_db, "notifications", "0010_send")
+    with psycopg.connect(scratch_db, autocommit=True) as db:
+        org = db.execute("INSERT INTO organizations_organization (name, slug, time_zone, last_event_seq, created_at) "
+                         "VALUES ('Acme', 'acme', 'UTC', 0, now()) RETURNING id").fetchone()[0]
+        ann, bob = [db.execute(
+            "INSERT INTO organizations_user (username, email, password, is_superuser, is_staff, is_active, "
+            "first_name, last_name, date_joined, time_zone, phone, postal_code, slack_user_id) "
+            "VALUES (%s, %s, '!', false, false, true, '', '', now(), 'UTC', '', '', '') RETURNING id",
+            [name, f"{name}@example.com"]).fetchone()[0] for name in ("ann", "bob")]
+        device = db.execute("INSERT INTO notifications_device (user_id, token, platform, name, created_at, "
+                            "last_seen_at) VALUES (%s, 'tok-0123456789abcdef', 'android', '', now(), now()) "
+                            "RETURNING id", [bob]).fetchone()[0]
+        streams = {("email", str(ann)): ann, ("sms", str(ann)): ann, ("whatsapp", str(bob)): bob,
+                   ("push", str(device)): bob, ("inapp", ""): None, ("webhook", "7"): None,
+                   ("sms", "999999"): None}  # a user that is gone keeps none
+        for channel, destination in streams:
+            db.execute("INSERT INTO notifications_deliverystream (organization_id, channel, destination, "
+                       "delivered_seq, head_attempts, last_error, on_dead_letter, held, active, updated_at) "
+                       "VALUES (%s, %s, %s, 0, 0, '', 'skip', false, true, now())", [org, channel, destination])
+    _migrate(scratch_db, "notifications", "0011_stream_member")
+    with psycopg.connect(scratch_db, autocommit=True) as db:
+        got = {(c, d): u for c, d, u in db.execute(
+            "SELECT channel, destination, user_id FROM notifications_deliverystream").fetchall()}
+    assert got == streams
