@@ -39,10 +39,11 @@ from rest_framework.views import APIView
 from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError, Conflict, Forbidden, NotFound
 from notifications.channels import registry
-from notifications.channels.base import Channel, Run
+from notifications.channels.base import Run
 from notifications.channels.parts import entry_parts, entry_title_body
+from notifications.channels.provider import ProviderChannel, retry_after
 from notifications.delivery.streams import stream_deactivate, stream_ensure
-from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
+from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure
 from notifications.models import DeliveryStream, Device
 from notifications.ratelimit import Scope
 from organizations.models import Membership
@@ -68,13 +69,6 @@ class PushTarget:
     locale: str | None = None
 
 
-def _retry_after(response: httpx.Response, default: float = 1.0) -> float:
-    try:
-        return max(0.05, float(response.headers.get("Retry-After", default)))
-    except ValueError:
-        return default
-
-
 def fcm_error(response: httpx.Response) -> tuple[str, str, str]:
     """(status, FCM errorCode, message) of a google.rpc.Status error body."""
     try:
@@ -85,8 +79,10 @@ def fcm_error(response: httpx.Response) -> tuple[str, str, str]:
     return str(error.get("status", "")), next((c for c in codes if c), ""), str(error.get("message", ""))[:200]
 
 
-class PushChannel(Channel):
-    per_recipient = True
+class PushChannel(ProviderChannel):
+    api_scope = "push.api"
+    destination_scope = ("push.device", "device_per_minute", "device_burst")
+    label = "fcm"
     default_options = {"batch_max": 10, "timeout": 10.0, "url": "https://fcm.googleapis.com", "project_id": "",
                        "access_token": "", "rate_per_second": 100.0, "burst": 50, "device_per_minute": 240.0,
                        "device_burst": 10, "max_devices_per_user": 20}
@@ -100,11 +96,6 @@ class PushChannel(Channel):
         if self.options.get("project_id") and not self.options.get("access_token"):
             return [Error("The push channel has a project_id but no access_token", id="herald.E031")]
         return []
-
-    def rate_limits(self) -> dict:
-        return {"push.api": {"rate": float(self.options["rate_per_second"]), "burst": int(self.options["burst"])},
-                "push.device": {"rate": float(self.options["device_per_minute"]) / 60.0,
-                                "burst": int(self.options["device_burst"])}}
 
     def validate(self, part: dict) -> None:
         """The send API's check of a rendered push part: the message must fit FCM's 4 KB."""
@@ -140,12 +131,6 @@ class PushChannel(Channel):
     def recipient_id(self, target: PushTarget) -> int:
         return target.user_id
 
-    def wants(self, target, entry) -> bool:
-        channels = (entry.payload or {}).get("channels")
-        if isinstance(channels, list) and self.name not in channels:
-            return False  # an API send restricted to other channels
-        return super().wants(target, entry)
-
     def scopes(self, target: PushTarget) -> list[Scope]:
         return [Scope("push.api"), Scope("push.device", str(target.device_id))]
 
@@ -179,24 +164,16 @@ class PushChannel(Channel):
     def send(self, target: PushTarget, run: Run, message: dict, gate) -> str:
         url = f"{self.options['url'].rstrip('/')}/v1/projects/{self.options['project_id']}/messages:send"
         headers = {"Authorization": f"Bearer {self.options['access_token']}"}
-        try:
-            response = httpx.post(url, json=message, headers=headers, timeout=float(self.options["timeout"]))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise TransientFailure(f"fcm unreachable: {exc.__class__.__name__}") from exc
-        except httpx.HTTPError as exc:
-            raise UncertainFailure(f"fcm answer lost: {exc.__class__.__name__}: {exc}") from exc
+        response = self.request("POST", url, json=message, headers=headers)
         code = response.status_code
         if code == 200:
-            try:
-                return str(response.json()["name"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UncertainFailure("fcm 200 with an unreadable answer") from exc
+            return self.reference(response, lambda body: body["name"])
         state, error, text = fcm_error(response)
         if code == 404 or error == "UNREGISTERED":
             device_prune(device_id=target.device_id, token=target.token)
             raise PermanentFailure(f"fcm {code} {error or state}: token unregistered, device pruned")
         if code == 429:
-            wait = _retry_after(response)
+            wait = retry_after(response)
             raise RateLimitedFailure(f"fcm 429 {error or state} (Retry-After {wait})", wait, scope="global")
         if code >= 500 or code == 401:
             raise TransientFailure(f"fcm {code} {error or state}: {text}".strip())

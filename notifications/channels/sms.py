@@ -49,7 +49,7 @@ from rest_framework.response import Response
 from config.errors import ApplicationError, NotFound
 from notifications.breaker import BreakerDecision, CircuitBreaker
 from notifications.channels import registry
-from notifications.channels.base import Channel, Run
+from notifications.channels.base import Run
 from notifications.channels.callbacks import (
     CallbackApi,
     CallbackError,
@@ -60,6 +60,7 @@ from notifications.channels.callbacks import (
     signature_matches,
 )
 from notifications.channels.parts import run_text
+from notifications.channels.provider import PhoneChannel, PhoneTarget, retry_after
 from notifications.delivery.types import (
     Gate,
     PermanentFailure,
@@ -68,7 +69,6 @@ from notifications.delivery.types import (
     UncertainFailure,
 )
 from notifications.ratelimit import Scope
-from organizations.models import E164, User
 
 logger = logging.getLogger("herald.sms")
 
@@ -78,13 +78,6 @@ PROVIDERS = ("primary", "secondary")
 
 class SmsError(StrEnum):
     SMS_TOO_LONG = "sms_too_long"
-
-
-@dataclass(frozen=True)
-class SmsTarget:
-    user_id: int
-    phone: str
-    locale: str | None = None
 
 
 @dataclass
@@ -110,13 +103,6 @@ def twilio_signature(auth_token: str, url: str, params: list[tuple[str, str]]) -
     return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
 
 
-def retry_after(response: httpx.Response, default: float = 1.0) -> float:
-    try:
-        return max(0.05, float(response.headers.get("Retry-After", default)))
-    except ValueError:
-        return default
-
-
 def error_of(response: httpx.Response) -> tuple[int | None, str]:
     """Twilio's error body: {"code", "message", "more_info", "status"}."""
     try:
@@ -128,8 +114,11 @@ def error_of(response: httpx.Response) -> tuple[int | None, str]:
     return body.get("code"), str(body.get("message", ""))[:200]
 
 
-class SmsChannel(Channel):
-    per_recipient = True
+class SmsChannel(PhoneChannel):
+    api_scope = "sms.api"
+    destination_scope = ("sms.recipient", "recipient_per_minute", "recipient_burst")
+    label = ""  # an unreachable provider is a failover ("primary: unreachable: ..."), not a failure
+    not_configured = "no provider account"
     default_options = {"batch_max": 10, "timeout": 10.0, "rate_per_second": 10.0, "burst": 10,
                        "recipient_per_minute": 6.0, "recipient_burst": 3, "providers": {},
                        "status_callback_url": ""}
@@ -156,11 +145,6 @@ class SmsChannel(Channel):
         base = self.options.get("status_callback_url") or f"{settings.HERALD_BASE_URL}/api/v1/callbacks/twilio"
         return f"{base.rstrip('/')}/{provider}"
 
-    def rate_limits(self) -> dict:
-        return {"sms.api": {"rate": float(self.options["rate_per_second"]), "burst": int(self.options["burst"])},
-                "sms.recipient": {"rate": float(self.options["recipient_per_minute"]) / 60.0,
-                                  "burst": int(self.options["recipient_burst"])}}
-
     def validate(self, part: dict) -> None:
         """The send API's check of a rendered SMS part: over 1,600 characters is 400 `sms_too_long`."""
         text = str((part or {}).get("text") or "")
@@ -171,34 +155,10 @@ class SmsChannel(Channel):
 
     # --- destination ---------------------------------------------------------------------------
     @property
-    def no_destination(self) -> str:
-        if not self.providers():
-            return "sms is not configured (no provider account)"
-        return "the member has no phone number (PATCH /api/v1/me phone)"
+    def configured(self) -> bool:
+        return bool(self.providers())
 
-    def member_destinations(self, user) -> dict[str, bool]:
-        return {str(user.id): bool(E164.match(user.phone or "")) and bool(self.providers())}
-
-    def target(self, *, organization_id: int, destination: str) -> SmsTarget | None:
-        if not destination.isdigit() or not self.providers():
-            return None
-        user = (User.objects.filter(pk=int(destination), is_active=True,
-                                    memberships__organization_id=organization_id)
-                .only("id", "phone").first())
-        if user is None or not E164.match(user.phone or ""):
-            return None
-        return SmsTarget(user_id=user.id, phone=user.phone, locale=getattr(user, "locale", None) or None)
-
-    def recipient_id(self, target: SmsTarget) -> int:
-        return target.user_id
-
-    def wants(self, target, entry) -> bool:
-        channels = (entry.payload or {}).get("channels")
-        if isinstance(channels, list) and self.name not in channels:
-            return False  # an API send restricted to other channels
-        return super().wants(target, entry)
-
-    def scopes(self, target: SmsTarget) -> list[Scope]:
+    def scopes(self, target: PhoneTarget) -> list[Scope]:
         return [Scope("sms.api"), Scope("sms.recipient", target.phone)]
 
     def breaker_names(self, target) -> list[str]:
@@ -226,7 +186,7 @@ class SmsChannel(Channel):
         return Gate.go(context=chosen) if gate.allowed else gate
 
     # --- sending ---------------------------------------------------------------------------------
-    def render(self, target: SmsTarget, run: Run) -> str:
+    def render(self, target: PhoneTarget, run: Run) -> str:
         text = run_text(run.entries, self.name, limit=MAX_BODY, locale=target.locale, late=run.late)
         if len(text) > MAX_BODY:
             raise PermanentFailure(f"sms body of {len(text)} characters (at most {MAX_BODY})")
@@ -240,25 +200,18 @@ class SmsChannel(Channel):
         except Exception:  # bookkeeping after the provider answered never changes the outcome
             logger.warning("breaker not updated (Redis unavailable)", extra={"breaker": f"sms-{provider}"})
 
-    def _post(self, name: str, provider: dict, target: SmsTarget, body: str) -> str:
+    def _post(self, name: str, provider: dict, target: PhoneTarget, body: str) -> str:
         url = f"{provider['url'].rstrip('/')}/2010-04-01/Accounts/{provider['account_sid']}/Messages.json"
         form = {"To": target.phone, "From": provider["from"], "Body": body}
         callback = self.status_callback_url(name)
         if callback:
             form["StatusCallback"] = callback
-        try:
-            response = httpx.post(url, data=form, auth=(provider["account_sid"], provider["auth_token"]),
-                                  timeout=float(self.options["timeout"]))
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Failover(f"unreachable: {exc.__class__.__name__}") from exc
-        except httpx.HTTPError as exc:  # sent, then the answer timed out or broke: it may be queued
-            raise UncertainFailure(f"sms answer lost: {exc.__class__.__name__}: {exc}") from exc
+        # Not connected: the next provider; sent, then the answer timed out or broke: it may be queued.
+        response = self.request("POST", url, data=form, auth=(provider["account_sid"], provider["auth_token"]),
+                                unreachable=_Failover)
         code = response.status_code
         if 200 <= code < 300:
-            try:
-                return str(response.json()["sid"])
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UncertainFailure(f"sms {code} with an unreadable answer") from exc
+            return self.reference(response, lambda body: body["sid"])
         error, message = error_of(response)
         if code == 429:
             wait = retry_after(response)
@@ -267,7 +220,7 @@ class SmsChannel(Channel):
             raise _Failover(f"{code} {error} {message}".strip())
         raise PermanentFailure(f"sms {code} {error}: {message}".strip())
 
-    def send(self, target: SmsTarget, run: Run, message: str, gate: Gate) -> str:
+    def send(self, target: PhoneTarget, run: Run, message: str, gate: Gate) -> str:
         chosen: Route = gate.context if isinstance(gate.context, Route) else self.route()
         errors, probes_only, tried = [], True, 0
         for name, provider in self.providers():
@@ -297,7 +250,7 @@ class SmsChannel(Channel):
         raise TransientFailure("no SMS provider took the message: " + "; ".join(errors),
                                outage=tried == 0 or probes_only, wait=min(waits) if waits else None)
 
-    def verify(self, target: SmsTarget, run: Run) -> str | None:
+    def verify(self, target: PhoneTarget, run: Run) -> str | None:
         """After an uncertain send: the account's messages to this number since the run's first
         entry; one with this body was queued by us."""
         body = self.render(target, run)

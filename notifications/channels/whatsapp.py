@@ -29,7 +29,6 @@ Status webhooks (the Meta app's callback URL, `{HERALD_BASE_URL}/api/v1/callback
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -43,7 +42,7 @@ from rest_framework.response import Response
 
 from config.errors import ApplicationError, Forbidden
 from notifications.channels import registry
-from notifications.channels.base import Channel, Run
+from notifications.channels.base import Run
 from notifications.channels.callbacks import (
     CallbackApi,
     CallbackError,
@@ -55,9 +54,9 @@ from notifications.channels.callbacks import (
     signature_matches,
 )
 from notifications.channels.parts import entry_parts, run_text
-from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
+from notifications.channels.provider import PhoneChannel, PhoneTarget, retry_after
+from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure
 from notifications.ratelimit import Scope
-from organizations.models import E164, User
 
 MAX_BODY = 4096
 THROTTLED = {130429, 131048, 80007, 4}
@@ -69,20 +68,6 @@ class WhatsAppError(StrEnum):
     WHATSAPP_TOO_LONG = "whatsapp_too_long"
 
 
-@dataclass(frozen=True)
-class WhatsAppTarget:
-    user_id: int
-    phone: str
-    locale: str | None = None
-
-
-def _retry_after(response: httpx.Response, default: float = 1.0) -> float:
-    try:
-        return max(0.05, float(response.headers.get("Retry-After", default)))
-    except ValueError:
-        return default
-
-
 def graph_error(response: httpx.Response) -> tuple[int | None, str]:
     try:
         error = response.json().get("error") or {}
@@ -91,8 +76,11 @@ def graph_error(response: httpx.Response) -> tuple[int | None, str]:
     return error.get("code"), str(error.get("message", ""))[:200]
 
 
-class WhatsAppChannel(Channel):
-    per_recipient = True
+class WhatsAppChannel(PhoneChannel):
+    api_scope = "whatsapp.api"
+    destination_scope = ("whatsapp.recipient", "recipient_per_minute", "recipient_burst")
+    label = "whatsapp"
+    not_configured = "no phone number id or access token"
     default_options = {"batch_max": 10, "timeout": 10.0, "url": "https://graph.facebook.com", "api_version": "21.0",
                        "phone_number_id": "", "access_token": "", "rate_per_second": 80.0, "burst": 20,
                        "recipient_per_minute": 10.0, "recipient_burst": 3}
@@ -100,11 +88,6 @@ class WhatsAppChannel(Channel):
     @property
     def configured(self) -> bool:
         return bool(self.options.get("phone_number_id") and self.options.get("access_token"))
-
-    def rate_limits(self) -> dict:
-        return {"whatsapp.api": {"rate": float(self.options["rate_per_second"]), "burst": int(self.options["burst"])},
-                "whatsapp.recipient": {"rate": float(self.options["recipient_per_minute"]) / 60.0,
-                                       "burst": int(self.options["recipient_burst"])}}
 
     def validate(self, part: dict) -> None:
         text = str((part or {}).get("text") or "")
@@ -114,41 +97,14 @@ class WhatsAppChannel(Channel):
                                    extra={"channel": self.name, "field": "text", "length": len(text), "max": MAX_BODY})
 
     # --- destination ---------------------------------------------------------------------------
-    @property
-    def no_destination(self) -> str:
-        if not self.configured:
-            return "whatsapp is not configured (no phone number id or access token)"
-        return "the member has no phone number (PATCH /api/v1/me phone)"
-
-    def member_destinations(self, user) -> dict[str, bool]:
-        return {str(user.id): bool(E164.match(user.phone or "")) and self.configured}
-
-    def target(self, *, organization_id: int, destination: str) -> WhatsAppTarget | None:
-        if not destination.isdigit() or not self.configured:
-            return None
-        user = (User.objects.filter(pk=int(destination), is_active=True,
-                                    memberships__organization_id=organization_id).only("id", "phone").first())
-        if user is None or not E164.match(user.phone or ""):
-            return None
-        return WhatsAppTarget(user_id=user.id, phone=user.phone, locale=getattr(user, "locale", None) or None)
-
-    def recipient_id(self, target: WhatsAppTarget) -> int:
-        return target.user_id
-
-    def wants(self, target, entry) -> bool:
-        channels = (entry.payload or {}).get("channels")
-        if isinstance(channels, list) and self.name not in channels:
-            return False  # an API send restricted to other channels
-        return super().wants(target, entry)
-
-    def scopes(self, target: WhatsAppTarget) -> list[Scope]:
+    def scopes(self, target: PhoneTarget) -> list[Scope]:
         return [Scope("whatsapp.api"), Scope("whatsapp.recipient", target.phone)]
 
     def breaker_names(self, target) -> list[str]:
         return ["whatsapp"]
 
     # --- sending ---------------------------------------------------------------------------------
-    def render(self, target: WhatsAppTarget, run: Run) -> dict:
+    def render(self, target: PhoneTarget, run: Run) -> dict:
         message = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": target.phone.lstrip("+"),
                    "biz_opaque_callback_data": f"herald:{run.delivery_id}"}
         part = entry_parts(run.entries[0], self.name, target.locale) if len(run.entries) == 1 else None
@@ -159,28 +115,20 @@ class WhatsAppChannel(Channel):
             raise PermanentFailure(f"whatsapp text of {len(text)} characters (at most {MAX_BODY})")
         return {**message, "type": "text", "text": {"preview_url": False, "body": text}}
 
-    def send(self, target: WhatsAppTarget, run: Run, message: dict, gate) -> str:
+    def send(self, target: PhoneTarget, run: Run, message: dict, gate) -> str:
         url = (f"{self.options['url'].rstrip('/')}/v{self.options['api_version']}/"
                f"{self.options['phone_number_id']}/messages")
-        try:
-            response = httpx.post(url, json=message, timeout=float(self.options["timeout"]),
-                                  headers={"Authorization": f"Bearer {self.options['access_token']}"})
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise TransientFailure(f"whatsapp unreachable: {exc.__class__.__name__}") from exc
-        except httpx.HTTPError as exc:
-            raise UncertainFailure(f"whatsapp answer lost: {exc.__class__.__name__}: {exc}") from exc
+        response = self.request("POST", url, json=message,
+                                headers={"Authorization": f"Bearer {self.options['access_token']}"})
         status = response.status_code
         if status == 200:
-            try:
-                return str(response.json()["messages"][0]["id"])
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                raise UncertainFailure("whatsapp 200 with an unreadable answer") from exc
+            return self.reference(response, lambda body: body["messages"][0]["id"])
         code, text = graph_error(response)
         if code in PAIR_THROTTLED:
-            wait = _retry_after(response, 6.0)
+            wait = retry_after(response, 6.0)
             raise RateLimitedFailure(f"whatsapp {status} {code} pair rate limit", wait, scope="destination")
         if status == 429 or code in THROTTLED:
-            wait = _retry_after(response)
+            wait = retry_after(response)
             raise RateLimitedFailure(f"whatsapp {status} {code} (Retry-After {wait})", wait, scope="global")
         if status >= 500 or status == 401 or code in TRANSIENT:
             raise TransientFailure(f"whatsapp {status} {code}: {text}")
