@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('notifications', '0012_policy'),
+        ('notifications', '0013_digests'),
     ]
 
     operations = [

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ('notifications', '0013_delivery_provider_ref'),
+        ('notifications', '0014_delivery_provider_ref'),
         ('organizations', '0008_database_defaults'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
