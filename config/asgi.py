@@ -1,11 +1,16 @@
-"""ASGI entry point: Django for HTTP (behind admission control, config.admission), Channels for
-WebSockets at /ws/ (Origin checked against HERALD_WS_ALLOWED_ORIGINS, see config.websocket)."""
+"""ASGI entry point: Django for HTTP (behind admission control, config.admission; one thread hop
+per request, config.asgi_http), Channels for WebSockets at /ws/ (Origin checked against
+HERALD_WS_ALLOWED_ORIGINS, see config.websocket)."""
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.local")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)  # what django.core.asgi.get_asgi_application() does first
+
+from config.asgi_http import OneHopASGIHandler  # noqa: E402
+
+django_asgi_app = OneHopASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path  # noqa: E402
