@@ -15,11 +15,13 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models.functions import Now
 
 from config.errors import ApplicationError, Conflict
+from config.rawrows import RowReader
 from notifications.errors import NotificationsError
 from notifications.models import IdempotencyKey
+
+_KEY_ROW = RowReader(IdempotencyKey, "k")  # written out: every keyed send reads it (config.rawrows)
 
 _STORE_SQL = """
 INSERT INTO notifications_idempotencykey (organization_id, key, request_hash, status_code, response, created_at,
@@ -64,7 +66,13 @@ def idempotency_begin(*, organization_id: int, key: str, fingerprint: str) -> Id
     if not locked:
         raise Conflict("A request with this Idempotency-Key is still in progress; retry later.",
                        code=NotificationsError.IDEMPOTENCY_KEY_IN_USE)
-    stored = IdempotencyKey.objects.filter(organization_id=organization_id, key=key, expires_at__gt=Now()).first()
+    # Its own statement, after the lock: its snapshot then includes the answer of a request that
+    # held the lock and committed (one statement with the lock would read from before it).
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_KEY_ROW.columns} FROM notifications_idempotencykey k "
+                       "WHERE k.organization_id = %s AND k.key = %s AND k.expires_at > now()", [organization_id, key])
+        row = cursor.fetchone()
+    stored = _KEY_ROW.build(row) if row is not None else None
     if stored is not None and stored.request_hash != fingerprint:
         raise ApplicationError("This Idempotency-Key was used with a different request.",
                                code=NotificationsError.IDEMPOTENCY_KEY_REUSED, status=422)
