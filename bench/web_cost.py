@@ -13,14 +13,23 @@ Endpoints: `start_stop` (POST /api/v1/trackers/{id}/start then /stop, user token
 (GET /api/v1/orgs/{id}/search/top, user token), `send` (POST /api/v1/send, 10 recipients, org API
 key, Idempotency-Key), `me` (GET /api/v1/me), `healthz`.
 
+`--http`: the same requests over HTTP instead, to the web tier started with the Procfile's `web:`
+line (the same command, so a change of server is measured as it is), from `--clients` keep-alive
+connections each sending its requests one after the other; CPU is then that of the web process
+tree (user + system from /proc, before and after) per request, the HTTP server's share included
+(admission control's queue deadline off, so that no refusal is averaged in).
+
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --requests 2000 --only start_stop
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --profile
+    .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --http --clients 8
 """
 import argparse
 import asyncio
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import setup_database  # noqa: E402
+from bench.common import setup_database, wait_http  # noqa: E402
 
 FERNET_KEY = "YmVuY2gtd2ViLWNvc3QtYmVuY2gtd2ViLWNvc3QtYmU="
 ENDPOINTS = ("start_stop", "search_top", "send", "me", "healthz")
@@ -154,6 +163,61 @@ async def run(app, batch) -> tuple[float, float, int, Counter]:
     return time.process_time() - c0, time.perf_counter() - w0, Statements.count - q0, statuses
 
 
+def web_command() -> str:
+    for line in (REPO / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError("no web: line in the Procfile")
+
+
+def tree_cpu(pid: int) -> float:
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for p in [root] + root.children(recursive=True):
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+async def http_run(port: int, batch, clients: int, users: int) -> tuple[float, Counter]:
+    """Send `batch` over `clients` keep-alive connections, each one request at a time; wall s, statuses.
+    A user's requests (a start and its stop) always go through the same connection, in order."""
+    statuses: Counter = Counter()
+    shares = [[b for j, b in enumerate(batch) if ((j // 2) % users) % clients == i] for i in range(clients)]
+
+    async def client(share):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for method, path, headers, body, expected in share:
+            head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n" + "".join(
+                f"{k}: {v}\r\n" for k, v in headers.items())
+            if body:
+                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            writer.write((head + "\r\n").encode() + body)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            status = int(answer.split(b" ", 2)[1])
+            length = re.search(rb"(?i)content-length:\s*(\d+)", answer)
+            if length is not None:
+                payload = await reader.readexactly(int(length.group(1)))
+            else:  # chunked (a response no middleware gave a length)
+                payload = b""
+                while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+                    payload += (await reader.readexactly(size + 2))[:-2]
+                await reader.readuntil(b"\r\n")
+            statuses[status] += 1
+            if status != expected and statuses[status] == 1:
+                print(f"  unexpected {status} for {method} {path}: {payload[:300]!r}")
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(share) for share in shares if share))
+    return time.perf_counter() - started, statuses
+
+
 def summarize_profile(raw: Path, top: int = 25) -> list[str]:
     """py-spy raw (collapsed) output -> the frames with the most samples, inclusive, idle dropped."""
     inclusive: Counter = Counter()
@@ -183,6 +247,9 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=ENDPOINTS)
     parser.add_argument("--profile", action="store_true", help="py-spy record this process during the runs")
     parser.add_argument("--db-name", default="herald_bench_web_cost")
+    parser.add_argument("--http", action="store_true", help="over HTTP to the Procfile's web line")
+    parser.add_argument("--clients", type=int, default=8, help="--http: keep-alive connections")
+    parser.add_argument("--web-processes", type=int, default=1, help="--http: WEB_PROCESSES")
     args = parser.parse_args()
 
     db_url = setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
@@ -208,8 +275,11 @@ def main() -> int:
     seeded = seed(args.users)
     connection.close()
     Statements.install()
-    from config.asgi import application
+    if not args.http:
+        from config.asgi import application  # noqa: F401 (imported here: --http must not load it)
 
+    if args.http:
+        return http_main(args, seeded, redis_client)
     spy, raw = None, Path(tempfile.mkdtemp(prefix="bench-web-cost-")) / "web_cost.txt"
     if args.profile:
         py_spy = Path(sys.executable).parent / "py-spy"
@@ -233,6 +303,46 @@ def main() -> int:
         spy.wait(timeout=60)
         print(f"py-spy profile ({raw}):")
         print("\n".join(summarize_profile(raw)))
+    redis_client.flushdb()
+    return 0
+
+
+def http_main(args, seeded, redis_client) -> int:
+    from tests.support.stack import free_port
+
+    port = free_port()
+    # The queue deadline off (WEB_MAX_QUEUE_SECONDS=0): on a loaded box it refuses some requests at
+    # the door, and a refusal's near-zero cost would be averaged into the figure.
+    env = dict(os.environ, HERALD_PORT=str(port), WEB_PROCESSES=str(args.web_processes), WEB_VERBOSITY="0",
+               WEB_MAX_QUEUE_SECONDS="0",
+               HERALD_BASE_URL=f"http://127.0.0.1:{port}",
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(REPO / ".venv"))
+    command = web_command()
+    log = open(Path(tempfile.mkdtemp(prefix="bench-web-cost-")) / "web.log", "wb")
+    web = subprocess.Popen(["sh", "-c", f"exec {command}"], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
+        load = os.getloadavg()
+        print(f"{args.requests} requests per endpoint over HTTP from {args.clients} keep-alive connections to "
+              f"`{command}` (WEB_PROCESSES={args.web_processes}, production settings); "
+              f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        print(f"{'endpoint':<12} {'web CPU ms/req':>14} {'req/s':>7}  statuses")
+        for name in args.only or ENDPOINTS:
+            asyncio.run(http_run(port, requests_for(name, seeded, args.warmup), args.clients, args.users))
+            cpu0 = tree_cpu(web.pid)
+            wall, statuses = asyncio.run(http_run(port, requests_for(name, seeded, args.requests), args.clients,
+                                                  args.users))
+            cpu = tree_cpu(web.pid) - cpu0
+            print(f"{name:<12} {1e3 * cpu / args.requests:>14.2f} {args.requests / wall:>7.0f}  {dict(statuses)}",
+                  flush=True)
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        try:
+            web.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(web.pid, signal.SIGKILL)
     redis_client.flushdb()
     return 0
 
