@@ -299,9 +299,9 @@ def test_start_and_stop_statement_counts(auth_client, org_with_members, main_tra
     (its lock; state and access checked in its WHERE) and INSERTs the time entry; the log append;
     the activity row. Stop: the token; UPDATE tracker; UPDATE the open time entry (its duration
     computed in SQL); the log append; the activity row. No read of the tracker before or after the
-    write, none for the activity row's organization. In production add BEGIN, COMMIT and the
-    after-commit kick (one SELECT of the streams): 7 and 8 statements, from 13. Under the test's
-    transaction each atomic block is SAVEPOINT + RELEASE (2 x 2) and the kick does not run."""
+    write, none for the activity row's organization. In production add BEGIN and COMMIT: 6 and 7
+    statements, from 13. Under the test's transaction each atomic block is SAVEPOINT + RELEASE
+    (2 x 2)."""
     client = auth_client(org_with_members.member)
     assert client.get("/api/v1/me").status_code == 200  # the token's first use writes last_used_at
 
