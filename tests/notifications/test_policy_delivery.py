@@ -223,8 +223,10 @@ def test_a_promotional_send_is_held_until_the_member_s_quiet_hours_end(org_with_
     assert _inbox(o.member, "message") == ["invoice title", "nudge title"]  # the sale waits
 
     # The quiet hours end: beat's dispatcher publishes it (held, never dropped).
-    SendDelivery.objects.filter(send_id=sale, state="scheduled").update(due_at=timezone.now() - timedelta(seconds=1))
-    Send.objects.filter(pk=sale).update(due_at=timezone.now() - timedelta(seconds=1))
+    # Well in the past: the dispatcher's rows query compares with Postgres' now(), the start of this
+    # test's transaction, and a loaded box can take seconds to get here (now() - 1 s was not yet due).
+    SendDelivery.objects.filter(send_id=sale, state="scheduled").update(due_at=timezone.now() - timedelta(hours=1))
+    Send.objects.filter(pk=sale).update(due_at=timezone.now() - timedelta(hours=1))
     assert send_services.sends_dispatch_due() == 1
     _drain_inapp(o.org)
     assert _inbox(o.member, "message") == ["invoice title", "nudge title", "sale title"]
