@@ -27,9 +27,8 @@ TOKEN = "fcm-token-" + "a" * 140
 
 @pytest.fixture(autouse=True)
 def _kind():
-    testkinds.register()
-    yield
-    testkinds.KINDS.pop(testkinds.NAME, None)
+    with testkinds.registered():
+        yield
 
 
 @pytest.fixture

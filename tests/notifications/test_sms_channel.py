@@ -26,9 +26,8 @@ ME = "/api/v1/me"
 
 @pytest.fixture(autouse=True)
 def _kind():
-    testkinds.register()
-    yield
-    testkinds.KINDS.pop(testkinds.NAME, None)
+    with testkinds.registered():
+        yield
 
 
 @pytest.fixture

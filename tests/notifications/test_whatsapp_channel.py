@@ -22,9 +22,8 @@ PHONE = "+14155550101"
 
 @pytest.fixture(autouse=True)
 def _kind():
-    testkinds.register()
-    yield
-    testkinds.KINDS.pop(testkinds.NAME, None)
+    with testkinds.registered():
+        yield
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 from the payload), registered in the test process with `register()` and in Celery workers a stack
 test starts with `worker_argv()` (the boot code registers it before Celery starts)."""
 import sys
+from contextlib import contextmanager
 
 from notifications.kinds import KINDS, Kind
 
@@ -17,6 +18,16 @@ _BOOT = ("import sys; from tests.support import testkinds; testkinds.register();
 
 def register() -> None:
     KINDS[NAME] = KIND
+
+
+@contextmanager
+def registered():
+    """The kind registered for the block (a test's fixture), gone afterwards."""
+    register()
+    try:
+        yield KIND
+    finally:
+        KINDS.pop(NAME, None)
 
 
 def worker_argv(name: str, queues: list[str], *, concurrency: int = 1) -> list[str]:
