@@ -15,7 +15,8 @@ DEAD_LETTERS = Counter("herald_dead_letters_total", "Deliveries that became dead
 LIMITER = Counter("herald_ratelimit_decisions_total", "Rate limiter grants and waits by scope", ["scope", "outcome"])
 STATUS_CALLBACKS = Counter("herald_status_callbacks_total",
                            "Provider status reports by channel and outcome (applied, unchanged, ignored, unknown, "
-                           "bad_signature, not_configured)", ["channel", "outcome"])
+                           "bad_signature, not_configured; held unknown ones later: applied_late, expired)",
+                           ["channel", "outcome"])
 PROVIDER_429 = Counter("herald_provider_429_total", "429 responses seen from providers", ["provider"])
 BATCH_SIZE = Histogram("herald_coalesced_batch_size", "Events per provider request", ["channel"],
                        buckets=(1, 2, 3, 5, 10, 20, 50, 100))

@@ -178,6 +178,23 @@ class Delivery(models.Model):
         verbose_name_plural = "deliveries"
 
 
+class EarlyStatusReport(models.Model):
+    """A provider's status report that named a message Herald has no record of yet: the provider
+    may call back before the fence's transaction that records the reference commits (it sends,
+    then commits). Held here and applied by notifications.tasks.sweep_early_status_reports once
+    the reference is known; dropped after EARLY_STATUS_REPORT_WAIT_SECONDS (then it was not ours)."""
+
+    channel = models.CharField(max_length=32)
+    provider_ref = models.CharField(max_length=120)
+    state = models.CharField(max_length=12)
+    reported_at = models.DateTimeField(null=True, blank=True)  # the provider's time, if it said
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        indexes = [models.Index(fields=["received_at"], name="early_report_received")]
+
+
 # --- email ---------------------------------------------------------------------------------------
 # Preferences, the durable outbox of account emails, and the record of emails held back by the
 # per-recipient daily limit. Owned by notifications.email / notifications.preferences.

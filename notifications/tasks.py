@@ -9,6 +9,7 @@ from celery import shared_task
 from django.db import OperationalError
 
 from notifications import digests, email, retention, services
+from notifications.channels import callbacks
 from notifications.delivery import drain, kicks, sweeper
 from notifications.send import idempotency as send_idempotency
 from notifications.send import services as send_services
@@ -91,3 +92,9 @@ def publish_due_digests() -> int:
 @shared_task(name="notifications.tasks.sweep_idempotency_keys", acks_late=True, time_limit=300)
 def sweep_idempotency_keys() -> int:
     return send_idempotency.idempotency_keys_purge()
+
+
+@shared_task(name="notifications.tasks.sweep_early_status_reports", acks_late=True, time_limit=60)
+def sweep_early_status_reports() -> int:
+    """Provider status reports that overtook the commit of their send (beat)."""
+    return callbacks.held_reports_sweep()

@@ -475,6 +475,14 @@ CELERY_BEAT_SCHEDULE["notifications.publish_due_digests"] = {  # members' digest
     "task": "notifications.tasks.publish_due_digests",
     "schedule": env_float("DIGEST_INTERVAL_SECONDS", 30.0),
 }
+# A provider's status report for a message not recorded yet (it overtook the send's commit) is held
+# and applied by this sweep once the message is known; dropped after the wait (then it was not ours).
+EARLY_STATUS_REPORT_SWEEP_SECONDS = env_float("EARLY_STATUS_REPORT_SWEEP_SECONDS", 5.0)
+EARLY_STATUS_REPORT_WAIT_SECONDS = env_float("EARLY_STATUS_REPORT_WAIT_SECONDS", 600.0)
+CELERY_BEAT_SCHEDULE["notifications.sweep_early_status_reports"] = {
+    "task": "notifications.tasks.sweep_early_status_reports",
+    "schedule": EARLY_STATUS_REPORT_SWEEP_SECONDS,
+}
 CELERY_BEAT_SCHEDULE["notifications.sweep_idempotency_keys"] = {  # expired Idempotency-Keys
     "task": "notifications.tasks.sweep_idempotency_keys",
     "schedule": crontab(minute=23),  # hourly

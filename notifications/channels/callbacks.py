@@ -3,12 +3,16 @@ sms.py, WhatsApp's status webhooks in whatsapp.py): no Herald credentials (the p
 itself with a signature over the request), one answer shape, and every report counted by outcome
 (`herald_status_callbacks_total`): applied, unchanged (a repeat or an older state), ignored (a
 state Herald does not record, such as `queued`), unknown (no message has this id: not ours, or it
-overtook the commit of the send), bad_signature, not_configured. Unknown ids are answered 200 like the others:
-providers retry anything else, and a retry cannot make an unknown id known."""
+overtook the commit of the send), bad_signature, not_configured. Unknown ids are answered 200 like
+the others (providers retry anything else) and held: a provider may report before the fence's
+transaction that records the reference has committed, so notifications.tasks.
+sweep_early_status_reports applies held reports once the reference is known (`applied_late`)
+and drops those nobody claims within EARLY_STATUS_REPORT_WAIT_SECONDS (`expired`)."""
 import hmac
 import logging
 from enum import StrEnum
 
+from django.conf import settings
 from django.db import transaction
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -70,11 +74,26 @@ def report_record(*, channel: str, ref: str, state: str | None, at=None, error: 
     else:
         with transaction.atomic():
             moved = status.provider_report(channel=channel, ref=ref, state=state, at=at, error=error)
+            if moved is None:  # not ours, or it overtook the commit of the send: held for a while
+                status.provider_report_hold(channel=channel, ref=ref, state=state, at=at, error=error)
         outcome = "unknown" if moved is None else "applied" if moved else "unchanged"
         if moved is None:
-            logger.info("status callback for an unknown message", extra={"channel": channel, "ref": ref[:120]})
+            logger.info("status callback for an unknown message, held", extra={"channel": channel, "ref": ref[:120]})
     metrics.STATUS_CALLBACKS.labels(channel=channel, outcome=outcome).inc()
     return outcome
+
+
+def held_reports_sweep() -> int:
+    """Apply the held reports whose message is known now; drop the ones held too long (beat, every
+    EARLY_STATUS_REPORT_SWEEP_SECONDS). Returns how many were applied."""
+    with transaction.atomic():
+        applied, expired = status.held_reports_apply(wait_seconds=settings.EARLY_STATUS_REPORT_WAIT_SECONDS)
+    for channel, _moved in applied:
+        metrics.STATUS_CALLBACKS.labels(channel=channel, outcome="applied_late").inc()
+    if expired:
+        metrics.STATUS_CALLBACKS.labels(channel="any", outcome="expired").inc(expired)
+        logger.info("held status reports expired", extra={"count": expired})
+    return len(applied)
 
 
 def report_answer(outcomes: list[str]) -> dict:

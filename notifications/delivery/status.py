@@ -119,3 +119,53 @@ def provider_report(*, channel: str, ref: str, state: str, at=None, error: str =
                                      "error": error[:2000] if state == "failed" else "",
                                      "from_states": list(REPORT_FROM[state])})
         return cursor.rowcount
+
+
+# A report can overtake the commit that records the reference (the fence sends, then commits):
+# `provider_report` answers None, the callback holds the report, and the sweep applies it once the
+# reference is known. Reports are applied failed-before-delivered, so the furthest state wins
+# whatever order they were held in.
+_HOLD_SQL = """
+INSERT INTO notifications_earlystatusreport (channel, provider_ref, state, reported_at, error, received_at)
+VALUES (%s, %s, %s, %s, %s, now())
+"""
+
+_HELD_SQL = """
+SELECT id, channel, provider_ref, state, reported_at, error FROM notifications_earlystatusreport
+ORDER BY provider_ref, CASE state WHEN 'failed' THEN 0 ELSE 1 END, id
+LIMIT %s
+FOR UPDATE SKIP LOCKED
+"""
+
+_HELD_EXPIRE_SQL = """
+DELETE FROM notifications_earlystatusreport WHERE received_at < now() - make_interval(secs => %s)
+"""
+
+
+def provider_report_hold(*, channel: str, ref: str, state: str, at=None, error: str = "") -> None:
+    """Keep a report whose reference is not known yet (see the sweep below)."""
+    if state not in REPORT_FROM:
+        raise ValueError(state)
+    with connection.cursor() as cursor:
+        cursor.execute(_HOLD_SQL, [channel, ref[:120], state, at, error[:2000] if state == "failed" else ""])
+
+
+def held_reports_apply(*, wait_seconds: float, batch: int = 500) -> tuple[list[tuple[str, int]], int]:
+    """Apply the held reports whose reference is known now, and drop them; drop those held longer
+    than `wait_seconds` (no message of ours had that reference: the fence records it within
+    moments of the send). Returns ([(channel, rows moved)] for the applied ones, dropped). Each
+    lookup is provider_report's own indexed probe; the table holds only the last minutes' reports.
+    Runs in the caller's transaction."""
+    applied: list[tuple[str, int]] = []
+    done: list[int] = []
+    with connection.cursor() as cursor:
+        cursor.execute(_HELD_SQL, [batch])
+        for report_id, channel, ref, state, at, error in cursor.fetchall():
+            moved = provider_report(channel=channel, ref=ref, state=state, at=at, error=error)
+            if moved is not None:
+                applied.append((channel, moved))
+                done.append(report_id)
+        if done:
+            cursor.execute("DELETE FROM notifications_earlystatusreport WHERE id = ANY(%s)", [done])
+        cursor.execute(_HELD_EXPIRE_SQL, [wait_seconds])
+        return applied, cursor.rowcount

@@ -6,13 +6,15 @@ of order safe (delivered never goes back), unknown ids acknowledged and counted,
 not go out untouched. The requests are built by the stand-ins' own signing code (tests/support),
 not Herald's; the stack test (test_send_callbacks_stack.py) has the stand-ins post them."""
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import pytest
+from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from notifications.models import Delivery, SendDelivery
+from notifications.channels import callbacks
+from notifications.models import Delivery, EarlyStatusReport, SendDelivery
 from tests.conftest import assert_error
 from tests.notifications.test_send_channels import (  # noqa: F401 - the fixtures
     PHONE,
@@ -169,6 +171,59 @@ def test_a_twilio_callback_for_an_unknown_provider_or_message(providers, sent, c
     response = _twilio(client, twilio, "SM" + "0" * 32, "delivered")
     assert response.status_code == 200 and response.json()["unknown"] == 1  # providers retry non-2xx
     assert _count("sms", "unknown") == before + 1
+    assert _row(send_id, "sms").state == "sent"
+
+
+def _unrecorded(channel: str) -> tuple[Delivery, str]:
+    """The channel's sent Delivery with its reference taken off, as before the fence's transaction
+    that records it has committed (the provider answered the send, the commit is still to come)."""
+    delivery = Delivery.objects.get(channel=channel, status="sent")
+    ref = delivery.provider_ref
+    Delivery.objects.filter(pk=delivery.pk).update(provider_ref="")
+    return delivery, ref
+
+
+def test_a_report_that_overtakes_the_commit_of_its_send_is_applied_once_the_send_is_recorded(providers, sent,
+                                                                                              client):
+    twilio, _, _ = providers
+    send_id, sid, _ = sent
+    delivery, ref = _unrecorded("sms")
+    # Twilio reports failed then delivered before the commit (both held), out of order on purpose.
+    assert _twilio(client, twilio, sid, "delivered").json()["unknown"] == 1
+    assert _twilio(client, twilio, sid, "undelivered", ErrorCode="30003").json()["unknown"] == 1
+    assert EarlyStatusReport.objects.filter(provider_ref=ref).count() == 2
+    assert callbacks.held_reports_sweep() == 0  # still unknown: held, not dropped
+    assert EarlyStatusReport.objects.count() == 2 and _row(send_id, "sms").state == "sent"
+    before = _count("sms", "applied_late")
+    Delivery.objects.filter(pk=delivery.pk).update(provider_ref=ref)  # the fence's commit
+    assert callbacks.held_reports_sweep() == 2
+    row = _row(send_id, "sms")
+    assert row.state == "delivered" and row.delivered_at is not None and row.error == ""  # the furthest state
+    assert not EarlyStatusReport.objects.exists()
+    assert _count("sms", "applied_late") == before + 2
+    assert callbacks.held_reports_sweep() == 0 and _row(send_id, "sms").state == "delivered"
+
+
+def test_a_held_whatsapp_failure_is_applied_with_its_error(providers, sent, client):
+    _, _, fake = providers
+    send_id, _, wamid = sent
+    delivery, ref = _unrecorded("whatsapp")
+    assert _whatsapp(client, fake, wamid, "failed").json()["unknown"] == 1
+    Delivery.objects.filter(pk=delivery.pk).update(provider_ref=ref)
+    assert callbacks.held_reports_sweep() == 1
+    assert _row(send_id, "whatsapp").state == "failed"
+
+
+def test_held_reports_nobody_claims_are_dropped_after_the_wait(providers, sent, client, settings):
+    twilio, _, _ = providers
+    send_id, _, _ = sent
+    assert _twilio(client, twilio, "SM" + "1" * 32, "delivered").json()["unknown"] == 1
+    assert EarlyStatusReport.objects.count() == 1
+    settings.EARLY_STATUS_REPORT_WAIT_SECONDS = 60
+    EarlyStatusReport.objects.update(received_at=timezone.now() - timedelta(seconds=61))
+    before = _count("any", "expired")
+    assert callbacks.held_reports_sweep() == 0
+    assert not EarlyStatusReport.objects.exists() and _count("any", "expired") == before + 1
     assert _row(send_id, "sms").state == "sent"
 
 
