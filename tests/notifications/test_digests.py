@@ -130,6 +130,20 @@ def test_tracker_events_digested_daily_at_a_local_time_in_every_channel(provider
     assert mail["text"].index(f"#{seqs[0]})") < mail["text"].index(f"#{seqs[1]})")
 
 
+@pytest.mark.parametrize("zone", ["Asia/Kolkata", "Asia/Kathmandu", "UTC"])
+def test_an_hourly_window_ends_on_the_member_s_local_hour(org_with_members, key_client, zone):
+    o = org_with_members
+    o.member.time_zone = zone
+    o.member.save(update_fields=["time_zone"])
+    digest_set(user=o.member, organization=o.org, kind="nudge", window="hourly")
+    _send(key_client, "nudge", "nudge 1", [o.member.pk])
+    item = DigestItem.objects.get()
+    local = LogEntry.objects.get(pk=item.entry_id).occurred_at.astimezone(ZoneInfo(zone))
+    expected = local.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    assert item.due_at == expected.astimezone(UTC)
+    assert item.due_at.astimezone(ZoneInfo(zone)).minute == 0  # on the hour where the member lives
+
+
 def test_a_crashed_run_publishes_nothing_and_the_retry_publishes_once(org_with_members, key_client, monkeypatch):
     o = org_with_members
     digest_set(user=o.member, organization=o.org, kind="nudge", window="hourly")
