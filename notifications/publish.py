@@ -54,7 +54,8 @@ WITH org AS (
     INSERT INTO notifications_digestitem (organization_id, user_id, entry_id, seq, kind, due_at)
     SELECT e.organization_id, d.user_id, e.id, e.seq, d.kind,
            CASE WHEN d.frequency = 'hourly'  -- the member's local hour (Asia/Kolkata's end at :30 UTC)
-                THEN (date_trunc('hour', e.occurred_at AT TIME ZONE u.time_zone) + interval '1 hour') AT TIME ZONE u.time_zone
+                THEN (date_trunc('hour', e.occurred_at AT TIME ZONE u.time_zone) + interval '1 hour')
+                     AT TIME ZONE u.time_zone
                 WHEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
                      > e.occurred_at
                 THEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone

@@ -345,12 +345,46 @@ def sends_dispatch_due(*, limit: int = 100) -> int:
     return dispatched
 
 
+# The due rows of a send whose member has quiet hours now (read at dispatch: they may have set
+# them, or changed zone, after the send was accepted; a held promotional send may come due late).
+_DUE_QUIET_SQL = """
+SELECT DISTINCT d.user_id, u.time_zone, q.quiet_hours_start, q.quiet_hours_end
+FROM notifications_senddelivery d
+JOIN organizations_user u ON u.id = d.user_id
+JOIN notifications_membernotificationsettings q ON q.user_id = d.user_id AND q.quiet_hours_start IS NOT NULL
+WHERE d.send_id = %s AND d.state = 'scheduled' AND d.due_at <= now()
+"""
+
+_POSTPONE_SQL = """
+UPDATE notifications_senddelivery d SET due_at = r.due_at, updated_at = now()
+FROM unnest(%(users)s::bigint[], %(dues)s::timestamptz[]) AS r(user_id, due_at)
+WHERE d.send_id = %(send)s AND d.state = 'scheduled' AND d.due_at <= now() AND d.user_id = r.user_id
+"""
+
+
+def _quiet_hours_postpone(cursor, send: Send) -> None:
+    """A promotional send that falls due inside a member's quiet hours waits, for that member, until
+    they end (the same rule as at acceptance, with the member's settings of now)."""
+    cursor.execute(_DUE_QUIET_SQL, [send.pk])
+    now = timezone.now()
+    users, dues = [], []
+    for user_id, zone, start, end in cursor.fetchall():
+        release = policy.quiet_release(now, zone=zone or "UTC", start=start, end=end)
+        if release is not None:
+            users.append(user_id)
+            dues.append(release)
+    if users:
+        cursor.execute(_POSTPONE_SQL, {"users": users, "dues": dues, "send": send.pk})
+
+
 def _dispatch(send: Send) -> int:
     if send.priority == Send.Priority.PROMOTIONAL:
         lane = _promotional_lane(organization_id=send.organization_id, channels=list(send.channels))
         if lane is not None:
             return _hold_or_shed(send, lane)
     with connection.cursor() as cursor:
+        if category_get(send.category).promotional:
+            _quiet_hours_postpone(cursor, send)
         cursor.execute("""SELECT DISTINCT user_id FROM notifications_senddelivery
                           WHERE send_id = %s AND state = 'scheduled' AND due_at <= now() ORDER BY user_id""",
                        [send.pk])
