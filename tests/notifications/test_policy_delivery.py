@@ -222,7 +222,9 @@ def test_a_promotional_send_is_held_until_the_member_s_quiet_hours_end(org_with_
     _drain_inapp(o.org)
     assert _inbox(o.member, "message") == ["invoice title", "nudge title"]  # the sale waits
 
-    # The quiet hours end: beat's dispatcher publishes it (held, never dropped).
+    # The quiet hours end: beat's dispatcher publishes it (held, never dropped). (The dispatcher reads
+    # the member's quiet hours again: make now fall after them.)
+    _quiet_around_now(o.member, "Asia/Tokyo", timedelta(hours=3), -timedelta(hours=1))
     # Well in the past: the dispatcher's rows query compares with Postgres' now(), the start of this
     # test's transaction, and a loaded box can take seconds to get here (now() - 1 s was not yet due).
     SendDelivery.objects.filter(send_id=sale, state="scheduled").update(due_at=timezone.now() - timedelta(hours=1))
@@ -231,6 +233,31 @@ def test_a_promotional_send_is_held_until_the_member_s_quiet_hours_end(org_with_
     _drain_inapp(o.org)
     assert _inbox(o.member, "message") == ["invoice title", "nudge title", "sale title"]
     assert _rows(sale)[o.member.pk] == ("sent", "")
+
+
+def test_a_scheduled_promotional_send_falling_due_in_quiet_hours_set_since_waits_for_their_end(
+        org_with_members, key_client):
+    o = org_with_members
+    response = key_client.post("/api/v1/send", {"recipients": [o.member.pk, o.admin.pk], "kind": "sale",
+                                                "channels": ["inapp"], "data": {"title": "sale title", "body": "body"},
+                                                "send_at": (timezone.now() + timedelta(hours=1)).isoformat()},
+                               format="json")
+    assert response.status_code == 202, response.content
+    sale = response.json()["id"]
+    assert set(_rows(sale).values()) == {("scheduled", "")}
+    # The member sets quiet hours around the time it falls due (after the send was accepted).
+    end = _quiet_around_now(o.member, "Europe/Paris", timedelta(hours=1), timedelta(hours=2))
+    past = timezone.now() - timedelta(hours=1)  # well before Postgres' now() (the test transaction's start)
+    SendDelivery.objects.filter(send_id=sale).update(due_at=past)
+    Send.objects.filter(pk=sale).update(due_at=past)
+
+    assert send_services.sends_dispatch_due() == 1  # the admin only
+    assert _rows(sale) == {o.member.pk: ("scheduled", ""), o.admin.pk: ("queued", "")}
+    assert SendDelivery.objects.get(send_id=sale, user=o.member).due_at == end
+    send = Send.objects.get(pk=sale)
+    assert (send.status, send.due_at) == ("scheduled", end)
+    _drain_inapp(o.org)
+    assert _inbox(o.member, "message") == [] and _inbox(o.admin, "message") == ["sale title"]
 
 
 def test_quiet_hours_across_midnight_hold_until_the_next_morning(org_with_members, key_client):
