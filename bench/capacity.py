@@ -12,6 +12,7 @@ pgbench's single-row insert ceiling and events/s per pgbench TPS.
     .venv/bin/python bench/capacity.py                       # 100 orgs x 5, 100 events/s, 30 s
     .venv/bin/python bench/capacity.py --preset 1000x10 --rate 500 --duration 60
     .venv/bin/python bench/capacity.py --overload 2 --rate 100   # offer 2 x 100/s: counts 429/503
+    .venv/bin/python bench/capacity.py --preset 1000x10 --total-orgs 1000000   # 1,000 active of a million
 
 Postgres is the shared local server: its CPU is the backends connected to the bench database
 (pg_stat_activity), the server's own background processes are printed apart. Run with the
@@ -442,6 +443,9 @@ def main() -> None:
     ap.add_argument("--preset", choices=["100x5", "1000x10"], default="100x5", help="orgs x members")
     ap.add_argument("--orgs", type=int, help="overrides the preset")
     ap.add_argument("--members", type=int, help="overrides the preset")
+    ap.add_argument("--total-orgs", type=int, default=0,
+                    help="organizations in the database (the first --orgs active), e.g. 1000000")
+    ap.add_argument("--inactive-members", type=int, default=1, help="members of each inactive organization")
     ap.add_argument("--rate", type=float, default=100, help="events/s (the capacity, with --overload)")
     ap.add_argument("--overload", type=float, default=1.0, help="offer this many times --rate")
     ap.add_argument("--duration", type=float, default=30)
@@ -501,7 +505,8 @@ def main() -> None:
         call_command("migrate", verbosity=0)
         from bench.seed import seed
 
-        seeded = seed(active_orgs=args.orgs, members=args.members, total_orgs=args.orgs, inactive_members=0,
+        seeded = seed(active_orgs=args.orgs, members=args.members, total_orgs=max(args.orgs, args.total_orgs),
+                      inactive_members=args.inactive_members if args.total_orgs > args.orgs else 0,
                       slack_token="xoxb-bench-token")
         print(f"seeded {seeded['orgs']} orgs / {seeded['users']} users in {seeded['seconds']}s", flush=True)
         connection.close()
@@ -555,6 +560,8 @@ def main() -> None:
     st = result["statuses"]
     mode = f", overload {args.overload:g}x: {result['offered']:.0f}/s offered" if args.overload != 1 else ""
     print()
+    if args.total_orgs > args.orgs:
+        mode += f", {args.total_orgs:,} organizations in the database"
     print(f"== Herald capacity: {args.orgs} orgs x {args.members} members, {len(result['listened'])} WebSocket "
           f"clients, {args.rate:.0f} events/s{mode} for {args.duration:.0f}s, production settings ==")
     print(f"accepted                 {events} ({events / secs:.1f}/s of {result['offered']:.0f}/s offered)")
