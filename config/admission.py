@@ -12,24 +12,32 @@ serves builds a queue whose wait grows until clients time out. Two bounds keep i
   before queueing), as long as another request is in flight to measure the queue again: the
   refusals of an overload take milliseconds, not the queue's length.
 
+- `WEB_MAX_DELIVERY_LAG_SECONDS`: while the fan-out delivers entries later than this after they
+  happened (notifications.delivery.lag, read from Redis at most every 250 ms), requests that would
+  write new log entries (`WEB_LAG_GUARDED_PATHS`: tracker start/stop, sends, comments) are refused
+  the same way, with {"reason": "backlog"}: the web alone can accept more than the workers deliver,
+  and every event accepted then would wait in a growing queue. Reads are still served.
+
 Health and metrics probes are never refused (they say themselves whether the process is well).
 WebSockets are not counted: a connection costs nothing while idle, and its messages are the
 fan-out's, already paced by the workers.
 """
 import json
+import re
 import time
 
 from django.conf import settings
 from django.http import JsonResponse
 
 from config.api import error_payload
+from notifications.delivery.lag import LagReader
 
 EXEMPT_PATHS = ("/healthz", "/readyz", "/metrics")
 MESSAGE = "The server is at capacity; retry shortly."
 
 
-def _overloaded_body() -> bytes:
-    return json.dumps(error_payload(MESSAGE, "service_unavailable", {"reason": "overloaded"})).encode()
+def _overloaded_body(reason: str = "overloaded") -> bytes:
+    return json.dumps(error_payload(MESSAGE, "service_unavailable", {"reason": reason})).encode()
 
 
 class QueueState:
@@ -47,6 +55,21 @@ class AdmissionControl:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
         self.refused = 0
+        self.lag = LagReader()
+        self._guarded: tuple[tuple, re.Pattern] | None = None
+
+    def guarded(self, scope) -> bool:
+        """A request that writes a new log entry (the lag guard applies to it)."""
+        if scope.get("method") != "POST":
+            return False
+        patterns = tuple(settings.WEB_LAG_GUARDED_PATHS)
+        if self._guarded is None or self._guarded[0] != patterns:
+            self._guarded = (patterns, re.compile("|".join(f"(?:{p})" for p in patterns) or r"(?!)"))
+        return self._guarded[1].match(scope.get("path", "")) is not None
+
+    async def backlogged(self, scope) -> bool:
+        budget = settings.WEB_MAX_DELIVERY_LAG_SECONDS
+        return bool(budget) and self.guarded(scope) and await self.lag.lag() > budget
 
     def limit(self) -> int:
         return self.max_in_flight if self.max_in_flight is not None else settings.WEB_MAX_IN_FLIGHT
@@ -64,6 +87,9 @@ class AdmissionControl:
         if self.overloaded():
             self.refused += 1
             return await self._refuse(send)
+        if await self.backlogged(scope):
+            self.refused += 1
+            return await self._refuse(send, reason="backlog")
         scope["herald_arrived"] = time.monotonic()
         self.in_flight += 1
         try:
@@ -71,8 +97,8 @@ class AdmissionControl:
         finally:
             self.in_flight -= 1
 
-    async def _refuse(self, send) -> None:
-        body = _overloaded_body()
+    async def _refuse(self, send, reason: str = "overloaded") -> None:
+        body = _overloaded_body(reason)
         await send({"type": "http.response.start", "status": 503, "headers": [
             (b"content-type", b"application/json"),
             (b"retry-after", str(settings.WEB_RETRY_AFTER_SECONDS).encode()),

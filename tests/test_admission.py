@@ -4,14 +4,22 @@ until the client times out; probes are never refused."""
 import asyncio
 import json
 import time
+from datetime import timedelta
 
 import pytest
 from channels.testing import HttpCommunicator
 from django.test import RequestFactory
+from django.utils import timezone
 
 from config import admission
 from config.asgi import application
 from config.admission import AdmissionControl, QueueDeadlineMiddleware, QueueState
+from notifications.channels import inapp
+from notifications.delivery import lag
+from notifications.delivery.fence import stream_deliver
+from notifications.delivery.kicks import redis_client
+from notifications.models import LogEntry
+from organizations.services import user_token_create
 
 
 @pytest.fixture(autouse=True)
@@ -35,12 +43,12 @@ class SlowApp:
         await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _scope(path="/api/v1/me"):
-    return {"type": "http", "method": "GET", "path": path, "query_string": b"", "headers": [],
+def _scope(path="/api/v1/me", method="GET"):
+    return {"type": "http", "method": method, "path": path, "query_string": b"", "headers": [],
             "http_version": "1.1", "scheme": "http", "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 1)}
 
 
-async def _call(app, path="/api/v1/me"):
+async def _call(app, path="/api/v1/me", method="GET"):
     sent = []
 
     async def receive():
@@ -50,7 +58,7 @@ async def _call(app, path="/api/v1/me"):
         sent.append(message)
 
     started = time.monotonic()
-    await app(_scope(path), receive, send)
+    await app(_scope(path, method), receive, send)
     return sent, time.monotonic() - started
 
 
@@ -158,3 +166,111 @@ def test_the_asgi_application_refuses_over_its_bound_with_the_error_format(setti
         assert json.loads(response["body"])["code"] == "service_unavailable"
 
     asyncio.run(body())
+
+
+# --- the delivery-lag guard ---------------------------------------------------------------------
+
+@pytest.fixture
+def lag_keys(settings):
+    client = redis_client()
+    keys = [lag.lag_key(slot) for slot in range(lag.LAG_SLOTS)]
+    client.delete(*keys)
+    yield client
+    client.delete(*keys)
+
+
+def test_the_drains_record_the_largest_lag_seen_with_a_short_life(lag_keys):
+    recorder = lag.LagRecorder()
+    now = time.time()
+    recorder.observe(organization_id=lag.LAG_SLOTS + 3, occurred_at=now - 2.0)  # the first observation flushes at once
+    recorder.observe(organization_id=lag.LAG_SLOTS + 3, occurred_at=now - 5.0)  # held until the next flush ...
+    recorder.observe(organization_id=lag.LAG_SLOTS + 3, occurred_at=now - 1.0)  # ... as the largest seen
+    recorder.observe(organization_id=5, occurred_at=now + 1.0)  # a clock ahead reads as no lag, not negative
+    assert 1.9 < float(lag_keys.get(lag.lag_key(3))) < 3.0
+    recorder.flush()
+    assert 4.9 < float(lag_keys.get(lag.lag_key(3))) < 6.0
+    assert float(lag_keys.get(lag.lag_key(5))) == 0.0
+    assert 0 < lag_keys.ttl(lag.lag_key(3)) <= lag.LAG_TTL_SECONDS  # a stopped drain's value expires
+
+
+def test_writes_of_new_entries_are_refused_while_the_fan_out_lags_reads_are_served(settings, lag_keys):
+    settings.WEB_MAX_DELIVERY_LAG_SECONDS = 1.0
+    settings.WEB_RETRY_AFTER_SECONDS = 2
+    served = SlowApp()
+    served.release.set()
+    gate = AdmissionControl(served, max_in_flight=100)
+
+    async def body():
+        lag_keys.set(lag.lag_key(2), "0.4", ex=5)
+        assert _status_headers_body((await _call(gate, "/api/v1/trackers/7/start", "POST"))[0])[0] == 200
+        lag_keys.set(lag.lag_key(6), "1.7", ex=5)
+        gate.lag.read_at = float("-inf")  # read again now (the reader caches for LAG_READ_SECONDS)
+        for path in ("/api/v1/trackers/7/start", "/api/v1/trackers/7/stop", "/api/v1/send",
+                     "/api/v1/trackers/7/comments/"):
+            refused, took = await _call(gate, path, "POST")
+            status, headers, payload = _status_headers_body(refused)
+            assert (status, headers[b"retry-after"]) == (503, b"2"), path
+            assert json.loads(payload) == {"message": admission.MESSAGE, "code": "service_unavailable",
+                                           "extra": {"reason": "backlog"}}
+            assert took < 0.1
+        before = served.started
+        for path, method in (("/api/v1/trackers/7/start", "GET"), ("/api/v1/me", "GET"),
+                             ("/api/v1/me/preferences", "POST"), ("/api/v1/send/12", "DELETE")):
+            assert _status_headers_body((await _call(gate, path, method))[0])[0] == 200, (path, method)
+        assert served.started == before + 4
+        lag_keys.delete(lag.lag_key(6))  # caught up (or the value expired)
+        gate.lag.read_at = float("-inf")
+        assert _status_headers_body((await _call(gate, "/api/v1/send", "POST"))[0])[0] == 200
+
+    asyncio.run(body())
+
+
+def test_the_lag_guard_never_refuses_on_a_guess(settings, lag_keys):
+    settings.WEB_MAX_DELIVERY_LAG_SECONDS = 1.0
+    lag_keys.set(lag.lag_key(1), "9", ex=5)
+    served = SlowApp()
+    served.release.set()
+    gate = AdmissionControl(served, max_in_flight=100)
+
+    async def body():
+        settings.WEB_MAX_DELIVERY_LAG_SECONDS = 0  # off
+        assert _status_headers_body((await _call(gate, "/api/v1/send", "POST"))[0])[0] == 200
+        settings.WEB_MAX_DELIVERY_LAG_SECONDS = 1.0
+        settings.REDIS_URL = "redis://127.0.0.1:1/0"  # Redis unreachable: no lag known, nothing refused
+        gate.lag = lag.LagReader()
+        assert _status_headers_body((await _call(gate, "/api/v1/send", "POST"))[0])[0] == 200
+        assert gate.lag.value == 0.0
+
+    asyncio.run(body())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_late_in_app_drain_makes_the_web_refuse_new_events_until_it_catches_up(settings, lag_keys,
+                                                                                 org_with_members):
+    """End to end in one process: the real start endpoint writes an entry, the real in-app drain
+    delivers it 3 s after it happened and records that, and the ASGI application (config.asgi)
+    then refuses the next start/stop with 503 backlog while it still serves reads."""
+    settings.WEB_MAX_DELIVERY_LAG_SECONDS = 1.0
+    o = org_with_members
+    tracker = o.org.trackers.get()
+    token = user_token_create(user=o.owner)
+    headers = [(b"authorization", f"Token {token}".encode())]
+    gate = application.application_mapping["http"]
+
+    async def call(method, path):
+        gate.lag.read_at = float("-inf")
+        comm = HttpCommunicator(application, method, path, headers=headers)
+        return await comm.get_response(timeout=10)
+
+    assert asyncio.run(call("POST", f"/api/v1/trackers/{tracker.pk}/start"))["status"] == 200
+    LogEntry.objects.filter(organization=o.org).update(occurred_at=timezone.now() - timedelta(seconds=3))
+    inapp.LAG.flushed_at = float("-inf")
+    while stream_deliver(org_id=o.org.pk, channel="inapp").kind != "idle":
+        pass
+    assert 2.5 < float(lag_keys.get(lag.lag_key(o.org.pk % lag.LAG_SLOTS))) < 10
+
+    refused = asyncio.run(call("POST", f"/api/v1/trackers/{tracker.pk}/stop"))
+    assert refused["status"] == 503 and json.loads(refused["body"])["extra"] == {"reason": "backlog"}
+    assert asyncio.run(call("GET", "/api/v1/me"))["status"] == 200
+    lag_keys.delete(lag.lag_key(o.org.pk % lag.LAG_SLOTS))  # caught up
+    assert asyncio.run(call("POST", f"/api/v1/trackers/{tracker.pk}/stop"))["status"] == 200

@@ -171,6 +171,15 @@ LIVE_GROUP_REFRESH_SECONDS = env_float("LIVE_GROUP_REFRESH_SECONDS",
 WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 16)
 WEB_MAX_QUEUE_SECONDS = env_float("WEB_MAX_QUEUE_SECONDS", 0.5)
 WEB_RETRY_AFTER_SECONDS = env_int("WEB_RETRY_AFTER_SECONDS", 1)
+# ... and while the in-app fan-out delivers entries later than this after they happened, requests
+# that write new log entries are refused the same way (extra.reason "backlog"). 0: off.
+WEB_MAX_DELIVERY_LAG_SECONDS = env_float("WEB_MAX_DELIVERY_LAG_SECONDS", 1.0)
+WEB_LAG_GUARDED_PATHS = [
+    r"/api/v1/trackers/\d+/(start|stop)$",
+    r"/api/v1/send$",
+    r"/api/v1/(trackers|time-entries)/\d+/comments/$",
+    r"/trackers/\d+/comments/post$",
+]
 
 AUTH_USER_MODEL = "organizations.User"
 AUTH_PASSWORD_VALIDATORS = [

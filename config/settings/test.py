@@ -37,6 +37,7 @@ HERALD_CHANNELS["webhook"]["OPTIONS"]["allow_http_hosts"] = ["127.0.0.1"]
 # where a queue deadline would refuse ordinary test requests.
 WEB_MAX_IN_FLIGHT = env_int("WEB_MAX_IN_FLIGHT", 0)
 WEB_MAX_QUEUE_SECONDS = env_float("WEB_MAX_QUEUE_SECONDS", 0)
+WEB_MAX_DELIVERY_LAG_SECONDS = env_float("WEB_MAX_DELIVERY_LAG_SECONDS", 0)
 # Apprise tests notify a json:// receiver on loopback.
 HERALD_CHANNELS["apprise"]["OPTIONS"]["allow_private_hosts"] = ["127.0.0.1"]
 # The SMS / push / WhatsApp stack tests send dozens of messages to one member in a day; the daily cap

@@ -16,10 +16,12 @@ from django.utils import timezone
 
 from notifications import metrics, policy, realtime
 from notifications.channels.base import Channel
+from notifications.delivery.lag import LagRecorder
 from notifications.events import entry_message
 from notifications.kinds import kind_get
 
 logger = logging.getLogger("herald.delivery")
+LAG = LagRecorder()  # this process's observations of how late the fan-out runs (config/admission.py)
 
 # A row per (entry, audience member still active who gets the entry's category in-app: their
 # preferences, the organization's defaults, notifications.policy; and who does not have it held for
@@ -143,3 +145,6 @@ class InAppChannel(Channel):
         metrics.DELIVERIES.labels(channel="websocket", outcome="sent").inc(len(result.entries))
         for entry in result.entries:
             metrics.LATENCY.labels(channel="inapp").observe(max(0.0, (now - entry.occurred_at).total_seconds()))
+        if result.entries:  # the run's first entry waited longest: the admission control's lag signal
+            LAG.observe(organization_id=result.entries[0].organization_id,
+                        occurred_at=result.entries[0].occurred_at.timestamp())
