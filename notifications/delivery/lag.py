@@ -2,13 +2,15 @@
 
 The in-app drains observe the age of the entries they deliver (now - occurred_at of each run's
 first entry) and publish the largest age seen in the last moment to Redis, in one of LAG_SLOTS
-keys by organization (`herald:lag:<org id % LAG_SLOTS>`, a short TTL: drain processes serving
+keys by organization (`herald:lag:<org id % LAG_SLOTS>`, a 1 s life: drain processes serving
 other organizations rarely write the same key, and a lagging partition's many organizations fill
-many keys). The web reads every key in one MGET at most every LAG_READ_SECONDS and refuses new
+many keys). The web reads every key in one MGET at most every LAG_READ_SECONDS, takes the median
+of those present (one slow organization alone does not close the door), and refuses new
 log entries (tracker events, sends) while the fan-out is further behind than
 WEB_MAX_DELIVERY_LAG_SECONDS: accepting more would only lengthen the queue that every accepted
-event waits in. A drain that stopped (no worker) lets its value expire: the guard then says
-nothing, and the sweeper and the operators' alerts take over.
+event waits in. The values live 1 s, so the door opens as soon as the drains catch up (refusing
+means no new entries, and no new observations). A drain that stopped (no worker) lets its value
+expire: the guard then says nothing, and the sweeper and the operators' alerts take over.
 
 Costs: one pipelined SET per drain process per LAG_FLUSH_SECONDS while it delivers; one MGET per
 web process per LAG_READ_SECONDS while it receives writes.
@@ -25,7 +27,7 @@ logger = logging.getLogger("herald.delivery")
 
 LAG_FLUSH_SECONDS = 0.25
 LAG_READ_SECONDS = 0.25
-LAG_TTL_SECONDS = 3
+LAG_TTL_SECONDS = 1.0
 LAG_SLOTS = 32
 
 
@@ -69,15 +71,16 @@ class LagRecorder:
         try:
             pipe = self.client_factory().pipeline(transaction=False)
             for slot, age in pending.items():
-                pipe.set(lag_key(slot), f"{age:.3f}", ex=LAG_TTL_SECONDS)
+                pipe.set(lag_key(slot), f"{age:.3f}", px=int(LAG_TTL_SECONDS * 1000))
             pipe.execute()
         except redis.RedisError:
             logger.warning("delivery lag not recorded (Redis unavailable)")
 
 
 class LagReader:
-    """Per web process (async): the fan-out's lag in seconds, the largest over the keys,
-    read at most every LAG_READ_SECONDS; 0 when nothing is recorded or Redis cannot be read."""
+    """Per web process (async): the fan-out's lag in seconds, the median over the keys written in
+    the last LAG_TTL_SECONDS, read at most every LAG_READ_SECONDS; 0 when nothing is recorded or
+    Redis cannot be read."""
 
     def __init__(self):
         self.client: aioredis.Redis | None = None
@@ -95,8 +98,11 @@ class LagReader:
             if self.client is None or self.loop is not loop:  # one client per event loop (tests run several)
                 self.client, self.loop = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.2,
                                                                  socket_connect_timeout=0.2), loop
-            values = await self.client.mget([lag_key(slot) for slot in range(LAG_SLOTS)])
-            self.value = max((float(v) for v in values if v is not None), default=0.0)
+            values = sorted(float(v) for v in await self.client.mget([lag_key(slot) for slot in range(LAG_SLOTS)])
+                            if v is not None)
+            # The median of the keys written in the last second: the fan-out as a whole is late (one
+            # slow organization alone does not close the door for every other).
+            self.value = values[(len(values) - 1) // 2] if values else 0.0
         except (redis.RedisError, OSError, ValueError):
             self.value = 0.0  # never refuse on a guess
         return self.value
