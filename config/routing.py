@@ -1,6 +1,7 @@
-"""Task routing: a stream's drain goes to the organization's partition queue, or, for channels
-that send to an outside provider, to the provider queue (settings.DELIVERY_PROVIDER_QUEUE); the
-channel registry says which. Everything else by name."""
+"""Task routing: a partition's drain (drain_partition) goes to its queue org-<k>; a stream's drain
+to the organization's partition queue, or, for channels that send to an outside provider, to the
+provider queue (settings.DELIVERY_PROVIDER_QUEUE); the channel registry says which. Everything
+else by name."""
 import zlib
 
 from django.conf import settings
@@ -11,6 +12,7 @@ MAINTENANCE_PREFIXES = ("notifications.tasks.sweep", "notifications.tasks.archiv
                         "reports.tasks.refresh",
                         "reports.tasks.sweep")
 REPORT_TASKS = ("reports.tasks.run_report",)
+PARTITION_TASK = "notifications.tasks.drain_partition"
 
 
 def org_partition(org_id: int) -> int:
@@ -30,6 +32,8 @@ def _provider_channel(name: str | None) -> bool:
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):
+    if name == PARTITION_TASK:
+        return {"queue": f"org-{int(kwargs['partition'])}"}
     if kwargs and "org_id" in kwargs:
         if settings.DELIVERY_PROVIDER_QUEUE and _provider_channel(kwargs.get("channel")):
             return {"queue": settings.DELIVERY_PROVIDER_QUEUE}

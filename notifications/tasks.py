@@ -1,6 +1,8 @@
 """Celery entry points of the delivery pipeline. Thin: call a service, apply the policy it returns.
 
-deliver_stream is routed by config.routing (local channels to the organization's partition queue,
+drain_partition drains every kicked local stream of one org partition (queue org-<k>);
+deliver_stream drains one stream (external channels, and a local stream's delayed-retry chain).
+Both are routed by config.routing (partition tasks and local channels to the partition queue,
 provider channels to the provider queue); correctness does not depend on that routing (see
 notifications.delivery.fence)."""
 import logging
@@ -26,6 +28,17 @@ def deliver_stream(*, org_id: int, channel: str, destination: str = "", retry: b
     if step.again:
         kicks.drain_enqueue(org_id=org_id, channel=channel, destination=destination, retry=step.retry,
                             countdown=step.countdown)
+    return result.kind
+
+
+@shared_task(name="notifications.tasks.drain_partition", acks_late=True, time_limit=120, soft_time_limit=100,
+             autoretry_for=(OperationalError,), retry_backoff=True, max_retries=None)
+def drain_partition(*, partition: int) -> str:
+    """One wake of a partition: drains its dirty streams until none is left (then releases the
+    partition's flag) or its budget is spent (then hands over to a new task, keeping the flag)."""
+    result = drain.partition_drain(partition=partition)
+    if result.kind == "more":
+        kicks.partition_enqueue(partition=partition)
     return result.kind
 
 

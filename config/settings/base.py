@@ -398,6 +398,14 @@ DELIVERY_MAX_RETRY_COUNTDOWN = env_float("DELIVERY_MAX_RETRY_COUNTDOWN", 300.0)
 DELIVERY_BACKOFF_BASE = env_float("DELIVERY_BACKOFF_BASE", 0.5)
 DELIVERY_BACKOFF_MAX = env_float("DELIVERY_BACKOFF_MAX", 60.0)
 DELIVERY_STALL_SECONDS = env_float("DELIVERY_STALL_SECONDS", 10.0)
+# Local streams (in-app) are drained by one drain_partition task per wake of an org partition
+# (notifications.delivery.kicks): it takes up to DELIVERY_PARTITION_BATCH dirty streams at a time,
+# waits up to DELIVERY_PARTITION_LINGER_SECONDS for more kicks before going idle (so a busy
+# partition needs no Celery message per event), and hands over to a new task after
+# DELIVERY_PARTITION_BUDGET_SECONDS (other tasks of the queue, e.g. retry chains, get a turn).
+DELIVERY_PARTITION_BATCH = env_int("DELIVERY_PARTITION_BATCH", 32)
+DELIVERY_PARTITION_LINGER_SECONDS = env_float("DELIVERY_PARTITION_LINGER_SECONDS", 0.5)
+DELIVERY_PARTITION_BUDGET_SECONDS = env_float("DELIVERY_PARTITION_BUDGET_SECONDS", 2.0)
 CELERY_BEAT_SCHEDULE["notifications.sweep_streams"] = {
     "task": "notifications.tasks.sweep_streams",
     "schedule": env_float("SWEEP_INTERVAL_SECONDS", 5.0),

@@ -179,6 +179,12 @@ class Channel:
     def published(self, result: Any) -> None:
         """Local channels: after commit (e.g. push WebSocket messages)."""
 
+    def published_batch(self, results: list) -> None:
+        """Local channels: the outcomes of several committed runs (of several streams, in commit
+        order), announced together; a channel that can send them in one go overrides this."""
+        for result in results:
+            self.published(result)
+
     def rate_limits(self) -> dict:
         """Limiter scopes this channel declares ({name: {"rate", "burst"}}); an entry of the same
         name in settings.HERALD_RATE_LIMITS wins."""

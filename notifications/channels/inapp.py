@@ -135,6 +135,13 @@ class InAppChannel(Channel):
             messages.append((group, message))
         return Published(messages=messages, entries=entries, rows=len(rows))
 
+    def published_batch(self, results: list[Published]) -> None:
+        """Several drains' messages in one publish (in commit order, so each group's order holds)."""
+        if results:
+            self.published(Published(messages=[m for r in results for m in r.messages],
+                                     entries=[e for r in results for e in r.entries],
+                                     rows=sum(r.rows for r in results)))
+
     def published(self, result: Published) -> None:
         try:
             realtime.publish(result.messages)

@@ -1,28 +1,54 @@
 """The drain policy: run fence steps until the budget is spent, then say what to do next. The
-task (notifications.tasks.deliver_stream) only applies the answer."""
+tasks (notifications.tasks.deliver_stream, drain_partition) only apply the answer.
+
+`stream_drain` drains one stream; `partition_drain` drains every kicked local stream of one org
+partition (notifications.delivery.kicks: a dirty set per partition), stream by stream through the
+same fence, with one publish per batch of streams."""
+import logging
 import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import OperationalError
 
 from notifications.delivery.fence import stream_deliver
-from notifications.delivery.kicks import stream_kick_clear, stream_retry_token
+from notifications.delivery.kicks import (
+    drain_enqueue,
+    member_stream,
+    partition_ack,
+    partition_claim,
+    partition_release,
+    partition_wait,
+    stream_kick_clear,
+    stream_kick_set,
+    stream_retry_token,
+)
 from notifications.delivery.types import DrainResult
 
+logger = logging.getLogger("herald.delivery")
+
 BUSY_RETRY_SECONDS = 0.2
+# One stream's turn within a partition task before the next dirty stream's (a long backlog goes
+# back to the end of the set and continues on its next turn).
+PARTITION_STREAM_BUDGET_SECONDS = 0.5
 
 
-def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_seconds: float = 5.0) -> DrainResult:
-    """Drain as much as the budget allows; the result says what to do next (retry, wait, stop)."""
-    stream_kick_clear(org_id=org_id, channel=channel, destination=destination)
+def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_seconds: float = 5.0,
+                 clear_kick: bool = True, published: list | None = None) -> DrainResult:
+    """Drain as much as the budget allows; the result says what to do next (retry, wait, stop).
+    `clear_kick`: clear the stream's kick flag first (a partition drain has no flag to clear: its
+    claim on the dirty set plays that part). `published`: see fence.stream_deliver."""
+    if clear_kick:
+        stream_kick_clear(org_id=org_id, channel=channel, destination=destination)
     deadline = time.monotonic() + budget_seconds
     total = 0
     while True:
-        result = stream_deliver(org_id=org_id, channel=channel, destination=destination)
+        result = stream_deliver(org_id=org_id, channel=channel, destination=destination, published=published)
         total += result.count
         if result.kind == "delivered" and result.drained:
-            # The flag was cleared before the step read the log, so whatever committed after that
-            # read has kicked again: looking once more (a lock, a read, a commit) would find nothing.
+            # The flag was cleared (or the stream claimed) before the step read the log, so whatever
+            # committed after that read has kicked again: looking once more (a lock, a read, a
+            # commit) would find nothing.
             return DrainResult("idle", count=total)
         if result.kind == "delivered" and time.monotonic() < deadline:
             continue
@@ -59,3 +85,91 @@ def drain_next(*, org_id: int, channel: str, destination: str, retry: bool, resu
     if stream_retry_token(**token, delay=None):
         return Next(again=True)  # an entry arrived while this chain was waiting
     return Next()
+
+
+# --- partitions ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """idle: nothing dirty, the partition's flag released; more: the budget ran out (the task
+    hands over to a new one, so other tasks of the queue get a turn)."""
+
+    kind: str
+    streams: int = 0
+    count: int = 0
+
+
+def _partition_stream(org_id: int, channel: str, destination: str, published: list) -> tuple[bool, int]:
+    """One dirty stream's turn: (again, entries delivered). again: its budget ran out with work
+    left. A stream that is busy (another worker holds its lock) or must wait gets the stream's
+    delayed-retry chain as a deliver_stream drain would (drain_next); its kick flag is set first,
+    so a chain already waiting that goes idle drains once more."""
+    try:
+        result = stream_drain(org_id=org_id, channel=channel, destination=destination, clear_kick=False,
+                              budget_seconds=PARTITION_STREAM_BUDGET_SECONDS, published=published)
+    except OperationalError:
+        raise  # the task retries; the stream was not acknowledged and stays dirty
+    except Exception:
+        # Not this task's to retry forever: the stream leaves the set and the sweeper re-kicks it.
+        logger.exception("partition drain of a stream failed", extra={"org_id": org_id, "channel": channel})
+        return False, 0
+    if result.kind == "more":
+        return True, result.count
+    if result.kind in ("busy", "wait"):
+        stream_kick_set(org_id=org_id, channel=channel, destination=destination)
+        step = drain_next(org_id=org_id, channel=channel, destination=destination, retry=False, result=result)
+        if step.again:
+            drain_enqueue(org_id=org_id, channel=channel, destination=destination, retry=step.retry,
+                          countdown=step.countdown)
+    return False, result.count
+
+
+def _announce(published: list) -> None:
+    """The committed runs of a batch, one publish per channel (commit order kept within it)."""
+    by_channel: dict[str, tuple] = {}
+    for ch, outcome in published:
+        by_channel.setdefault(ch.name, (ch, []))[1].append(outcome)
+    for ch, outcomes in by_channel.values():
+        try:
+            ch.published_batch(outcomes)
+        except Exception:  # committed already; the live feed catches up from the log
+            logger.warning("partition batch not announced", extra={"channel": ch.name}, exc_info=True)
+
+
+def partition_drain(*, partition: int, budget_seconds: float | None = None, linger_seconds: float | None = None,
+                    batch: int | None = None) -> PartitionResult:
+    """Drain the partition's dirty streams, oldest kick first, `batch` at a time, until none is
+    left (then wait up to `linger_seconds` for more kicks before releasing the partition's flag)
+    or the budget is spent. Each stream is drained by the fence, so two tasks on one partition
+    (a re-delivered message, a sweeper's kick) cannot reorder anything: one finds the lock busy."""
+    budget = settings.DELIVERY_PARTITION_BUDGET_SECONDS if budget_seconds is None else budget_seconds
+    linger = settings.DELIVERY_PARTITION_LINGER_SECONDS if linger_seconds is None else linger_seconds
+    batch = batch or settings.DELIVERY_PARTITION_BATCH
+    deadline = time.monotonic() + budget
+    streams = count = 0
+    while True:
+        claimed = partition_claim(partition=partition, count=batch)
+        if not claimed:
+            left = deadline - time.monotonic()
+            if left > 0 and linger > 0 and partition_wait(partition=partition, timeout=min(linger, left)):
+                continue
+            if partition_release(partition=partition):
+                return PartitionResult("idle", streams=streams, count=count)
+            if time.monotonic() >= deadline:
+                return PartitionResult("more", streams=streams, count=count)
+            continue  # kicked between the claim and the release
+        done: list[tuple[str, int, bool]] = []
+        published: list = []
+        try:
+            for member, score in claimed:
+                org_id, channel, destination = member_stream(member)
+                again, delivered = _partition_stream(org_id, channel, destination, published)
+                done.append((member, score, again))
+                streams, count = streams + 1, count + delivered
+                if time.monotonic() >= deadline:
+                    break  # the rest stay dirty for the next task
+        finally:
+            _announce(published)
+            partition_ack(partition=partition, done=done)
+        if time.monotonic() >= deadline:
+            return PartitionResult("more", streams=streams, count=count)

@@ -125,15 +125,18 @@ def _touch(stream_id: int, **fields) -> None:
     DeliveryStream.objects.filter(pk=stream_id).update(updated_at=DbClock(), **fields)
 
 
-def stream_deliver(*, org_id: int, channel: str, destination: str = "") -> DrainResult:
-    """Deliver the next run of one stream, if this worker can take its lock."""
+def stream_deliver(*, org_id: int, channel: str, destination: str = "",
+                   published: list | None = None) -> DrainResult:
+    """Deliver the next run of one stream, if this worker can take its lock. `published`: a local
+    channel's outcome is appended to it after commit, as (channel, outcome), for the caller to
+    announce with others (Channel.published_batch), instead of being announced at once."""
     try:
         ch = registry.get(channel)
     except registry.UnknownChannel:
         logger.warning("drain for an unknown channel dropped", extra={"org_id": org_id, "channel": channel})
         return DrainResult("missing")
     if not ch.external:
-        return _deliver_local(ch, org_id, destination)
+        return _deliver_local(ch, org_id, destination, published)
     known: list[LogEntry] = []
     gated = _stream_gate(ch, org_id, destination, known)
     if isinstance(gated, DrainResult):
@@ -293,7 +296,7 @@ def _local_step(org_id: int, channel: str, destination: str, limit: int) -> tupl
     return rows[0][0], entries
 
 
-def _deliver_local(ch: Channel, org_id: int, destination: str) -> DrainResult:
+def _deliver_local(ch: Channel, org_id: int, destination: str, published: list | None = None) -> DrainResult:
     with transaction.atomic():
         step = _local_step(org_id, ch.name, destination, ch.batch_max)
         if step is None:
@@ -309,7 +312,10 @@ def _deliver_local(ch: Channel, org_id: int, destination: str) -> DrainResult:
             return DrainResult("idle")
         outcome = ch.apply(organization_id=org_id, entries=entries)
         # After commit: a rolled-back drain announces nothing.
-        transaction.on_commit(lambda: ch.published(outcome), robust=True)
+        if published is None:
+            transaction.on_commit(lambda: ch.published(outcome), robust=True)
+        else:
+            transaction.on_commit(lambda: published.append((ch, outcome)))
     # Fewer than a full run: the read saw every entry committed before it.
     return DrainResult("delivered", count=len(entries), drained=len(entries) < ch.batch_max)
 

@@ -1,9 +1,15 @@
-"""Waking streams: at most one drain queued per stream, one delayed-retry chain per stream.
+"""Waking streams.
+
+Local streams (in-app) are woken per partition: a kick adds the stream to its partition's dirty
+set and enqueues one `drain_partition` task unless one is queued or running already (one script);
+that task drains every dirty stream of the partition (notifications.delivery.drain). External
+streams keep one drain queued per stream (a flag) and one delayed-retry chain per stream (a
+token); a local stream that finds its lock busy gets such a chain too.
 
 Drains are enqueued by task name (no import of the worker module), and routed by config.routing:
-local channels to the organization's partition queue, provider channels to the provider queue.
-Which streams an organization has is read from Postgres (active streams), so this module names
-no channel.
+partition tasks and local streams to the organization's partition queue, provider channels to the
+provider queue. Which streams an organization has is read from Postgres (active streams), and
+whether a channel is local from the registry, so this module names no channel.
 """
 import logging
 
@@ -12,9 +18,13 @@ from celery import current_app
 from django.conf import settings
 from django.db import connection
 
+from config.routing import org_partition
+from notifications.channels import registry
+
 logger = logging.getLogger("herald.delivery")
 
 DRAIN_TASK = "notifications.tasks.deliver_stream"
+PARTITION_TASK = "notifications.tasks.drain_partition"
 KICK_TTL_SECONDS = 60
 _redis: redis.Redis | None = None
 
@@ -59,12 +69,16 @@ def drain_enqueue(*, org_id: int, channel: str, destination: str = "", retry: bo
 
 
 def stream_kick(*, org_id: int, channel: str, destination: str = "", force: bool = False) -> bool:
-    """Enqueue a drain of the stream unless one is already queued or a retry chain is waiting.
+    """Wake one stream. A local stream joins its partition's dirty set (see partition_kick); an
+    external one gets a drain enqueued unless one is already queued or a retry chain is waiting.
 
     The drain clears the flag before it reads, so an entry committed after that read sets the flag
     again and gets its own drain; one committed before is seen by the read. While a retry chain
     holds the token, a kick only sets the flag: the chain sees the entry on its next poll, and if
     it goes idle first, releasing the token reports the flag and it drains once more."""
+    if is_partitioned(channel):
+        return partition_kick(partition=org_partition(org_id), members=[stream_member(org_id, channel, destination)],
+                              force=force, fallback=[(org_id, channel, destination)])
     key = _kick_key(org_id, channel, destination)
     try:
         fresh = redis_client().eval(_KICK, 2, key, key + ":retry", KICK_TTL_SECONDS) == 1
@@ -74,6 +88,30 @@ def stream_kick(*, org_id: int, channel: str, destination: str = "", force: bool
     if fresh or force:
         drain_enqueue(org_id=org_id, channel=channel, destination=destination)
     return bool(fresh or force)
+
+
+def streams_kick_swept(streams: list[tuple[int, str, str]]) -> None:
+    """The sweeper's kicks (stalled streams): each external stream gets a drain, the local ones
+    join their partitions' dirty sets with one task enqueued per partition whatever its flag says
+    (the task that set it may have died with its lease still running)."""
+    by_partition: dict[int, list[tuple[int, str, str]]] = {}
+    for org_id, channel, destination in streams:
+        if is_partitioned(channel):
+            by_partition.setdefault(org_partition(org_id), []).append((org_id, channel, destination))
+        else:
+            stream_kick(org_id=org_id, channel=channel, destination=destination, force=True)
+    for partition, local in by_partition.items():
+        partition_kick(partition=partition, members=[stream_member(*stream) for stream in local], force=True,
+                       fallback=local)
+
+
+def stream_kick_set(*, org_id: int, channel: str, destination: str = "") -> None:
+    """Set the stream's kick flag without enqueueing: a retry chain that releases its token sees it
+    and drains once more (a partition drain that found the stream busy leaves it so)."""
+    try:
+        redis_client().set(_kick_key(org_id, channel, destination), 1, ex=KICK_TTL_SECONDS)
+    except redis.RedisError:
+        pass
 
 
 def stream_kick_clear(*, org_id: int, channel: str, destination: str = "") -> None:
@@ -104,8 +142,9 @@ def stream_retry_token(*, org_id: int, channel: str, destination: str = "", dela
 def streams_kick_all(*, org_id: int, streams: list[tuple[str, str]] | None = None) -> None:
     """Wake every active stream of the organization (after a log entry committed). `streams`: the
     (channel, destination) pairs if the caller read them already (publish does, with the entry),
-    else one query. The kick flags are set in one Redis round trip (a pipeline), then a drain is
-    enqueued for each stream that had none queued."""
+    else one query. One Redis round trip (a pipeline): the local streams join the partition's dirty
+    set in one script, each external stream's flag is set by its own; then at most one partition
+    task and one drain per external stream that had none queued are enqueued."""
     if streams is None:
         with connection.cursor() as cursor:
             cursor.execute("SELECT channel, destination FROM notifications_deliverystream "
@@ -113,15 +152,170 @@ def streams_kick_all(*, org_id: int, streams: list[tuple[str, str]] | None = Non
             streams = cursor.fetchall()
     if not streams:
         return
-    keys = [_kick_key(org_id, channel, destination) for channel, destination in streams]
+    local = [(channel, destination) for channel, destination in streams if is_partitioned(channel)]
+    external = [(channel, destination) for channel, destination in streams if not is_partitioned(channel)]
+    partition = org_partition(org_id)
+    keys = [_kick_key(org_id, channel, destination) for channel, destination in external]
     try:
         pipe = redis_client().pipeline(transaction=False)
+        if local:
+            _partition_kick_call(pipe, partition, [stream_member(org_id, c, d) for c, d in local], force=False)
         for key in keys:
             pipe.eval(_KICK, 2, key, key + ":retry", KICK_TTL_SECONDS)
-        fresh = [answer == 1 for answer in pipe.execute()]
+        answers = pipe.execute()
     except redis.RedisError:
         logger.warning("kick flags unavailable; enqueueing anyway", extra={"org_id": org_id})
-        fresh = [True] * len(keys)
-    for (channel, destination), enqueue in zip(streams, fresh, strict=True):
-        if enqueue:
+        for channel, destination in streams:
             drain_enqueue(org_id=org_id, channel=channel, destination=destination)
+        return
+    if local and answers.pop(0) == 1:
+        partition_enqueue(partition=partition)
+    for (channel, destination), answer in zip(external, answers, strict=True):
+        if answer == 1:
+            drain_enqueue(org_id=org_id, channel=channel, destination=destination)
+
+
+# --- partitions: one task drains every kicked local stream of its partition ---------------------
+#
+# Per partition k, four keys under one hash tag (one slot: every script below passes them together):
+#   dirty  a sorted set of the kicked streams ("org:channel:destination"), scored by the kick's
+#          number (seq, a counter): a stream kicked again moves to the end with a new score;
+#   wake   the flag "a drain_partition task is queued or running" (a lease: the task refreshes it,
+#          so a task that died frees the partition after _lease() seconds);
+#   note   at most one element: "something was kicked while the task runs", which a task waiting
+#          for more work blocks on (BLPOP);
+#   seq    the counter.
+# A stream stays in `dirty` until a task has drained it and acknowledged it with the score it
+# claimed: a kick that arrives during the drain changes the score, so the stream stays and is
+# drained again; a task killed mid-batch acknowledged nothing, so the next task (the re-delivered
+# message, a later kick's, or the sweeper's) finds the stream still there.
+
+def _lease() -> int:
+    """The partition flag's lifetime: longer than a task's gap between two claims (its budget, one
+    stream's turn, a linger), short enough that a dead task's partition is free again soon."""
+    return int(settings.DELIVERY_PARTITION_BUDGET_SECONDS + settings.DELIVERY_PARTITION_LINGER_SECONDS) + 10
+
+# KEYS: dirty, wake, note, seq. ARGV: lease, force (1/0), members... 1 = enqueue a partition task.
+_PARTITION_KICK = """
+local n = redis.call('INCR', KEYS[4])
+local args = {}
+for i = 3, #ARGV do args[#args + 1] = n; args[#args + 1] = ARGV[i] end
+redis.call('ZADD', KEYS[1], unpack(args))
+local fresh = redis.call('SET', KEYS[2], 1, 'NX', 'EX', ARGV[1])
+if fresh then return 1 end
+if redis.call('LLEN', KEYS[3]) == 0 then redis.call('RPUSH', KEYS[3], 1) end
+if ARGV[2] == '1' then redis.call('EXPIRE', KEYS[2], ARGV[1]) return 1 end
+return 0
+"""
+# KEYS: dirty, wake. ARGV: count, lease. The oldest kicked streams with their scores; renews the lease.
+_PARTITION_CLAIM = """
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
+"""
+# KEYS: dirty, seq. ARGV: (member, score, again 1/0)... A stream whose score is still the claimed
+# one leaves the set, or (again) moves to its end; a stream kicked meanwhile stays as the kick left it.
+_PARTITION_ACK = """
+local n = nil
+for i = 1, #ARGV, 3 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+    if ARGV[i + 2] == '1' then
+      if not n then n = redis.call('INCR', KEYS[2]) end
+      redis.call('ZADD', KEYS[1], n, ARGV[i])
+    else
+      redis.call('ZREM', KEYS[1], ARGV[i])
+    end
+  end
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+# KEYS: dirty, wake, note. 1 = released (nothing dirty: the next kick enqueues a task); 0 = work left.
+_PARTITION_RELEASE = """
+if redis.call('ZCARD', KEYS[1]) > 0 then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+return 1
+"""
+
+
+def is_partitioned(channel: str) -> bool:
+    """Local channels are drained by their partition's task; external ones stream by stream."""
+    try:
+        return not registry.get(channel).external
+    except registry.UnknownChannel:
+        return False
+
+
+def stream_member(org_id: int, channel: str, destination: str = "") -> str:
+    return f"{org_id}:{channel}:{destination}"
+
+
+def member_stream(member: str | bytes) -> tuple[int, str, str]:
+    if isinstance(member, bytes):
+        member = member.decode()
+    org_id, channel, destination = member.split(":", 2)
+    return int(org_id), channel, destination
+
+
+def partition_keys(partition: int) -> list[str]:
+    """dirty, wake, note, seq (one hash tag)."""
+    tag = f"herald:part:{{p{partition}}}"
+    return [f"{tag}:dirty", f"{tag}:wake", f"{tag}:note", f"{tag}:seq"]
+
+
+def _partition_kick_call(client, partition: int, members: list[str], *, force: bool):
+    return client.eval(_PARTITION_KICK, 4, *partition_keys(partition), _lease(),
+                       1 if force else 0, *members)
+
+
+def partition_enqueue(*, partition: int, countdown: float | None = None) -> None:
+    current_app.send_task(PARTITION_TASK, kwargs={"partition": partition}, countdown=countdown)
+
+
+def partition_kick(*, partition: int, members: list[str], force: bool = False,
+                   fallback: list[tuple[int, str, str]] = ()) -> bool:
+    """Add the streams to the partition's dirty set; enqueue a partition task unless one is queued
+    or running (it sees them: it drains until the set is empty and releases the flag atomically
+    with finding it so). `force` (the sweeper) enqueues one anyway. With Redis unavailable, the
+    `fallback` streams get a drain of their own (the sweeper finds them otherwise)."""
+    try:
+        fresh = _partition_kick_call(redis_client(), partition, members, force=force) == 1
+    except redis.RedisError:
+        logger.warning("partition kick unavailable; enqueueing the streams", extra={"partition": partition})
+        for org_id, channel, destination in fallback:
+            drain_enqueue(org_id=org_id, channel=channel, destination=destination)
+        return bool(fallback)
+    if fresh:
+        partition_enqueue(partition=partition)
+    return fresh
+
+
+def partition_claim(*, partition: int, count: int) -> list[tuple[str, int]]:
+    """The `count` oldest dirty streams of the partition as (member, score); they stay in the set
+    until acknowledged. Renews the partition task's lease."""
+    dirty, wake, _note, _seq = partition_keys(partition)
+    flat = redis_client().eval(_PARTITION_CLAIM, 2, dirty, wake, count, _lease())
+    return [(member.decode() if isinstance(member, bytes) else member, int(float(score)))
+            for member, score in zip(flat[0::2], flat[1::2], strict=True)]
+
+
+def partition_ack(*, partition: int, done: list[tuple[str, int, bool]]) -> int:
+    """Acknowledge drained streams (member, claimed score, again): each leaves the set, or moves to
+    its end (again: its budget ran out with work left), unless a kick changed its score since the
+    claim. Returns how many streams are dirty now."""
+    if not done:
+        return -1
+    dirty, _wake, _note, seq = partition_keys(partition)
+    args = [value for member, score, again in done for value in (member, score, 1 if again else 0)]
+    return int(redis_client().eval(_PARTITION_ACK, 2, dirty, seq, *args))
+
+
+def partition_wait(*, partition: int, timeout: float) -> bool:
+    """Block up to `timeout` s for a kick that arrived while this task runs; True if one did."""
+    _dirty, _wake, note, _seq = partition_keys(partition)
+    return redis_client().blpop([note], timeout=min(4.0, max(0.01, timeout))) is not None  # < socket_timeout
+
+
+def partition_release(*, partition: int) -> bool:
+    """Clear the partition's flag if nothing is dirty (then the next kick enqueues a task)."""
+    dirty, wake, note, _seq = partition_keys(partition)
+    return bool(redis_client().eval(_PARTITION_RELEASE, 3, dirty, wake, note))

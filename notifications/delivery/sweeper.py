@@ -16,7 +16,7 @@ from django.db import connection
 from prometheus_client.core import GaugeMetricFamily
 
 from notifications import metrics
-from notifications.delivery.kicks import stream_kick
+from notifications.delivery.kicks import streams_kick_swept
 
 logger = logging.getLogger("herald.delivery")
 
@@ -60,8 +60,7 @@ def late_deliveries_stalled(*, older_than: float, limit: int = 1000) -> list[int
 
 def streams_sweep() -> int:
     stalled = streams_stalled(older_than=settings.DELIVERY_STALL_SECONDS)
-    for org_id, channel, destination in stalled:
-        stream_kick(org_id=org_id, channel=channel, destination=destination, force=True)
+    streams_kick_swept(stalled)
     late = late_deliveries_stalled(older_than=settings.DELIVERY_STALL_SECONDS * 3)
     for delivery_id in late:
         current_app.send_task(LATE_TASK, kwargs={"delivery_id": delivery_id})

@@ -3,6 +3,8 @@ lock, one read, one commit), not a second empty look after it; a full run still 
 import pytest
 from django.db import transaction
 
+from config.routing import org_partition
+
 from notifications import publish
 from notifications.channels import registry
 from notifications.delivery import fence, kicks
@@ -111,13 +113,15 @@ def test_entries_known_from_the_gate_are_reused_only_where_they_cover_the_range(
 def test_a_committed_entry_kicks_its_streams_without_reading_them_again(
         monkeypatch, django_assert_num_queries, django_capture_on_commit_callbacks):
     """publish() returns the organization's active streams with the entry, so the kick on commit
-    makes no query; the kick flags go in one pipeline, and a stream whose drain is already queued
-    is not enqueued again."""
+    makes no query; the in-app stream joins its partition's dirty set and the Slack flag is set in
+    one pipeline; the partition task and the Slack drain are enqueued once, not again while
+    queued."""
     tracker = _org_with_members(1)
     org = tracker.organization
     slack_integration_set(organization=org, channel="C1", token=TOKEN)
     enqueued = []
     monkeypatch.setattr(kicks, "drain_enqueue", lambda **kw: enqueued.append(kw["channel"]))
+    monkeypatch.setattr(kicks, "partition_enqueue", lambda **kw: enqueued.append(("partition", kw["partition"])))
 
     def append():
         with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
@@ -126,7 +130,9 @@ def test_a_committed_entry_kicks_its_streams_without_reading_them_again(
 
     with django_assert_num_queries(3):  # savepoint, the append (seq, entry, streams), release
         append()
-    assert sorted(enqueued) == ["inapp", "slack"]
+    partition = org_partition(org.id)
+    assert sorted(enqueued, key=str) == sorted([("partition", partition), "slack"], key=str)
+    assert [member for member, _ in kicks.partition_claim(partition=partition, count=10)] == [f"{org.id}:inapp:"]
 
-    append()  # both drains still queued: their flags are set
-    assert sorted(enqueued) == ["inapp", "slack"]
+    append()  # the partition task and the Slack drain still queued: their flags are set
+    assert len(enqueued) == 2

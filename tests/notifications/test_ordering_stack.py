@@ -478,3 +478,41 @@ def test_websocket_order_does_not_depend_on_the_publishers_clock(stack, fake_sla
             for client in clients:
                 client.stop()
 
+
+
+def test_a_partition_worker_killed_mid_task_loses_no_kicked_stream(stack, fake_slack):
+    """The in-app streams are drained by one drain_partition task per partition wake, which keeps
+    running (lingering for more kicks) between events. SIGKILL its worker mid-task: the task's
+    message is unacknowledged and its partition's flag still set, so the kicks that follow only
+    add their streams to the partition's dirty set, with no task to read it. After a restart the
+    sweeper's kick wakes the partition and the dirty streams are drained: delayed, in order, none
+    lost, none duplicated."""
+    linger = {"DELIVERY_PARTITION_LINGER_SECONDS": "4", "DELIVERY_PARTITION_BUDGET_SECONDS": "60"}
+    stack.start_daphne("web")
+    stack.start_worker("orgs-a", DELIVERY_QUEUES, env=linger)
+    stack.start_worker("default", ["default", "maintenance"])
+    stack.start_beat("beat")
+    stack.wait_ready(timeout=60)
+    tenants = make_tenants(orgs=2, slack=False)
+    clients = connect_clients(stack, tenants)
+    with stack.dump_logs_on_failure(lines=60):
+        try:
+            for tenant in tenants:
+                fire_via_services(tenant, 3)
+            for tenant in tenants:
+                wait_published(tenant, 3)
+            stack.kill("orgs-a", signal.SIGKILL)  # its partition tasks linger: killed mid-task
+            assert stack.pids("orgs-a") == []
+            for tenant in tenants:
+                fire_via_services(tenant, 3)
+            time.sleep(1.0)
+            assert all(DeliveryStream.objects.get(organization=t.org, channel="inapp").delivered_seq == 3
+                       for t in tenants), "nobody should have drained while the worker was down"
+            stack.restart("orgs-a")
+            for tenant in tenants:
+                wait_published(tenant, 6, timeout=40)
+            wait_delivered(fake_slack, tenants, timeout=30)
+            check_destinations(fake_slack, tenants, max_duplicates=0)
+        finally:
+            for client in clients:
+                client.stop()

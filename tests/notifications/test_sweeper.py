@@ -68,9 +68,9 @@ def test_an_organization_without_recent_events_is_not_read():
 def test_sweep_kicks_each_stalled_stream(monkeypatch):
     stuck = _org_with_event(event_age=30, stream_age=3600)
     kicked = []
-    monkeypatch.setattr(sweeper, "stream_kick", lambda **kw: kicked.append(kw))
+    monkeypatch.setattr(sweeper, "streams_kick_swept", lambda streams: kicked.extend(streams))
     assert streams_sweep() == 1
-    assert kicked == [{"org_id": stuck.id, "channel": "inapp", "destination": "", "force": True}]
+    assert kicked == [(stuck.id, "inapp", "")]
 
 
 def test_a_new_organization_has_its_inapp_stream_so_a_lost_first_kick_is_swept():
