@@ -20,8 +20,12 @@ def org_partition(org_id: int) -> int:
     return zlib.crc32(str(org_id).encode()) % settings.ORG_QUEUE_PARTITIONS
 
 
+def partition_queue(partition: int) -> str:
+    return f"org-{partition}"
+
+
 def org_queue(org_id: int) -> str:
-    return f"org-{org_partition(org_id)}"
+    return partition_queue(org_partition(org_id))
 
 
 def _provider_channel(name: str | None) -> bool:
@@ -33,7 +37,7 @@ def _provider_channel(name: str | None) -> bool:
 
 def route_task(name, args, kwargs, options, task=None, **kw):
     if name == PARTITION_TASK:
-        return {"queue": f"org-{int(kwargs['partition'])}"}
+        return {"queue": partition_queue(int(kwargs["partition"]))}
     if kwargs and "org_id" in kwargs:
         if settings.DELIVERY_PROVIDER_QUEUE and _provider_channel(kwargs.get("channel")):
             return {"queue": settings.DELIVERY_PROVIDER_QUEUE}

@@ -402,10 +402,10 @@ DELIVERY_STALL_SECONDS = env_float("DELIVERY_STALL_SECONDS", 10.0)
 # (notifications.delivery.kicks): it takes up to DELIVERY_PARTITION_BATCH dirty streams at a time,
 # waits up to DELIVERY_PARTITION_LINGER_SECONDS for more kicks before going idle (so a busy
 # partition needs no Celery message per event), and hands over to a new task after
-# DELIVERY_PARTITION_BUDGET_SECONDS (other tasks of the queue, e.g. retry chains, get a turn).
+# DELIVERY_PARTITION_BUDGET_SECONDS, or as soon as other messages wait on its queue (retry chains).
 DELIVERY_PARTITION_BATCH = env_int("DELIVERY_PARTITION_BATCH", 32)
-DELIVERY_PARTITION_LINGER_SECONDS = env_float("DELIVERY_PARTITION_LINGER_SECONDS", 0.5)
-DELIVERY_PARTITION_BUDGET_SECONDS = env_float("DELIVERY_PARTITION_BUDGET_SECONDS", 2.0)
+DELIVERY_PARTITION_LINGER_SECONDS = env_float("DELIVERY_PARTITION_LINGER_SECONDS", 2.0)
+DELIVERY_PARTITION_BUDGET_SECONDS = env_float("DELIVERY_PARTITION_BUDGET_SECONDS", 10.0)
 CELERY_BEAT_SCHEDULE["notifications.sweep_streams"] = {
     "task": "notifications.tasks.sweep_streams",
     "schedule": env_float("SWEEP_INTERVAL_SECONDS", 5.0),

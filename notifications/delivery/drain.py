@@ -17,6 +17,7 @@ from notifications.delivery.kicks import (
     member_stream,
     partition_ack,
     partition_claim,
+    partition_queue_waiting,
     partition_release,
     partition_wait,
     stream_kick_clear,
@@ -139,25 +140,46 @@ def _announce(published: list) -> None:
 def partition_drain(*, partition: int, budget_seconds: float | None = None, linger_seconds: float | None = None,
                     batch: int | None = None) -> PartitionResult:
     """Drain the partition's dirty streams, oldest kick first, `batch` at a time, until none is
-    left (then wait up to `linger_seconds` for more kicks before releasing the partition's flag)
-    or the budget is spent. Each stream is drained by the fence, so two tasks on one partition
-    (a re-delivered message, a sweeper's kick) cannot reorder anything: one finds the lock busy."""
+    left (then wait up to `linger_seconds` for more kicks before releasing the partition's flag),
+    the budget is spent, or other messages wait on the partition's queue (checked about once a
+    second; then the task hands over, and they run before its successor). Each stream is drained
+    by the fence, so two tasks on one partition (a re-delivered message, a sweeper's kick) cannot
+    reorder anything: one finds the lock busy."""
     budget = settings.DELIVERY_PARTITION_BUDGET_SECONDS if budget_seconds is None else budget_seconds
     linger = settings.DELIVERY_PARTITION_LINGER_SECONDS if linger_seconds is None else linger_seconds
     batch = batch or settings.DELIVERY_PARTITION_BATCH
-    deadline = time.monotonic() + budget
+    started = time.monotonic()
+    deadline, looked = started + budget, started
     streams = count = 0
+
+    def yield_turn() -> bool:
+        nonlocal looked
+        now = time.monotonic()
+        if now >= deadline:
+            return True
+        if now - looked < 1.0:
+            return False
+        looked = now
+        return partition_queue_waiting(partition=partition)
+
+    claimed = partition_claim(partition=partition, count=batch)
+    idle_since = None
     while True:
-        claimed = partition_claim(partition=partition, count=batch)
         if not claimed:
-            left = deadline - time.monotonic()
-            if left > 0 and linger > 0 and partition_wait(partition=partition, timeout=min(linger, left)):
+            now = time.monotonic()
+            idle_since = idle_since or now
+            wait = min(idle_since + linger - now, deadline - now, 1.0)  # slices: the queue is looked at
+            if wait > 0 and not yield_turn():
+                partition_wait(partition=partition, timeout=wait)  # woken by a kick, or a slice passed
+                claimed = partition_claim(partition=partition, count=batch)
                 continue
             if partition_release(partition=partition):
                 return PartitionResult("idle", streams=streams, count=count)
-            if time.monotonic() >= deadline:
+            if yield_turn():
                 return PartitionResult("more", streams=streams, count=count)
-            continue  # kicked between the claim and the release
+            claimed = partition_claim(partition=partition, count=batch)  # kicked just before the release
+            continue
+        idle_since = None
         done: list[tuple[str, int, bool]] = []
         published: list = []
         try:
@@ -168,8 +190,12 @@ def partition_drain(*, partition: int, budget_seconds: float | None = None, ling
                 streams, count = streams + 1, count + delivered
                 if time.monotonic() >= deadline:
                     break  # the rest stay dirty for the next task
-        finally:
+        except BaseException:
             _announce(published)
             partition_ack(partition=partition, done=done)
-        if time.monotonic() >= deadline:
+            raise
+        _announce(published)
+        if yield_turn():
+            partition_ack(partition=partition, done=done)
             return PartitionResult("more", streams=streams, count=count)
+        claimed = partition_ack(partition=partition, done=done, claim=batch)

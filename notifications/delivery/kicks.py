@@ -18,7 +18,7 @@ from celery import current_app
 from django.conf import settings
 from django.db import connection
 
-from config.routing import org_partition
+from config.routing import org_partition, partition_queue
 from notifications.channels import registry
 
 logger = logging.getLogger("herald.delivery")
@@ -212,11 +212,12 @@ _PARTITION_CLAIM = """
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 """
-# KEYS: dirty, seq. ARGV: (member, score, again 1/0)... A stream whose score is still the claimed
-# one leaves the set, or (again) moves to its end; a stream kicked meanwhile stays as the kick left it.
+# KEYS: dirty, seq, wake. ARGV: claim count (0: none), lease, then (member, score, again 1/0)... A
+# stream whose score is still the claimed one leaves the set, or (again) moves to its end; a stream
+# kicked meanwhile stays as the kick left it. Then, like _PARTITION_CLAIM, the next batch.
 _PARTITION_ACK = """
 local n = nil
-for i = 1, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
   if score and tonumber(score) == tonumber(ARGV[i + 1]) then
     if ARGV[i + 2] == '1' then
@@ -227,7 +228,9 @@ for i = 1, #ARGV, 3 do
     end
   end
 end
-return redis.call('ZCARD', KEYS[1])
+if tonumber(ARGV[1]) == 0 then return {} end
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1, 'WITHSCORES')
 """
 # KEYS: dirty, wake, note. 1 = released (nothing dirty: the next kick enqueues a task); 0 = work left.
 _PARTITION_RELEASE = """
@@ -289,24 +292,46 @@ def partition_kick(*, partition: int, members: list[str], force: bool = False,
     return fresh
 
 
-def partition_claim(*, partition: int, count: int) -> list[tuple[str, int]]:
-    """The `count` oldest dirty streams of the partition as (member, score); they stay in the set
-    until acknowledged. Renews the partition task's lease."""
-    dirty, wake, _note, _seq = partition_keys(partition)
-    flat = redis_client().eval(_PARTITION_CLAIM, 2, dirty, wake, count, _lease())
+def _claimed(flat: list) -> list[tuple[str, int]]:
     return [(member.decode() if isinstance(member, bytes) else member, int(float(score)))
             for member, score in zip(flat[0::2], flat[1::2], strict=True)]
 
 
-def partition_ack(*, partition: int, done: list[tuple[str, int, bool]]) -> int:
+def partition_claim(*, partition: int, count: int) -> list[tuple[str, int]]:
+    """The `count` oldest dirty streams of the partition as (member, score); they stay in the set
+    until acknowledged. Renews the partition task's lease."""
+    dirty, wake, _note, _seq = partition_keys(partition)
+    return _claimed(redis_client().eval(_PARTITION_CLAIM, 2, dirty, wake, count, _lease()))
+
+
+def partition_ack(*, partition: int, done: list[tuple[str, int, bool]], claim: int = 0) -> list[tuple[str, int]]:
     """Acknowledge drained streams (member, claimed score, again): each leaves the set, or moves to
     its end (again: its budget ran out with work left), unless a kick changed its score since the
-    claim. Returns how many streams are dirty now."""
+    claim. With `claim`, claims the next batch in the same round trip (see partition_claim)."""
     if not done:
-        return -1
-    dirty, _wake, _note, seq = partition_keys(partition)
+        return partition_claim(partition=partition, count=claim) if claim else []
+    dirty, wake, _note, seq = partition_keys(partition)
     args = [value for member, score, again in done for value in (member, score, 1 if again else 0)]
-    return int(redis_client().eval(_PARTITION_ACK, 2, dirty, seq, *args))
+    return _claimed(redis_client().eval(_PARTITION_ACK, 3, dirty, seq, wake, claim, _lease(), *args))
+
+
+_broker: redis.Redis | None = None
+
+
+def partition_queue_waiting(*, partition: int) -> bool:
+    """Are other messages waiting on the partition's Celery queue (a stream's retry chain, a send
+    routed there)? A long-running partition task then hands over, so they get their turn. Only
+    with a Redis broker (elsewhere: False, and the task's budget bounds the wait)."""
+    global _broker
+    url = settings.CELERY_BROKER_URL or ""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return False
+    try:
+        if _broker is None:
+            _broker = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return bool(_broker.llen(partition_queue(partition)))
+    except redis.RedisError:
+        return False
 
 
 def partition_wait(*, partition: int, timeout: float) -> bool:

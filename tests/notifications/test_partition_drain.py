@@ -4,11 +4,12 @@ task drains every dirty stream through the fence. Nothing kicked is lost: not a 
 while the task runs, not a stream of a task killed mid-batch; two tasks on one partition do not
 reorder anything (real Postgres and Redis, commits included)."""
 import threading
+import time
 
 import pytest
 from django.db import connection
 
-from config.routing import org_partition, route_task
+from config.routing import partition_queue, route_task
 from notifications.channels import registry
 from notifications.delivery import drain, kicks
 from notifications.delivery.streams import stream_ensure
@@ -290,3 +291,19 @@ def test_two_tasks_on_one_partition_do_not_reorder(one_partition, published):
     for tracker in orgs:
         _inbox_in_order(tracker.organization)
     assert sorted(published) == sorted((t.organization_id, s) for t in orgs for s in range(1, 9))
+
+
+def test_a_task_hands_over_when_other_messages_wait_on_its_queue(one_partition, settings):
+    """A partition task that lingers for kicks would hold its worker (concurrency 1) for its whole
+    budget: when another message waits on the queue (a stream's retry chain), it hands over."""
+    a = _org()
+    _events(a, 1)
+    broker = kicks.redis_client().__class__.from_url(settings.CELERY_BROKER_URL)
+    broker.lpush(partition_queue(PARTITION), b"{}")  # stands for a waiting retry chain
+    started = time.monotonic()
+    try:
+        result = drain.partition_drain(partition=PARTITION, budget_seconds=30, linger_seconds=10)
+    finally:
+        broker.delete(partition_queue(PARTITION))
+    assert time.monotonic() - started < 5  # not the 10 s linger
+    assert result.kind == "idle" and result.count == 1  # nothing dirty: released, the next kick wakes a task
