@@ -9,6 +9,11 @@ A single process on a busy box: the CPU figures are robust, wall-clock ones are 
 
     .venv/bin/python bench/drain_cost.py --orgs 300 --members 10
     .venv/bin/python bench/drain_cost.py --orgs 300 --profile inapp     # cProfile of the in-app drains
+    .venv/bin/python bench/drain_cost.py --orgs 300 --partition         # in-app through drain_partition
+
+`--partition`: the in-app streams are drained as the partition workers drain them, by one
+`partition_drain` per partition over its dirty set (every organization kicked, batches of
+DELIVERY_PARTITION_BATCH, one publish per batch), instead of one `stream_drain` per organization.
 """
 import argparse
 import cProfile
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3,
                     help="entries per organization, one drain each (the first counts statements, the rest CPU)")
     ap.add_argument("--profile", choices=["inapp", "slack"], help="cProfile that channel's drains")
+    ap.add_argument("--partition", action="store_true", help="in-app through partition_drain (see above)")
     ap.add_argument("--db-name", default="herald_drain_cost")
     args = ap.parse_args()
 
@@ -69,7 +75,9 @@ def main() -> None:
 
         from bench.seed import seed
         from notifications import publish
-        from notifications.delivery.drain import stream_drain
+        from config.routing import org_partition
+        from notifications.delivery import kicks
+        from notifications.delivery.drain import partition_drain, stream_drain
         from notifications.ratelimit import RateLimiter
 
         client = redis.Redis.from_url(settings.REDIS_URL)
@@ -94,6 +102,32 @@ def main() -> None:
             RateLimiter(client).start_fresh()
             for channel in ("inapp", "slack"):
                 t = totals[channel]
+                if channel == "inapp" and args.partition:  # kicked as on commit, then one task per partition
+                    for org_id in org_ids:
+                        kicks.partition_kick(partition=org_partition(org_id),
+                                             members=[kicks.stream_member(org_id, "inapp")])
+                    partitions = sorted({org_partition(org_id) for org_id in org_ids})
+
+                    def drain_all() -> int:
+                        return sum(partition_drain(partition=k, linger_seconds=0, budget_seconds=600).count
+                                   for k in partitions)
+
+                    if round_no == 0:  # statements counted on the first round, CPU on the others
+                        with CaptureQueriesContext(connection) as queries:
+                            assert drain_all() == len(org_ids)
+                        t[2] = len(queries.captured_queries) / len(org_ids)
+                        continue
+                    t0, p0 = time.process_time(), _proc_cpu(backend)
+                    if profiler and args.profile == channel:
+                        profiler.enable()
+                    done = drain_all()
+                    if profiler and args.profile == channel:
+                        profiler.disable()
+                    assert done == len(org_ids), done
+                    t[0] += time.process_time() - t0
+                    t[1] += _proc_cpu(backend) - p0
+                    t[3] += len(org_ids)
+                    continue
                 if round_no == 0:  # statements counted on the first round, CPU on the others
                     with CaptureQueriesContext(connection) as queries:
                         for org_id in org_ids:
@@ -111,8 +145,9 @@ def main() -> None:
                 t[0] += time.process_time() - t0
                 t[1] += _proc_cpu(backend) - p0
                 t[3] += len(org_ids)
-        print(f"== drain cost: {args.orgs} orgs x {args.members} members, {args.rounds} entries each, one drain "
-              f"per entry, production settings ==")
+        how = "in-app by partition_drain (every round)" if args.partition else "one drain per entry"
+        print(f"== drain cost: {args.orgs} orgs x {args.members} members, {args.rounds} entries each, {how}, "
+              f"production settings ==")
         for channel, (cpu, pg, n_queries, drains) in totals.items():
             print(f"{channel:6} {cpu * 1000 / drains:6.2f} ms CPU per drain (this process), Postgres backend "
                   f"{pg * 1000 / drains:5.2f} ms, {n_queries:.1f} statements per drain ({drains} drains measured)")

@@ -136,17 +136,23 @@ class InAppChannel(Channel):
         return Published(messages=messages, entries=entries, rows=len(rows))
 
     def published_batch(self, results: list[Published]) -> None:
-        """Several drains' messages in one publish (in commit order, so each group's order holds)."""
-        if results:
-            self.published(Published(messages=[m for r in results for m in r.messages],
-                                     entries=[e for r in results for e in r.entries],
-                                     rows=sum(r.rows for r in results)))
+        """Several drains' messages in one publish (in commit order, so each group's order holds);
+        each run is counted and observed as on its own."""
+        self._publish([m for r in results for m in r.messages])
+        for result in results:
+            self._record(result)
 
     def published(self, result: Published) -> None:
+        self._publish(result.messages)
+        self._record(result)
+
+    def _publish(self, messages: list) -> None:
         try:
-            realtime.publish(result.messages)
+            realtime.publish(messages)
         except Exception:  # the inbox rows are committed; sockets catch up from the log
             logger.warning("live messages not published (channel layer unavailable)", exc_info=True)
+
+    def _record(self, result: Published) -> None:
         now = timezone.now()
         metrics.DELIVERIES.labels(channel="inapp", outcome="sent").inc(result.rows)
         metrics.DELIVERIES.labels(channel="websocket", outcome="sent").inc(len(result.entries))

@@ -10,7 +10,7 @@ import pytest
 from django.db import connection
 
 from config.routing import partition_queue, route_task
-from notifications.channels import registry
+from notifications.channels import inapp, registry
 from notifications.delivery import drain, kicks
 from notifications.delivery.streams import stream_ensure
 from notifications.models import DeliveryStream, Notification
@@ -307,3 +307,23 @@ def test_a_task_hands_over_when_other_messages_wait_on_its_queue(one_partition, 
         broker.delete(partition_queue(PARTITION))
     assert time.monotonic() - started < 5  # not the 10 s linger
     assert result.kind == "idle" and result.count == 1  # nothing dirty: released, the next kick wakes a task
+
+
+def test_a_batch_publishes_once_but_counts_and_observes_every_run(one_partition, published, monkeypatch):
+    """One publish for the batch; the admission control's lag signal still sees each organization's
+    run (notifications.delivery.lag), not only the batch's first."""
+    observed = []
+
+    class Recorder:
+        def observe(self, *, organization_id, occurred_at):
+            observed.append(organization_id)
+
+    monkeypatch.setattr(inapp, "LAG", Recorder())
+    a, b = _org(), _org()
+    _events(a, 2)
+    _events(b, 1)
+
+    drain.partition_drain(partition=PARTITION)
+
+    assert published.calls == [3]
+    assert sorted(observed) == sorted([a.organization_id, b.organization_id])
