@@ -6,6 +6,8 @@ from tests.conftest import assert_error, queries_for
 from tests.organizations.factories import UserFactory
 from tests.trackers.factories import TrackerEventFactory, TrackerFactory
 from notifications.models import LogEntry
+from notifications.publish import entry_message
+from trackers.apis import EventOutput, TrackerOutput
 from trackers.models import TimeEntry, Tracker
 from trackers.services import tracker_start
 
@@ -339,3 +341,17 @@ def test_start_a_tracker_of_an_org_one_left_is_404(auth_client, org_with_members
     assert_error(client.post(start_url(main_tracker.id)), 404, "tracker_not_found")
     main_tracker.refresh_from_db()
     assert main_tracker.is_running is False and not TimeEntry.objects.exists()
+
+
+def test_start_and_stop_answer_what_their_serializers_would(auth_client, org_with_members, main_tracker):
+    """The answer of start/stop is built without DRF serializers (their per-instance field copies
+    cost CPU on every tracker event): it is exactly what TrackerOutput and EventOutput give."""
+    client = auth_client(org_with_members.member)
+    for url in (start_url(main_tracker.id), stop_url(main_tracker.id)):
+        body = client.post(url).json()
+        main_tracker.refresh_from_db()
+        entry = LogEntry.objects.get(organization=org_with_members.org, seq=body["event"]["seq"])
+        event = entry_message(entry)
+        del event["type"]
+        assert body["tracker"] == TrackerOutput(main_tracker).data
+        assert body["event"] == EventOutput(event).data
