@@ -109,11 +109,17 @@ class SendCreateApi(APIView):
             send = services.send_create(
                 organization_id=organization_id, recipients=None if topic else recipients, topic=topic,
                 actor=actor, created_by_id=created_by_id, api_key_id=api_key_id, **values)
-            body = self.Output(send).data
+            body = send_accepted_data(send)
             if key is not None:
                 idempotency.idempotency_store(organization_id=organization_id, key=key, fingerprint=fingerprint,
                                               status_code=status.HTTP_202_ACCEPTED, response=body)
         return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+def send_accepted_data(send: Send) -> dict:
+    """SendCreateApi.Output(send).data, built directly (a serializer deep-copies its fields per
+    instance, on every send)."""
+    return {"id": send.pk, "status": str(send.status), "recipients": send.recipients}
 
 
 class SendOutput(serializers.Serializer):

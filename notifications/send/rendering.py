@@ -20,7 +20,7 @@ class Rendered:
 
 def send_render(*, organization_id: int, kind: str, locales: set[str | None], data: dict,
                 channels: list[str] | None) -> Rendered:
-    """Resolve and render the kind's template for every recipient locale (two queries to resolve,
+    """Resolve and render the kind's template for every recipient locale (one query to resolve,
     one sandboxed render per distinct template). 400 `unknown_template` naming `kind` when the
     organization has none; 400 `template_render_error` (channel, field, line) when `data` does not
     fit it."""

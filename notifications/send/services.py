@@ -5,6 +5,7 @@ A send's entry goes through the same log, fence and channels as every other fact
 fan-out and the fence move each status row out of `queued` exactly once (notifications.SendDelivery
 is unique per send x user x channel; channels/inapp.py and delivery/status.py).
 """
+import json
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 
@@ -71,6 +72,24 @@ FROM (
                       %(builtin)s::boolean[]) AS c(channel, per_recipient, no_destination, builtin)
     {_PREF_JOINS}
 ) x
+"""
+
+# The send row, written out (the ORM's create and save cost about a millisecond of CPU each on every
+# send, config.rawrows); its payload and entry are written by the first status-row statement
+# (_SEND_DONE_CTE), once the entry is published.
+_SEND_INSERT_SQL = """
+INSERT INTO notifications_send
+    (organization_id, kind, category, data, payload, channels, priority, status, ordering_key, send_at,
+     deliver_at_local, due_at, entry_id, recipients, created_by_id, api_key_id, created_at, cancelled_at)
+VALUES (%(org)s, %(kind)s, %(category)s, %(data)s::jsonb, '{}'::jsonb, %(channels)s::varchar(32)[], %(priority)s,
+        %(status)s, %(ordering_key)s, %(send_at)s, %(deliver_at_local)s, %(due_at)s, NULL, %(recipients)s,
+        %(created_by)s, %(api_key)s, now(), NULL)
+RETURNING id, created_at
+"""
+_SEND_DONE_CTE = """
+WITH send_done AS (
+    UPDATE notifications_send SET payload = %(payload)s::jsonb, entry_id = %(send_entry)s WHERE id = %(send)s
+)
 """
 
 # How far the organization's log is ahead of the slowest active stream of the send's channels.
@@ -251,7 +270,7 @@ def send_create(*, organization_id: int, recipients: list | None, topic: str | N
         return _shed(organization_id=organization_id, kind=kind, category=rendered.category, data=data,
                      channels=chosen, priority=priority, ordering_key=ordering_key, people=people,
                      created_by_id=created_by_id, api_key_id=api_key_id)
-    send = Send.objects.create(
+    send = _send_insert(
         organization_id=organization_id, kind=kind, category=rendered.category, data=data, channels=chosen,
         priority=priority, ordering_key=ordering_key, send_at=send_at, deliver_at_local=deliver_at_local,
         recipients=len(people), created_by_id=created_by_id, api_key_id=api_key_id,
@@ -265,8 +284,23 @@ def send_create(*, organization_id: int, recipients: list | None, topic: str | N
         entry = publish(organization_id=organization_id, kind=MESSAGE_KIND, payload=send.payload, actor=actor,
                         audience=now_ids)
         send.entry_id = entry.id
-    send.save(update_fields=["payload", "entry"])
-    _rows_insert(send=send, people=people, due=due, entry_id=entry.id if entry else None)
+    _rows_insert(send=send, people=people, due=due, entry_id=entry.id if entry else None, write_send=True)
+    return send
+
+
+def _send_insert(**fields) -> Send:
+    """INSERT the send (its payload comes with its first status rows); the instance as the ORM's
+    create would have returned it."""
+    with connection.cursor() as cursor:
+        cursor.execute(_SEND_INSERT_SQL, {
+            "org": fields["organization_id"], "kind": fields["kind"], "category": fields["category"],
+            "data": json.dumps(fields["data"]), "channels": list(fields["channels"]), "priority": fields["priority"],
+            "status": fields["status"], "ordering_key": fields["ordering_key"], "send_at": fields["send_at"],
+            "deliver_at_local": fields["deliver_at_local"], "due_at": fields["due_at"],
+            "recipients": fields["recipients"], "created_by": fields["created_by_id"], "api_key": fields["api_key_id"]})
+        send_id, created_at = cursor.fetchone()
+    send = Send(id=send_id, created_at=created_at, payload={}, entry_id=None, cancelled_at=None, **fields)
+    send._state.adding, send._state.db = False, connection.alias
     return send
 
 
@@ -287,8 +321,10 @@ def _shed(*, people: list[Recipient], **fields) -> Send:
     return send
 
 
-def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | None], entry_id: int | None) -> None:
-    """The status rows, in one statement per group of alike rows (queued now / scheduled)."""
+def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | None], entry_id: int | None,
+                 write_send: bool = False) -> None:
+    """The status rows, in one statement per group of alike rows (queued now / scheduled); with
+    `write_send`, the first of them also writes the send's payload and entry."""
     groups = {"queued": ([], [], []), "scheduled": ([], [], [])}
     for person, at in zip(people, due, strict=True):
         users, locales, dues = groups["queued" if at is None else "scheduled"]
@@ -298,15 +334,23 @@ def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | No
     per_recipient = [registry.get(c).per_recipient for c in send.channels]
     no_destination = [registry.get(c).no_destination for c in send.channels]
     builtin = [policy.builtin_enabled(c, send.category) for c in send.channels]
+    pending = write_send
     with connection.cursor() as cursor:
         for state, (users, locales, dues) in groups.items():
             if users:
-                cursor.execute(_ROWS_SQL, {"send": send.pk, "org": send.organization_id, "users": users,
-                                           "locales": locales, "due": dues, "channels": list(send.channels),
-                                           "per_recipient": per_recipient, "no_destination": no_destination,
-                                           "builtin": builtin, "category": send.category,
-                                           "locked": policy.is_locked(send.category),
-                                           "state": state, "entry": entry_id if state == "queued" else None})
+                params = {"send": send.pk, "org": send.organization_id, "users": users,
+                          "locales": locales, "due": dues, "channels": list(send.channels),
+                          "per_recipient": per_recipient, "no_destination": no_destination,
+                          "builtin": builtin, "category": send.category, "locked": policy.is_locked(send.category),
+                          "state": state, "entry": entry_id if state == "queued" else None}
+                if pending:
+                    params.update(payload=json.dumps(send.payload), send_entry=send.entry_id)
+                cursor.execute(_SEND_DONE_CTE + _ROWS_SQL if pending else _ROWS_SQL, params)
+                pending = False
+    if pending:  # no recipient (a send always has one): the send's row still gets its payload
+        with connection.cursor() as cursor:
+            cursor.execute("UPDATE notifications_send SET payload = %s::jsonb, entry_id = %s WHERE id = %s",
+                           [json.dumps(send.payload), send.entry_id, send.pk])
 
 
 @transaction.atomic

@@ -67,6 +67,29 @@ def test_a_send_is_one_log_entry_with_a_status_row_per_recipient_and_channel(org
         [(o.member.pk, "inapp", "queued"), (o.admin.pk, "inapp", "queued")])
 
 
+def test_a_keyed_send_is_ten_statements_and_its_row_is_what_the_orm_reads(org_with_members, key_client):
+    """The hot path of issue 13, pinned: the API key; the key's advisory lock and its lookup; the
+    members; the organization's locale with the kind's templates (one statement); the send's
+    INSERT; the log append; the status rows (with the send's payload and entry, one statement);
+    the key's answer; the activity row. Under the test's transaction the view's two atomic blocks
+    and the activity row's are savepoints (2 statements each)."""
+    o = org_with_members
+    assert _send(key_client, recipients=[o.member.pk]).status_code == 202  # the key's first use writes last_used_at
+    with CaptureQueriesContext(connection) as queries:
+        response = _send(key_client, key="pinned", recipients=[o.member.pk, o.admin.pk])
+    assert response.status_code == 202, response.content
+    statements = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert len(statements) == 10, "\n".join(s[:100] for s in statements)
+    send = Send.objects.get(pk=response.json()["id"])
+    entry = LogEntry.objects.filter(organization=o.org, kind="message").latest("seq")
+    assert (send.organization_id, send.kind, send.category, send.status, send.priority, send.channels,
+            send.recipients, send.data, send.api_key.organization_id, send.entry_id) == (
+        o.org.id, "welcome", "transactional", "queued", "transactional", ["inapp"], 2,
+        {"title": "Hi", "body": "Welcome"}, o.org.id, entry.id)
+    assert send.payload == entry.payload and send.payload["send_id"] == send.pk
+    assert send.created_at is not None and send.due_at is None and send.cancelled_at is None
+
+
 def test_the_in_app_fan_out_writes_inbox_rows_with_the_template_and_marks_rows_sent(org_with_members, key_client):
     o = org_with_members
     send_id = _send(key_client, recipients=[o.member.pk, o.admin.pk]).json()["id"]

@@ -7,7 +7,7 @@ from django.test.utils import CaptureQueriesContext
 from config.errors import ApplicationError
 from notifications.models import NotificationTemplate
 from notifications.templating import locale_candidates, template_render, template_resolve, template_resolve_locales
-from organizations.models import ApiKeyScope
+from organizations.models import ApiKeyScope, Organization
 from tests.conftest import assert_error
 from tests.organizations.factories import ApiKeyFactory, UserFactory
 
@@ -257,13 +257,32 @@ def test_resolve_falls_back_from_recipient_to_organization_default_to_en(org_wit
     assert template_resolve(organization_id=org.id, kind="welcome", locale="fr_ca") == fr_ca
 
 
-def test_resolve_many_locales_is_two_queries(org_with_members, django_assert_num_queries):
+def test_resolve_many_locales_is_one_query(org_with_members, django_assert_num_queries):
+    """The organization's default locale and the kind's templates come in one written-out
+    statement (every send resolves its template); the instances are the ORM's."""
     org = org_with_members.org
     en, fr = _make(org, locale="en"), _make(org, locale="fr")
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(1):
         resolved = template_resolve_locales(organization_id=org.id, kind="welcome",
                                             locales=["fr", "fr-BE", "es", None, "en"])
     assert resolved == {"fr": fr, "fr-BE": fr, "es": en, None: en, "en": en}
+    fields = [f.attname for f in NotificationTemplate._meta.concrete_fields]
+    loaded = NotificationTemplate.objects.get(pk=fr.pk)
+    assert [getattr(resolved["fr"], f) for f in fields] == [getattr(loaded, f) for f in fields]
+
+
+def test_resolve_follows_the_organizations_default_locale(org_with_members):
+    org = org_with_members.org
+    Organization.objects.filter(pk=org.pk).update(locale="de")
+    en, de = _make(org, locale="en"), _make(org, locale="de")
+    resolved = template_resolve_locales(organization_id=org.id, kind="welcome", locales=[None, "fr", "en"])
+    assert resolved == {None: de, "fr": de, "en": en}
+
+
+def test_resolve_for_an_organization_that_does_not_exist(org_with_members):
+    with pytest.raises(ApplicationError) as caught:
+        template_resolve_locales(organization_id=10**12, kind="welcome", locales=[None])
+    assert caught.value.code == "unknown_template"
 
 
 def test_resolve_unknown_template_or_another_organizations(org_with_members, other_org):
