@@ -17,7 +17,9 @@ key, Idempotency-Key), `me` (GET /api/v1/me), `healthz`.
 line (the same command, so a change of server is measured as it is), from `--clients` keep-alive
 connections each sending its requests one after the other; CPU is then that of the web process
 tree (user + system from /proc, before and after) per request, the HTTP server's share included
-(admission control's queue deadline off, so that no refusal is averaged in).
+(admission control's queue deadline off, so that no refusal is averaged in), and that of the Postgres
+backends serving the benchmark's database (`PG CPU`: the web's pooled connections; the server's
+background processes, WAL writer included, are not counted).
 
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --requests 2000 --only start_stop
@@ -184,6 +186,44 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+class BackendCpu:
+    """CPU of the Postgres backends serving this benchmark's database (the web's pooled connections;
+    the server's background processes, WAL writer included, are not counted), from /proc."""
+
+    def __init__(self):
+        self.seen: dict[int, float] = {}
+
+    @staticmethod
+    def _pids() -> list[int]:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid()")
+            return [row[0] for row in cursor.fetchall()]
+
+    @staticmethod
+    def _cpu(pid: int) -> float | None:
+        import psutil
+
+        try:
+            t = psutil.Process(pid).cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return None
+
+    def start(self) -> None:
+        self.seen = {pid: cpu for pid in self._pids() if (cpu := self._cpu(pid)) is not None}
+
+    def stop(self) -> float:
+        total = 0.0
+        for pid in set(self._pids()) | set(self.seen):
+            cpu = self._cpu(pid)
+            if cpu is not None:
+                total += cpu - self.seen.get(pid, 0.0)  # a backend started meanwhile counts from zero
+        return total
+
+
 async def http_run(port: int, batch, clients: int, users: int) -> tuple[float, Counter]:
     """Send `batch` over `clients` keep-alive connections, each one request at a time; wall s, statuses.
     A user's requests (a start and its stop) always go through the same connection, in order."""
@@ -327,15 +367,18 @@ def http_main(args, seeded, redis_client) -> int:
         print(f"{args.requests} requests per endpoint over HTTP from {args.clients} keep-alive connections to "
               f"`{command}` (WEB_PROCESSES={args.web_processes}, production settings); "
               f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-        print(f"{'endpoint':<12} {'web CPU ms/req':>14} {'req/s':>7}  statuses")
+        print(f"{'endpoint':<12} {'web CPU ms/req':>14} {'PG CPU ms/req':>13} {'req/s':>7}  statuses")
+        backends = BackendCpu()
         for name in args.only or ENDPOINTS:
             asyncio.run(http_run(port, requests_for(name, seeded, args.warmup), args.clients, args.users))
+            backends.start()
             cpu0 = tree_cpu(web.pid)
             wall, statuses = asyncio.run(http_run(port, requests_for(name, seeded, args.requests), args.clients,
                                                   args.users))
             cpu = tree_cpu(web.pid) - cpu0
-            print(f"{name:<12} {1e3 * cpu / args.requests:>14.2f} {args.requests / wall:>7.0f}  {dict(statuses)}",
-                  flush=True)
+            pg = backends.stop()
+            print(f"{name:<12} {1e3 * cpu / args.requests:>14.2f} {1e3 * pg / args.requests:>13.2f} "
+                  f"{args.requests / wall:>7.0f}  {dict(statuses)}", flush=True)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         os.killpg(web.pid, signal.SIGTERM)
