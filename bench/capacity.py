@@ -37,6 +37,7 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
+import httpx
 import psutil
 import psycopg
 import websockets
@@ -44,7 +45,7 @@ import websockets
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.common import pct, pgbench_ceiling, setup_database, wait_http, wait_log  # noqa: E402
+from bench.common import analyse_slack, pct, pgbench_ceiling, setup_database, wait_http, wait_log  # noqa: E402
 
 GROUPS = ["web", "partition workers", "provider worker", "beat", "default+reports workers", "supervisors",
           "postgres (bench backends)", "redis"]
@@ -412,6 +413,24 @@ async def run_load(args, seeded, web: str, ws_base: str, meter: CpuMeter, profil
     }
 
 
+def slack_collect(args, result, db_url: str, slack_port: int) -> dict:
+    """Wait (up to --drain-timeout) until every organization's Slack stream has delivered its last
+    accepted event, then read what the stand-in received (in its order) and its limit counters."""
+    want = {o: max(s for s, _ in v) for o, v in result["accepted"].items() if v}
+    started = time.monotonic()
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        while time.monotonic() - started < args.drain_timeout:
+            done = dict(conn.execute("SELECT organization_id, delivered_seq FROM notifications_deliverystream "
+                                     "WHERE channel = 'slack'").fetchall())
+            if all(done.get(o, 0) >= s for o, s in want.items()):
+                break
+            time.sleep(0.5)
+    base = f"http://127.0.0.1:{slack_port}/_control"
+    return {"stats": httpx.get(f"{base}/stats", timeout=30).json(),
+            "messages": httpx.get(f"{base}/messages", timeout=120).json(),
+            "waited": time.monotonic() - started}
+
+
 def analyse_ws(result) -> dict:
     occurred = {(o, s): t for o, evs in result["accepted"].items() for s, t in evs}
     latencies, violations, lost, dups = [], 0, 0, 0
@@ -517,8 +536,8 @@ def main() -> None:
         env = stack_env(args, db_url, redis_url, web_port, slack_port, str(prom_dir))
         slack_proc = subprocess.Popen(
             [sys.executable, "-m", "tests.support.fakeslack", "--port", str(slack_port), "--rate", "1",
-             "--burst", "3"], cwd=REPO, env=env, stdout=open(tmp / "slack.log", "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True)
+             "--burst", "3", "--global-per-minute", str(args.slack_global_per_minute)], cwd=REPO, env=env,
+            stdout=open(tmp / "slack.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         for name, command in procfile_entries():
             procs[name] = subprocess.Popen(["sh", "-c", command], cwd=REPO, env=env,
                                            stdout=open(tmp / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
@@ -536,6 +555,7 @@ def main() -> None:
         result = asyncio.run(run_load(args, seeded, web, f"ws://127.0.0.1:{web_port}", meter, profiler))
         if profiler:
             profiler.join()
+        result["slack"] = slack_collect(args, result, db_url, slack_port)
     finally:
         for p in list(procs.values()) + [slack_proc]:
             if p is not None and p.poll() is None:
@@ -580,6 +600,16 @@ def main() -> None:
           f"after the load)")
     print(f"lost / order violations  lost {ws['lost']}, order violations {ws['violations']}, duplicates "
           f"{ws['duplicates']} (sockets closed by the server: {result['dropped']})")
+    sl, stats = analyse_slack(result, result["slack"]["messages"]), result["slack"]["stats"]
+    active = sum(1 for v in result["accepted"].values() if v)
+    # Under the global limit every active channel gets a turn every A / (limit per second) s.
+    share = max(1.0, active / (args.slack_global_per_minute / 60))
+    print(f"event -> Slack           p50 {pct(sl['latencies'], 50):.2f} s, p95 {pct(sl['latencies'], 95):.2f} s, "
+          f"p99 {pct(sl['latencies'], 99):.2f} s ({sl['requests']} posts, {sl['mean_batch']:.1f} events each; "
+          f"fair-share bound {share:.1f} s + 1 s at {args.slack_global_per_minute}/min for {active} channels); "
+          f"lost {sl['lost']}, order violations {sl['violations']}, duplicates {sl['duplicates']}; limit breaches "
+          f"{stats['breaches']} (max {stats['max_global_per_minute']} in any 60 s, "
+          f"{stats['max_channel_per_second']} per channel in any 1 s)")
     print(f"CPU over {result['window']:.1f}s window   (load start until every socket had every accepted event)")
     idle = result["idle"]
     print(f"  {'group':<36} {'CPU s':>7}    {'per event':>15}   {'idle CPU/s':>10}  {'per event above idle':>20}")
