@@ -7,6 +7,7 @@ fairly (oldest pending entry first). A post that timed out may have arrived: bef
 run again the channel looks it up by its metadata (conversations.history), so a slow success is
 never posted twice.
 """
+import functools
 import http.client
 import urllib.error
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.checks import Error
+from django.db import connection
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
@@ -122,6 +124,17 @@ def find_posted(*, token: str, channel: str, org_id: int, first_seq: int, last_s
     return None
 
 
+_TARGET_SQL = (f"SELECT channel, token_encrypted FROM {SlackIntegration._meta.db_table} "
+               "WHERE organization_id = %s AND enabled ORDER BY id LIMIT 1")
+
+
+@functools.lru_cache(maxsize=4096)
+def _token(ciphertext: str) -> str:
+    """The token of a stored ciphertext (a pure function of it: a new token or a rotated key is a
+    new ciphertext), decrypted once per process rather than once per send."""
+    return secrets.decrypt(ciphertext)
+
+
 class SlackChannel(Channel):
     fair = True
     default_options = {"batch_max": 50}
@@ -132,10 +145,12 @@ class SlackChannel(Channel):
                 for s in missing]
 
     def target(self, *, organization_id: int, destination: str) -> SlackTarget | None:
-        integration = SlackIntegration.objects.filter(organization_id=organization_id, enabled=True).first()
-        if integration is None or not integration.channel:
+        with connection.cursor() as cursor:  # read per send (a disabled integration stops at once), so no ORM
+            cursor.execute(_TARGET_SQL, [organization_id])
+            row = cursor.fetchone()
+        if row is None or not row[0]:
             return None
-        return SlackTarget(channel=integration.channel, token=secrets.decrypt(integration.token_encrypted))
+        return SlackTarget(channel=row[0], token=_token(row[1]))
 
     def scopes(self, target: SlackTarget) -> list[Scope]:
         return [Scope("slack.global"), Scope("slack.channel", target.channel)]

@@ -43,19 +43,43 @@ from notifications.models import Delivery, DeliveryStream, LogEntry
 
 logger = logging.getLogger("herald.delivery")
 
-# Cheap look before the lock: is there work, is the stream waiting, when did its head occur.
-_PEEK_SQL = """
+# Cheap look before the lock: is there work, is the stream waiting, when did its head occur, and
+# (when no head is pending and the stream is not waiting) the entries after its cursor, up to
+# `limit`: one statement, one row per entry (one row without an entry when none is read). One clock
+# reading (`c.now`) decides both the wait and whether the entries are read.
+_ENTRY_COLUMNS = "id, seq, kind, payload, actor_id, actor_name, audience, occurred_at"
+_PEEK_SQL = f"""
 SELECT s.delivered_seq, o.last_event_seq, s.held, s.active,
-       GREATEST(0, extract(epoch FROM s.next_attempt_at - clock_timestamp())),
+       GREATEST(0, extract(epoch FROM s.next_attempt_at - c.now)),
        (SELECT extract(epoch FROM e.occurred_at) FROM notifications_logentry e
         WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1),
-       EXISTS (SELECT 1 FROM notifications_delivery d WHERE d.stream_id = s.id AND d.status = 'pending' AND NOT d.late)
+       p.pending, {", ".join("r." + c.strip() for c in _ENTRY_COLUMNS.split(","))}
 FROM notifications_deliverystream s
 JOIN organizations_organization o ON o.id = s.organization_id
-WHERE s.organization_id = %s AND s.channel = %s AND s.destination = %s
+CROSS JOIN LATERAL (SELECT clock_timestamp() AS now) c
+CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM notifications_delivery d
+                                   WHERE d.stream_id = s.id AND d.status = 'pending' AND NOT d.late) AS pending) p
+LEFT JOIN LATERAL (  -- the cursor bounds the index scan
+    SELECT {_ENTRY_COLUMNS} FROM notifications_logentry e
+    WHERE e.organization_id = s.organization_id AND e.seq > s.delivered_seq
+      AND e.seq <= LEAST(o.last_event_seq, s.delivered_seq + %(limit)s)
+    ORDER BY e.seq
+) r ON NOT s.held AND s.active AND NOT p.pending AND (s.next_attempt_at IS NULL OR s.next_attempt_at <= c.now)
+WHERE s.organization_id = %(org)s AND s.channel = %(channel)s AND s.destination = %(destination)s
+ORDER BY r.seq
 """
+_ENTRIES_SQL = (f"SELECT {_ENTRY_COLUMNS} FROM notifications_logentry "
+                "WHERE organization_id = %s AND seq >= %s AND seq <= %s ORDER BY seq")
 
 
+def _entry(org_id: int, row) -> LogEntry:
+    """A LogEntry from the columns of _ENTRY_COLUMNS, without the ORM's query building."""
+    id_, seq, kind, payload, actor_id, actor_name, audience, occurred_at = row
+    entry = LogEntry(id=id_, organization_id=org_id, seq=seq, kind=kind,
+                     payload=json.loads(payload) if isinstance(payload, str) else payload,
+                     actor_id=actor_id, actor_name=actor_name, audience=audience, occurred_at=occurred_at)
+    entry._state.adding, entry._state.db = False, connection.alias
+    return entry
 
 
 def backoff(attempts: int) -> float:
@@ -78,7 +102,9 @@ def _entries(org_id: int, first: int, last: int, known: list[LogEntry] | None = 
         if known[-1].seq >= last:
             return have
         first = known[-1].seq + 1
-    return have + list(LogEntry.objects.filter(organization_id=org_id, seq__gte=first, seq__lte=last).order_by("seq"))
+    with connection.cursor() as cursor:
+        cursor.execute(_ENTRIES_SQL, [org_id, first, last])
+        return have + [_entry(org_id, row) for row in cursor.fetchall()]
 
 
 def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
@@ -159,11 +185,12 @@ def _stream_gate(ch: Channel, org_id: int, destination: str, known: list[LogEntr
     them instead of reading the same range again)."""
     channel = ch.name
     with connection.cursor() as cursor:
-        cursor.execute(_PEEK_SQL, [org_id, channel, destination])
-        row = cursor.fetchone()
-    if row is None:
+        cursor.execute(_PEEK_SQL, {"org": org_id, "channel": channel, "destination": destination,
+                                   "limit": ch.batch_max})
+        rows = cursor.fetchall()
+    if not rows:
         return DrainResult("missing")
-    delivered, last, held, active, wait, head_at, pending = row
+    delivered, last, held, active, wait, head_at, pending = rows[0][:7]
     if held:
         return DrainResult("held")
     if not active or delivered >= last:
@@ -175,7 +202,7 @@ def _stream_gate(ch: Channel, org_id: int, destination: str, known: list[LogEntr
         stream_deactivate(org_id=org_id, channel=channel, destination=destination)
         return DrainResult("idle")
     if not pending:
-        known += _entries(org_id, delivered + 1, min(last, delivered + ch.batch_max))
+        known += [_entry(org_id, row[7:]) for row in rows if row[7] is not None]
         if not _wanted(ch, target, known):
             # Nothing ahead is for this destination: move past it without asking for a slot.
             return _skip_unwanted(ch, target, org_id, destination)
@@ -198,18 +225,41 @@ _LOCK_SQL = (
 
 
 _DELIVERY_FIELDS = [f for f in Delivery._meta.concrete_fields]
-_HEAD_SQL = (
-    "SELECT " + ", ".join(f.column for f in _DELIVERY_FIELDS) + " FROM notifications_delivery "
-    "WHERE stream_id = %s AND status = 'pending' AND NOT late ORDER BY first_seq LIMIT 1"
+_DELIVERY_COLUMNS = ", ".join(f.column for f in _DELIVERY_FIELDS)
+# Under the stream's lock: its pending head, or, when it has none and a new run is given, that run
+# inserted as the head (admitted: see _deliver_external), in one statement. Every writer of a
+# stream's heads holds the stream's lock, and this statement's snapshot is taken after it was
+# granted, so "none pending" is not stale. (The lock statement cannot read the head itself: a
+# commit between its snapshot and its lock would show the new stream row with the old heads.)
+_HEAD_OR_NEW_SQL = f"""
+WITH pending AS (
+    SELECT {_DELIVERY_COLUMNS} FROM notifications_delivery
+    WHERE stream_id = %(stream)s AND status = 'pending' AND NOT late ORDER BY first_seq LIMIT 1
+), created AS (
+    INSERT INTO notifications_delivery (organization_id, stream_id, channel, first_seq, last_seq, status, attempts,
+                                        created_at, sent_at, last_error, late, provider_ref, verify_first, admitted,
+                                        seqs, updated_at)
+    SELECT %(org)s, %(stream)s, %(channel)s, %(first)s, %(last)s, 'pending', 0, now(), NULL, '', false, '', false,
+           true, %(seqs)s::bigint[], now()
+    WHERE %(seqs)s::bigint[] IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pending)
+    RETURNING {_DELIVERY_COLUMNS}
 )
+SELECT {_DELIVERY_COLUMNS}, false FROM pending UNION ALL SELECT {_DELIVERY_COLUMNS}, true FROM created
+"""
+_DELIVERY_ATTNAMES = [f.attname for f in _DELIVERY_FIELDS]
 
 
-def _pending_head(stream: DeliveryStream) -> Delivery | None:
-    """The stream's pending head (a run attempted or waiting before), read after the lock."""
+def _head(stream: DeliveryStream, channel: str, first: int, last: int,
+          seqs: list[int] | None) -> tuple[Delivery | None, bool]:
+    """(the stream's pending head, False), or, when none is pending and `seqs` is given, (the run
+    first..last carrying `seqs`, recorded as the new head, True), or (None, False)."""
     with connection.cursor() as cursor:
-        cursor.execute(_HEAD_SQL, [stream.pk])
+        cursor.execute(_HEAD_OR_NEW_SQL, {"stream": stream.pk, "org": stream.organization_id, "channel": channel,
+                                          "first": first, "last": last, "seqs": seqs})
         row = cursor.fetchone()
-    return None if row is None else Delivery.from_db(connection.alias, [f.attname for f in _DELIVERY_FIELDS], row)
+    if row is None:
+        return None, False
+    return Delivery.from_db(connection.alias, _DELIVERY_ATTNAMES, row[:-1]), row[-1]
 
 
 def _lock(org_id: int, channel: str, destination: str) -> DeliveryStream | None:
@@ -334,18 +384,23 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
         now = stream.db_now
         if stream.next_attempt_at and stream.next_attempt_at > now:
             return DrainResult("wait", wait=(stream.next_attempt_at - now).total_seconds())
-        head = _pending_head(stream)
-        last = stream.org_last_seq if head is None else head.last_seq
+        # A new head's range and the entries it gets, from what the gate read when that covers it
+        # (the usual case: no head was pending then), so the head is read or recorded in one go.
+        first = stream.delivered_seq + 1
+        last = min(stream.org_last_seq, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
+        fresh = None
+        if last >= first and known and known[0].seq <= first and known[-1].seq >= last:
+            fresh = _wanted(ch, target, _entries(org_id, first, last, known))
+        head, created = _head(stream, ch.name, first, last, [e.seq for e in fresh] if fresh else None)
         if head is None:
-            first = stream.delivered_seq + 1
-            last = min(last, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
             if last < first:
                 return DrainResult("idle")
-            entries = _wanted(ch, target, _entries(org_id, first, last, known))
+            entries = fresh if fresh is not None else _wanted(ch, target, _entries(org_id, first, last, known))
             if not entries:
                 return _skip(ch, stream, last)
-            head = Delivery.objects.create(organization_id=org_id, stream=stream, channel=ch.name,
-                                           first_seq=first, last_seq=last, seqs=[e.seq for e in entries])
+            head, created = _head(stream, ch.name, first, last, [e.seq for e in entries])
+        elif created:
+            entries = fresh
         else:
             if head.attempts == 0 and ch.coalesce:
                 # Never sent yet (it waited on a gate or a deferral): later entries may join it. Once
@@ -375,11 +430,14 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
             return _skip(ch, stream, head.last_seq)
         run = Run(organization_id=org_id, destination=destination, delivery_id=head.id, first_seq=head.first_seq,
                   last_seq=head.last_seq, entries=entries, attempt=head.attempts + 1)
-        admitted = ch.admit(target, run, now=now, first_attempt=not head.admitted)
+        # A new head is recorded admitted (one statement less per send); if the channel defers it
+        # instead, _defer records it as not admitted, so its next attempt is a first one again.
+        first_attempt = created or not head.admitted
+        admitted = ch.admit(target, run, now=now, first_attempt=first_attempt)
         if not admitted.allowed:
             status.run_record(channel=ch.name, recipient_id=recipient, entries=entries, state="deferred",
                               error=admitted.reason or "", due_at=admitted.until)
-            return _defer(ch, stream, head, admitted)
+            return _defer(ch, stream, head, admitted, unadmit=created)
         if not head.admitted:
             Delivery.objects.filter(pk=head.pk).update(admitted=True)
         if head.verify_first:
@@ -477,10 +535,12 @@ def _transient(ch: Channel, target, stream: DeliveryStream, head: Delivery, exc:
     return DrainResult("wait", wait=delay)
 
 
-def _defer(ch: Channel, stream: DeliveryStream, head: Delivery, gate) -> DrainResult:
+def _defer(ch: Channel, stream: DeliveryStream, head: Delivery, gate, *, unadmit: bool = False) -> DrainResult:
     """The channel holds the run back until `gate.until` (e.g. the recipient's next calendar day):
-    the head stays pending and unattempted, so what arrives meanwhile joins it."""
-    Delivery.objects.filter(pk=head.pk).update(last_error=f"deferred: {gate.reason}"[:2000])
+    the head stays pending and unattempted, so what arrives meanwhile joins it. `unadmit`: a head
+    recorded in this step (as admitted) is recorded as not admitted."""
+    fields = {"admitted": False} if unadmit else {}
+    Delivery.objects.filter(pk=head.pk).update(last_error=f"deferred: {gate.reason}"[:2000], **fields)
     _touch(stream.pk, next_attempt_at=gate.until, last_error=f"deferred: {gate.reason}"[:2000])
     metrics.DELIVERIES.labels(channel=ch.name, outcome="deferred").inc()
     wait = (gate.until - stream.db_now).total_seconds() if gate.until else gate.wait

@@ -9,7 +9,7 @@ from notifications import publish
 from notifications.channels import registry
 from notifications.delivery import fence, kicks
 from notifications.delivery.drain import stream_drain
-from notifications.models import DeliveryStream, Notification
+from notifications.models import Delivery, DeliveryStream, Notification
 from organizations.services import slack_integration_set
 from tests.organizations.factories import MembershipFactory
 from tests.support.fakeslack import FakeSlack
@@ -81,14 +81,21 @@ def test_a_slack_send_reads_its_entries_once(slack, django_assert_num_queries):
     TrackerEventFactory(tracker=tracker)
     TrackerEventFactory(tracker=tracker, action="stop")
 
-    # peek, destination, entries, savepoint, lock, pending head, INSERT head, admitted, outcome +
-    # cursor (one statement), release. It was 12: the entries read twice, outcome and cursor apart.
-    with django_assert_num_queries(10) as captured:
+    # peek + the entries after the cursor (one statement), destination, savepoint, lock, pending head
+    # or the new head recorded admitted (one statement), outcome + cursor (one statement), release.
+    # It was 12 (the entries read twice, outcome and cursor apart), then 10 (peek, entries, head,
+    # INSERT and the admitted flag apart).
+    with django_assert_num_queries(7) as captured:
         result = stream_drain(org_id=org.id, channel="slack")
 
     assert (result.kind, result.count) == ("idle", 2)
-    entry_reads = [q["sql"] for q in captured.captured_queries if 'FROM "notifications_logentry"' in q["sql"]]
+    entry_reads = [q["sql"] for q in captured.captured_queries if "FROM notifications_logentry e" in q["sql"]
+                   and "e.seq > s.delivered_seq" in q["sql"]]
     assert len(entry_reads) == 1, entry_reads
+    assert not [q["sql"] for q in captured.captured_queries if 'FROM "notifications_logentry"' in q["sql"]]
+    head = Delivery.objects.get(channel="slack")
+    assert (head.status, head.first_seq, head.last_seq, head.seqs, head.admitted, head.attempts) == \
+        ("sent", 1, 2, [1, 2], True, 1)
     assert [m["text"].splitlines()[0] for m in slack.messages()] == ["2 tracker updates (#1–#2):"]
     assert DeliveryStream.objects.get(organization=org, channel="slack").delivered_seq == 2
 
