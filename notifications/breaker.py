@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 from notifications import metrics
 
@@ -143,6 +144,15 @@ def _text(value) -> str:
 
 
 _clients: dict[str, redis.Redis] = {}
+_scripts: dict[str, Script] = {}
+
+
+def _run(client: redis.Redis, source: str, keys: list, args: list):
+    """EVALSHA of a script (loaded on first use, again after a Redis restart), not its text per call."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = client.register_script(source)
+    return script(keys=keys, args=args, client=client)
 
 
 def _shared_client() -> redis.Redis:
@@ -187,8 +197,8 @@ class CircuitBreaker:
         """May a call go now? Fails closed (wait `unavailable_wait`, state "unknown") when Redis errs."""
         cfg = self.config
         try:
-            allowed, wait_ms, state = self.client.eval(_ALLOW, 3, *self._keys(), self._now_ms(),
-                                                       int(cfg["probe_seconds"] * 1000))
+            allowed, wait_ms, state = _run(self.client, _ALLOW, self._keys(),
+                                           [self._now_ms(), int(cfg["probe_seconds"] * 1000)])
         except redis.RedisError as exc:
             logger.warning("breaker unavailable (Redis): calls wait", extra={"breaker": self.name, "error": repr(exc)})
             return BreakerDecision(False, float(cfg["unavailable_wait"]), UNKNOWN)
@@ -200,12 +210,12 @@ class CircuitBreaker:
         """Count one call's outcome. Never raises on a Redis error (logs, returns "unknown")."""
         cfg = self.config
         try:
-            state, probe = self.client.eval(
-                _RECORD, 3, *self._keys(), self._now_ms(), 1 if ok else 0, int(cfg["window"] * 1000),
+            state, probe = _run(self.client, _RECORD, self._keys(), [
+                self._now_ms(), 1 if ok else 0, int(cfg["window"] * 1000),
                 int(cfg["min_calls"]), float(cfg["failure_ratio"]), int(cfg["open_seconds"] * 1000),
                 int(cfg["max_open_seconds"] * 1000), uuid.uuid4().hex[:12], int(cfg["consecutive_failures"]),
                 int(cfg["consecutive_window"] * 1000),
-            )
+            ])
         except redis.RedisError as exc:
             logger.warning("breaker outcome not recorded (Redis unavailable)",
                            extra={"breaker": self.name, "ok": ok, "error": repr(exc)})

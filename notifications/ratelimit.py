@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 logger = logging.getLogger("herald.delivery")
 
@@ -161,6 +162,18 @@ return 1
 """
 
 
+_scripts: dict[str, Script] = {}
+
+
+def _run(client: redis.Redis, source: str, keys: list, args: list):
+    """EVALSHA of a script (loaded on first use, again after a Redis restart): the script's text
+    is not sent, nor hashed by Redis, on every call."""
+    script = _scripts.get(source)
+    if script is None:
+        script = _scripts[source] = client.register_script(source)
+    return script(keys=keys, args=args, client=client)
+
+
 @dataclass(frozen=True)
 class Scope:
     """A named limit applied to one key, e.g. Scope("slack.channel", "C123")."""
@@ -251,8 +264,8 @@ class RateLimiter:
         if not scopes:
             return Decision(True, 0.0)
         tag = self._tag_of(scopes)
-        allowed, wait_us, blocker = self.client.eval(
-            _ACQUIRE, len(scopes) + 1, *[s.redis_key for s in scopes], epoch_key(tag), *self._limits(scopes))
+        allowed, wait_us, blocker = _run(self.client, _ACQUIRE, [*[s.redis_key for s in scopes], epoch_key(tag)],
+                                         self._limits(scopes))
         if allowed:
             return Decision(True, 0.0)
         return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
@@ -269,11 +282,11 @@ class RateLimiter:
         takes no place in the queue, so it never holds back callers that could go."""
         tag = self._tag_of(scopes)
         queue = scopes[0].redis_key + ":queue"
-        allowed, wait_us, blocker, _rank = self.client.eval(
-            _ACQUIRE_FAIR, len(scopes) + 3, *[s.redis_key for s in scopes], queue, queue + ":seen", epoch_key(tag),
-            *self._limits(scopes), member, int(stale * 1_000_000), lookahead,
-            int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
-            int(since * 1_000_000) if since else 0,
+        allowed, wait_us, blocker, _rank = _run(
+            self.client, _ACQUIRE_FAIR, [*[s.redis_key for s in scopes], queue, queue + ":seen", epoch_key(tag)],
+            [*self._limits(scopes), member, int(stale * 1_000_000), lookahead,
+             int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
+             int(since * 1_000_000) if since else 0],
         )
         if allowed:
             return Decision(True, 0.0)
@@ -289,8 +302,8 @@ class RateLimiter:
             return True
         tag = self._tag_of(scopes)
         try:
-            self.client.eval(_PAUSE, len(scopes) + 1, *[s.redis_key for s in scopes], epoch_key(tag),
-                             *self._limits(scopes), int(seconds * 1_000_000))
+            _run(self.client, _PAUSE, [*[s.redis_key for s in scopes], epoch_key(tag)],
+                 [*self._limits(scopes), int(seconds * 1_000_000)])
         except redis.RedisError as exc:
             logger.warning("rate-limit pause not stored (Redis unavailable)",
                            extra={"scopes": [s.name for s in scopes], "seconds": seconds, "error": repr(exc)})

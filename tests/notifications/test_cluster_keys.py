@@ -43,7 +43,7 @@ def test_slot_function_matches_the_cluster_spec():
 
 
 class RecordingRedis(redis.Redis):
-    """A real client that also keeps the keys of every EVAL it sends."""
+    """A real client that also keeps the keys of every script call it sends (EVAL or EVALSHA)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -52,6 +52,11 @@ class RecordingRedis(redis.Redis):
     def eval(self, script, numkeys, *keys_and_args):
         self.eval_keys.append([str(k) for k in keys_and_args[:numkeys]])
         return super().eval(script, numkeys, *keys_and_args)
+
+    def evalsha(self, sha, numkeys, *keys_and_args):
+        result = super().evalsha(sha, numkeys, *keys_and_args)  # a first call the server lacks the script for
+        self.eval_keys.append([str(k) for k in keys_and_args[:numkeys]])  # is retried: count the one that ran
+        return result
 
 
 def _exercise(client: redis.Redis) -> None:

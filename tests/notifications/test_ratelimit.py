@@ -7,6 +7,7 @@ import uuid
 import pytest
 import redis
 
+from notifications import ratelimit
 from notifications.ratelimit import RateLimiter, Scope, epoch_key, scopes_named
 
 # headroom 0: these scopes grant exactly their rate (the limiter's arithmetic, not its safety margin).
@@ -309,3 +310,44 @@ def test_pause_of_several_scopes_is_one_call(limiter, k):
     limiter.pause([g, c], 0.5)
     assert limiter.acquire([g, Scope("test.channel", k("C9"))]).blocked_by == g
     assert limiter.acquire([Scope("test.channel", k("C1"))]).blocked_by == c
+
+
+class CountingRedis(redis.Redis):
+    """A real client that counts how scripts reach the server."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls = {"eval": 0, "evalsha": 0, "script_load": 0}
+
+    def eval(self, *args):
+        self.calls["eval"] += 1
+        return super().eval(*args)
+
+    def evalsha(self, *args):
+        self.calls["evalsha"] += 1
+        return super().evalsha(*args)
+
+    def script_load(self, script):
+        self.calls["script_load"] += 1
+        return super().script_load(script)
+
+
+def test_scripts_go_by_sha_and_survive_a_server_that_forgot_them(limiter, settings, k):
+    """Every acquire used to send the script's text (EVAL): kilobytes packed by the worker and
+    hashed by Redis per call. Now EVALSHA; a server that lacks a script (restarted, flushed) gets
+    its text once more and the call still answers."""
+    client = CountingRedis.from_url(settings.REDIS_URL)
+    counting = RateLimiter(client)
+    for _ in range(5):
+        counting.acquire([Scope("test.global", k("g")), Scope("test.channel", k("c"))])
+        counting.acquire_fair([Scope("test.global", k("g"))], member=k("m"))
+    assert client.calls["eval"] == 0
+    assert client.calls["evalsha"] >= 10 and client.calls["script_load"] <= 2
+
+    for script in ratelimit._scripts.values():  # as after a restart (SCRIPT FLUSH would hit every session's server)
+        script.sha = "0" * 40
+    loads = client.calls["script_load"]
+    decision = counting.acquire([Scope("test.wide", k("w"))])
+
+    assert decision.allowed
+    assert client.calls["script_load"] == loads + 1
