@@ -193,18 +193,36 @@ class CircuitBreaker:
             return int(self._clock() * 1000)
         return ""
 
-    def allow(self) -> BreakerDecision:
-        """May a call go now? Fails closed (wait `unavailable_wait`, state "unknown") when Redis errs."""
-        cfg = self.config
-        try:
-            allowed, wait_ms, state = _run(self.client, _ALLOW, self._keys(),
-                                           [self._now_ms(), int(cfg["probe_seconds"] * 1000)])
-        except redis.RedisError as exc:
-            logger.warning("breaker unavailable (Redis): calls wait", extra={"breaker": self.name, "error": repr(exc)})
-            return BreakerDecision(False, float(cfg["unavailable_wait"]), UNKNOWN)
+    # allow() as a part of a bigger script (notifications.ratelimit.Check: the limiter runs it before
+    # its grant, in the same Redis call): its body, keys and arguments, and what its answer means.
+    ALLOW_SOURCE = _ALLOW
+
+    @property
+    def keys(self) -> list[str]:
+        return self._keys()
+
+    def allow_args(self) -> list:
+        return [self._now_ms(), int(self.config["probe_seconds"] * 1000)]
+
+    def allow_answer(self, answer) -> BreakerDecision:
+        """The decision an _ALLOW answer ({allowed, wait_ms, state}) stands for."""
+        allowed, wait_ms, state = answer
         state = _text(state)
         metrics.BREAKER_STATE.labels(provider=self.name).set(STATE_CODES[state])
         return BreakerDecision(bool(allowed), wait_ms / 1000, state, probe=bool(allowed) and state == "half_open")
+
+    def unavailable(self, exc: Exception) -> BreakerDecision:
+        """Redis did not answer: fail closed for a short wait."""
+        logger.warning("breaker unavailable (Redis): calls wait", extra={"breaker": self.name, "error": repr(exc)})
+        return BreakerDecision(False, float(self.config["unavailable_wait"]), UNKNOWN)
+
+    def allow(self) -> BreakerDecision:
+        """May a call go now? Fails closed (wait `unavailable_wait`, state "unknown") when Redis errs."""
+        try:
+            answer = _run(self.client, _ALLOW, self._keys(), self.allow_args())
+        except redis.RedisError as exc:
+            return self.unavailable(exc)
+        return self.allow_answer(answer)
 
     def record(self, *, ok: bool) -> BreakerRecord:
         """Count one call's outcome. Never raises on a Redis error (logs, returns "unknown")."""

@@ -162,7 +162,33 @@ return 1
 """
 
 
+# Checks run before a grant in the same call (a breaker's allow: one Redis round trip per gate, not
+# one per breaker plus the limiter's). Each check is a script body run as function(KEYS, ARGV); the
+# limiter's own script runs the same way after them, on the keys and arguments that follow the
+# checks'. ARGV starts with the number of checks c, then per check: its function's index, how many
+# keys and how many arguments it takes. A check answering {0, ...} stops the call with
+# {0, <check number>, <its answer>}; else the reply is {1, <limiter answer>, {<check answers>}}.
+_CHECKED = """
+local c = tonumber(ARGV[1])
+local ki, ai = 1, 2 + 3 * c
+local answers = {}
+for i = 1, c do
+  local fn, nk, na = tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+  local k, a = {}, {}
+  for j = 1, nk do k[j] = KEYS[ki]; ki = ki + 1 end
+  for j = 1, na do a[j] = ARGV[ai]; ai = ai + 1 end
+  local answer = checks[fn](k, a)
+  if tonumber(answer[1]) == 0 then return {0, i, answer} end
+  answers[i] = answer
+end
+local lk, la = {}, {}
+for j = ki, #KEYS do lk[#lk + 1] = KEYS[j] end
+for j = ai, #ARGV do la[#la + 1] = ARGV[j] end
+return {1, grant(lk, la), answers}
+"""
+
 _scripts: dict[str, Script] = {}
+_checked_sources: dict[tuple[str, tuple[str, ...]], str] = {}
 
 
 def _run(client: redis.Redis, source: str, keys: list, args: list):
@@ -172,6 +198,35 @@ def _run(client: redis.Redis, source: str, keys: list, args: list):
     if script is None:
         script = _scripts[source] = client.register_script(source)
     return script(keys=keys, args=args, client=client)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A script body run before the limiter's grant in the same call, as function(KEYS, ARGV); it
+    answers a table whose first item is 1 (go on) or 0 (stop: no grant is taken)."""
+
+    source: str
+    keys: list
+    args: list
+
+
+def _run_checked(client: redis.Redis, grant_source: str, checks: Sequence[Check], keys: list, args: list):
+    """The grant script after `checks`, in one call: (None, check answers, grant answer) or
+    (number of the check that stopped it, its answer, None)."""
+    sources = tuple(dict.fromkeys(c.source for c in checks))
+    source = _checked_sources.get((grant_source, sources))
+    if source is None:
+        functions = "".join(f"checks[{i}] = function(KEYS, ARGV)\n{body}\nend\n" for i, body in enumerate(sources, 1))
+        source = _checked_sources[(grant_source, sources)] = (
+            f"local checks = {{}}\n{functions}local function grant(KEYS, ARGV)\n{grant_source}\nend\n{_CHECKED}")
+    header: list = [len(checks)]
+    for check in checks:
+        header += [sources.index(check.source) + 1, len(check.keys), len(check.args)]
+    reply = _run(client, source, [k for c in checks for k in c.keys] + keys,
+                 header + [a for c in checks for a in c.args] + args)
+    if reply[0] == 0:
+        return reply[1], reply[2], None
+    return None, reply[2], reply[1]
 
 
 @dataclass(frozen=True)
@@ -233,6 +288,10 @@ class Decision:
     allowed: bool
     wait: float  # seconds until the blocking scope would allow
     blocked_by: Scope | None = None
+    # With checks: every check's answer (in order) when none said no; else `stopped_by` is the
+    # number (from 1) of the one that did, and `checks` holds only its answer.
+    checks: tuple = ()
+    stopped_by: int | None = None
 
 
 class RateLimiter:
@@ -271,7 +330,8 @@ class RateLimiter:
         return Decision(False, wait_us / 1_000_000, scopes[blocker - 1])
 
     def acquire_fair(self, scopes: list[Scope], *, member: str, stale: float = 10.0,
-                     lookahead: int = 4, grace: float | None = None, since: float | None = None) -> Decision:
+                     lookahead: int = 4, grace: float | None = None, since: float | None = None,
+                     checks: Sequence[Check] = ()) -> Decision:
         """Like acquire, but callers waiting on scopes[0] (the shared one, e.g. a provider's global
         limit) are served in the order they started waiting, or oldest `since` first when the
         caller gives one (epoch seconds: when its oldest pending message was created, so a caller
@@ -279,19 +339,29 @@ class RateLimiter:
         within `stale` seconds to keep its place (the wait it is given is never longer than half of
         that); a waiter that vanished (killed worker) is dropped after `stale` seconds. A caller
         blocked by its own scopes (scopes[1:], e.g. its channel) is told to wait for those and
-        takes no place in the queue, so it never holds back callers that could go."""
+        takes no place in the queue, so it never holds back callers that could go.
+
+        `checks` (e.g. the provider's breakers, keys of the same hash tag) run first in the same
+        call; one that says no ends it with `stopped_by` set and nothing granted or queued."""
         tag = self._tag_of(scopes)
         queue = scopes[0].redis_key + ":queue"
-        allowed, wait_us, blocker, _rank = _run(
-            self.client, _ACQUIRE_FAIR, [*[s.redis_key for s in scopes], queue, queue + ":seen", epoch_key(tag)],
-            [*self._limits(scopes), member, int(stale * 1_000_000), lookahead,
-             int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
-             int(since * 1_000_000) if since else 0],
-        )
+        keys = [*[s.redis_key for s in scopes], queue, queue + ":seen", epoch_key(tag)]
+        args = [*self._limits(scopes), member, int(stale * 1_000_000), lookahead,
+                int(grace * 1_000_000) if grace is not None else scopes[0].interval_us() // 4,
+                int(since * 1_000_000) if since else 0]
+        answers: tuple = ()
+        if checks:
+            stopped_by, answered, grant = _run_checked(self.client, _ACQUIRE_FAIR, checks, keys, args)
+            if stopped_by is not None:
+                return Decision(False, 0.0, None, checks=(answered,), stopped_by=stopped_by)
+            answers = tuple(answered)
+            allowed, wait_us, blocker, _rank = grant
+        else:
+            allowed, wait_us, blocker, _rank = _run(self.client, _ACQUIRE_FAIR, keys, args)
         if allowed:
-            return Decision(True, 0.0)
+            return Decision(True, 0.0, checks=answers)
         blocked_by = scopes[0] if blocker == -1 else scopes[blocker - 1]
-        return Decision(False, min(wait_us / 1_000_000, stale / 2), blocked_by)
+        return Decision(False, min(wait_us / 1_000_000, stale / 2), blocked_by, checks=answers)
 
     def pause(self, scope: Scope | Sequence[Scope], seconds: float) -> bool:
         """Nobody gets this scope (or these scopes, one provider's) for `seconds`: a provider's
