@@ -13,7 +13,8 @@ serves builds a queue whose wait grows until clients time out. Two bounds keep i
   refusals of an overload take milliseconds, not the queue's length.
 
 - `WEB_MAX_DELIVERY_LAG_SECONDS`: while the fan-out delivers entries later than this after they
-  happened (notifications.delivery.lag, read from Redis at most every 250 ms), requests that would
+  happened (the in-app drains: notifications.delivery.lag, read from Redis at most every 250 ms; or
+  this process's own sockets: LiveLag, fed by the live consumers), requests that would
   write new log entries (`WEB_LAG_GUARDED_PATHS`: tracker start/stop, sends, comments) are refused
   the same way, with {"reason": "backlog"}: the web alone can accept more than the workers deliver,
   and every event accepted then would wait in a growing queue. Reads are still served.
@@ -46,6 +47,35 @@ class QueueState:
     last_wait = 0.0
 
 
+class LiveLag:
+    """How late this process's WebSocket connections get the org messages they forward: the largest
+    age (now - occurred_at) the live consumers observed in the current and the previous second.
+    The web's own end of the fan-out: when its event loop cannot keep up with the sockets, messages
+    wait in the layer's queues, which no drain sees."""
+
+    window = 1.0
+    current = 0.0
+    previous = 0.0
+    started = 0.0
+
+    @classmethod
+    def observe(cls, age: float) -> None:
+        cls._roll(time.monotonic())
+        if age > cls.current:
+            cls.current = age
+
+    @classmethod
+    def value(cls) -> float:
+        cls._roll(time.monotonic())
+        return max(cls.current, cls.previous)
+
+    @classmethod
+    def _roll(cls, now: float) -> None:
+        if now - cls.started >= cls.window:
+            cls.previous = cls.current if now - cls.started < 2 * cls.window else 0.0
+            cls.current, cls.started = 0.0, now
+
+
 class AdmissionControl:
     """ASGI wrapper: at most `max_in_flight` HTTP requests of this process inside `app`, and none
     admitted while the queue in front of the view thread is over its budget."""
@@ -69,7 +99,9 @@ class AdmissionControl:
 
     async def backlogged(self, scope) -> bool:
         budget = settings.WEB_MAX_DELIVERY_LAG_SECONDS
-        return bool(budget) and self.guarded(scope) and await self.lag.lag() > budget
+        if not budget or not self.guarded(scope):
+            return False
+        return LiveLag.value() > budget or await self.lag.lag() > budget
 
     def limit(self) -> int:
         return self.max_in_flight if self.max_in_flight is not None else settings.WEB_MAX_IN_FLIGHT

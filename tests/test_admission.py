@@ -277,3 +277,45 @@ def test_a_late_in_app_drain_makes_the_web_refuse_new_events_until_it_catches_up
     assert asyncio.run(call("GET", "/api/v1/me"))["status"] == 200
     lag_keys.delete(lag.lag_key(o.org.pk % lag.LAG_SLOTS))  # caught up
     assert asyncio.run(call("POST", f"/api/v1/trackers/{tracker.pk}/stop"))["status"] == 200
+
+
+@pytest.fixture
+def live_lag():
+    for name in ("current", "previous", "started"):
+        setattr(admission.LiveLag, name, 0.0)
+    yield admission.LiveLag
+    for name in ("current", "previous", "started"):
+        setattr(admission.LiveLag, name, 0.0)
+
+
+def test_the_live_lag_is_the_largest_age_of_the_last_second_or_two(live_lag, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: now[0])
+    live_lag.observe(0.3)
+    live_lag.observe(1.4)
+    live_lag.observe(0.2)
+    assert live_lag.value() == 1.4
+    now[0] += 1.2  # the next second: the previous one still counts
+    live_lag.observe(0.1)
+    assert live_lag.value() == 1.4
+    now[0] += 1.0
+    assert live_lag.value() == 0.1
+    now[0] += 5.0  # nothing observed for a while: no lag
+    assert live_lag.value() == 0.0
+
+
+def test_writes_are_refused_while_this_process_s_sockets_get_messages_late(settings, live_lag, lag_keys):
+    settings.WEB_MAX_DELIVERY_LAG_SECONDS = 1.0
+    served = SlowApp()
+    served.release.set()
+    gate = AdmissionControl(served, max_in_flight=100)
+
+    async def body():
+        live_lag.observe(0.5)
+        assert _status_headers_body((await _call(gate, "/api/v1/trackers/3/stop", "POST"))[0])[0] == 200
+        live_lag.observe(2.5)  # the consumers forward messages 2.5 s after they happened
+        status, _, payload = _status_headers_body((await _call(gate, "/api/v1/trackers/3/stop", "POST"))[0])
+        assert status == 503 and json.loads(payload)["extra"] == {"reason": "backlog"}
+        assert _status_headers_body((await _call(gate, "/api/v1/me", "GET"))[0])[0] == 200
+
+    asyncio.run(body())
