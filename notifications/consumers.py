@@ -6,17 +6,21 @@ The consumer never writes; it forwards what services publish and reads the log t
 
 Per connection and organization the consumer remembers the last seq it forwarded. An org message
 with seq <= last is a duplicate (dropped); last + 1 is forwarded; a larger seq means messages were
-lost or overtaken (channels-redis drops past capacity and after its expiry, and the fan-out
+lost or overtaken (the pub/sub layer drops what a process was not subscribed for and past a
+connection's queue capacity, the queue layer past capacity and after its expiry, and the fan-out
 publishes after commit, so two drains' messages may cross): the missing entries are read from
-Postgres and forwarded in order first. A lost tail that no later message reveals is found by a
-periodic check, which also re-reads memberships (a removed member's connection leaves the org at
-once, even if the membership push was lost) and re-joins the groups before channels-redis' group
+Postgres and forwarded in order first. When the layer knows it dropped something for this
+connection it says so ({"type": "live.gap"}), and the connection reads the log at once. A lost
+tail that no later message reveals is found by a periodic check, which also re-reads memberships
+(a removed member's connection leaves the org at once, even if the membership push was lost) and,
+on the queue layer, re-joins the groups before channels-redis' group
 expiry (a tab open for days keeps receiving). A gap over LIVE_GAP_MAX entries is not replayed: the
 client gets {"type": "resync", "org_id"} and refetches from the API. A client says where it is
 with `?after=<org>:<seq>,...` or a {"type": "resume", "after": {"<org>": seq}} frame and is brought
 up to date before any live message, which closes the window between page load and connect.
 """
 import asyncio
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -38,8 +42,13 @@ logger = logging.getLogger("herald.realtime")
 
 UNAUTHORIZED = 4401
 NOTIFIED_MEMORY = 2048  # notification ids remembered per connection to send each created once
+# The encoded frames of an org message, cached in the message by the first of this process'
+# connections that forwards it (the pub/sub layer hands one dict to them all): each frame is
+# encoded once per process, not once per socket.
+_TEXT_CACHE = "__live_text__"
 # Routing data of a group message (who is notified, with which inbox row and title), never forwarded.
-_INTERNAL_KEYS = ("notifications", "audience", "title", "body")
+_INTERNAL_KEYS = ("notifications", "audience", "title", "body", _TEXT_CACHE)
+_ID_PLACEHOLDER = '"id": 0'  # where a member's own notification id goes in a notification.created
 REVERIFY_SECONDS = 1.0  # a private entry re-reads memberships at most this often (see _org_message)
 
 
@@ -222,13 +231,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await self._resume(parse_after(content.get("after")), marks)
 
     async def dispatch(self, message):
-        # An ephemeral push (push_user / push_org: report.progress ...) carries no seq and has no
-        # handler of its own: forward it as it is rather than failing the connection.
-        if getattr(self, get_handler_name(message), None) is None and "seq" not in message \
-                and not str(message.get("type", "")).startswith("websocket."):
-            await self.send_json(message)
-            return
-        await super().dispatch(message)
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            # An ephemeral push (push_user / push_org: report.progress ...) carries no seq and has
+            # no handler of its own: forward it as it is rather than failing the connection.
+            if "seq" not in message and not str(message.get("type", "")).startswith("websocket."):
+                await self.send_json(message)
+                return
+            raise ValueError(f"No handler for message type {message['type']}")
+        # Not Channels' dispatch: it runs close_old_connections() on a worker thread before every
+        # message (a thread round trip per socket per event). This consumer reaches the database
+        # only through database_sync_to_async, which closes stale connections in its own thread.
+        await handler(message)
 
     # --- org messages: forwarded in seq order, gaps filled from the log ------------------------
 
@@ -250,46 +264,73 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 await self._fill(org_id, upto=seq - 1)
                 if org_id not in self.org_ids or self.last_seq[org_id] >= seq:
                     return
-            frames = self._frames_for(message)
-            if frames[0].get("private") and time.monotonic() - self.verified_at >= REVERIFY_SECONDS:
+            private, texts = self._texts_for(message)
+            if private and time.monotonic() - self.verified_at >= REVERIFY_SECONDS:
                 # Outside the audience: perhaps no longer a member (entries written after a removal
                 # leave them out), and the membership push may have been lost. Check before sending.
                 if await self._apply_memberships(await _watermarks(self.user_id)):
                     await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})
                 if org_id not in self.org_ids:
                     return
-            await self._send_frames(frames)
+            await self._send_texts(texts)
             self.last_seq[org_id] = seq
 
-    def _frames_for(self, message: dict) -> list[dict]:
-        """The frames one group message becomes for this user: the org message (redacted when the
-        user is outside the entry's audience) and their own notification.created, if any."""
+    def _texts_for(self, message: dict) -> tuple[bool, list[tuple[int | None, str]]]:
+        """The frames one group message becomes for this user, encoded: the org message (redacted
+        when the user is outside the entry's audience) and their own notification.created, if
+        any, each with its notification id (None for the org message). True first if redacted."""
+        cache = message.get(_TEXT_CACHE)
+        if cache is None:
+            cache = message[_TEXT_CACHE] = {}
         audience = message.get("audience")
         if audience is not None and self.user_id not in audience:
-            return [{"type": "log.entry", "org_id": message["org_id"], "seq": message["seq"],
-                     "kind": message.get("kind", message["type"]), "private": True}]
-        frames = [{k: v for k, v in message.items() if k not in _INTERNAL_KEYS}]
+            text = cache.get("private")
+            if text is None:
+                text = cache["private"] = json.dumps({
+                    "type": "log.entry", "org_id": message["org_id"], "seq": message["seq"],
+                    "kind": message.get("kind", message["type"]), "private": True})
+            return True, [(None, text)]
+        text = cache.get("public")
+        if text is None:
+            text = cache["public"] = json.dumps({k: v for k, v in message.items() if k not in _INTERNAL_KEYS})
+        texts = [(None, text)]
         own = (message.get("notifications") or {}).get(str(self.user_id))
         if own is not None:
-            title = message.get("title")
-            if title is None and message["type"] == "tracker.event":
-                verb = "started" if message["action"] == "start" else "stopped"
-                title = f"{message['actor'] or 'Someone'} {verb} {message['tracker_name']}"
-            frames.append(notification_created_message(
-                notification_id=own, org_id=message["org_id"], seq=message["seq"],
-                kind=message.get("kind", message["type"]), title=title or "", body=message.get("body", ""),
-                created_at=message["occurred_at"],
-            ))
-        return frames
+            template = cache.get("created")
+            if template is None:
+                title = message.get("title")
+                if title is None and message["type"] == "tracker.event":
+                    verb = "started" if message["action"] == "start" else "stopped"
+                    title = f"{message['actor'] or 'Someone'} {verb} {message['tracker_name']}"
+                created = notification_created_message(
+                    notification_id=0, org_id=message["org_id"], seq=message["seq"],
+                    kind=message.get("kind", message["type"]), title=title or "", body=message.get("body", ""),
+                    created_at=message["occurred_at"])
+                # "type" comes first and is a constant, so the first `"id": 0` is the id's own place.
+                template = cache["created"] = tuple(json.dumps(created).split(_ID_PLACEHOLDER, 1))
+            texts.append((int(own), f'{template[0]}"id": {int(own)}{template[1]}'))
+        return False, texts
+
+    async def _send_texts(self, texts: list[tuple[int | None, str]]) -> None:
+        for notification_id, text in texts:
+            if notification_id is not None and not self._first_notification(notification_id):
+                continue
+            await self.send(text_data=text)
+
+    def _first_notification(self, notification_id: int) -> bool:
+        """False if this notification.created was sent already (from the log, or by the fan-out's
+        own push); otherwise remember it."""
+        if notification_id in self.notified:
+            return False
+        self.notified[notification_id] = None
+        if len(self.notified) > NOTIFIED_MEMORY:
+            self.notified.popitem(last=False)
+        return True
 
     async def _send_frames(self, frames: list[dict]) -> None:
         for frame in frames:
-            if frame["type"] == "notification.created":
-                if frame["id"] in self.notified:
-                    continue  # already sent (from the log, or by the fan-out's own push)
-                self.notified[frame["id"]] = None
-                if len(self.notified) > NOTIFIED_MEMORY:
-                    self.notified.popitem(last=False)
+            if frame["type"] == "notification.created" and not self._first_notification(frame["id"]):
+                continue
             await self.send_json(frame)
 
     async def _fill(self, org_id: int, *, upto: int, verified: bool = False) -> None:
@@ -354,8 +395,23 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                     await self._fill(org_id, upto=due, verified=True)
             self.seen_marks = dict(marks)
 
+    async def live_gap(self, message):
+        """The layer dropped messages meant for this connection (its queue in this process was
+        full, or the process lost Redis for a moment): bring every organization up to its
+        published seq now rather than at the next check, and re-read the memberships."""
+        marks = await _watermarks(self.user_id)
+        async with self.lock:
+            if await self._apply_memberships(marks):
+                await self.send_json({"type": "memberships", "org_ids": sorted(self.org_ids)})
+            for org_id in sorted(self.org_ids):
+                if marks[org_id] > self.last_seq[org_id]:
+                    await self._fill(org_id, upto=marks[org_id], verified=True)
+        logger.info("live gap reported by the layer", extra={"user_id": self.user_id})
+
     async def _refresh_groups(self) -> None:
-        """Re-join every group: channels-redis forgets a member `group_expiry` after it joined."""
+        """Re-join every group: the queue layer (ServerClockRedisChannelLayer) forgets a member
+        `group_expiry` after it joined. On the pub/sub layer a join lasts as long as the process'
+        subscription, and this is a local no-op."""
         for group in [user_group(self.user_id)] + [org_group(o) for o in sorted(self.org_ids)]:
             await self.channel_layer.group_add(group, self.channel_name)
         self.groups_added_at = time.monotonic()

@@ -1,7 +1,10 @@
 """Publishing to WebSocket groups from sync code (workers, services) over the Channels layer.
 
-Each process keeps one event loop on a background thread so the channel layer's Redis pool stays
-warm; async_to_sync would build a new loop and connection per call.
+The pub/sub layer publishes from the calling thread with a blocking Redis client. For the queue
+layer each process keeps one event loop on a background thread so the channel layer's Redis pool
+stays warm; async_to_sync would build a new loop and connection per call. A call's messages go
+out in the order given (the pub/sub layer pipelines its PUBLISHes: one round trip), and the call
+returns once Redis has them: two calls in a row reach every subscriber in that order.
 """
 import asyncio
 import os
@@ -26,6 +29,10 @@ def _get_loop() -> asyncio.AbstractEventLoop:
 
 async def _send_all(messages: list[tuple[str, dict]]) -> None:
     layer = get_channel_layer()
+    send_many = getattr(layer, "group_send_many", None)
+    if send_many is not None:
+        await send_many(messages)
+        return
     for group, message in messages:  # sequential: order within a group is the order given
         await layer.group_send(group, message)
 
@@ -33,6 +40,10 @@ async def _send_all(messages: list[tuple[str, dict]]) -> None:
 def publish(messages: list[tuple[str, dict]], timeout: float = 10.0) -> None:
     """Send (group, message) pairs in order; raises if the channel layer is unreachable."""
     if not messages:
+        return
+    send_sync = getattr(get_channel_layer(), "group_send_many_sync", None)
+    if send_sync is not None:  # the pub/sub layer: straight from this thread
+        send_sync(messages, timeout=timeout)
         return
     future = asyncio.run_coroutine_threadsafe(_send_all(messages), _get_loop())
     future.result(timeout=timeout)

@@ -1,5 +1,6 @@
 """Shared fixtures: API clients authenticated with real user tokens, an organization with one
 member of each role, and a clean test Redis database for every test."""
+import copy
 import os
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -134,3 +135,13 @@ def queries_for(django_assert_max_num_queries, limit: int, request):
         response = request()
     assert response.status_code == 200, response.content[:500]
     return len(captured), response
+
+
+@pytest.fixture
+def queue_layer(settings):
+    """The test runs on channels-redis' queue layer (ServerClockRedisChannelLayer) instead of the
+    default pub/sub layer (Channels rebuilds its layers when CHANNEL_LAYERS changes)."""
+    layers = copy.deepcopy(settings.CHANNEL_LAYERS)
+    layers["default"]["BACKEND"] = "config.channel_layer.ServerClockRedisChannelLayer"
+    settings.CHANNEL_LAYERS = layers
+    yield

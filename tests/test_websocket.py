@@ -210,6 +210,31 @@ def test_messages_arrive_in_published_order(two_orgs):
 
 
 def test_disconnected_socket_leaves_its_groups(two_orgs):
+    """Pub/sub layer: the process subscribes to a group while one of its connections is in it."""
+    org_a, alice, _, _ = two_orgs
+    token = token_for(alice)
+    prefix = django_settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
+    db = django_settings.REDIS_URL.rsplit("/", 1)[1]
+    groups = [f"{prefix}.{db}.__group__org.{org_a.id}", f"{prefix}.{db}.__group__user.{alice.id}"]
+
+    def subscribers() -> list[int]:
+        client = redis.Redis.from_url(django_settings.REDIS_URL)
+        try:
+            return [count for _, count in client.pubsub_numsub(*groups)]
+        finally:
+            client.close()
+
+    async def body():
+        comm = communicator(f"?token={token}")
+        await connect_ok(comm)
+        assert await sync_to_async(subscribers)() == [1, 1]
+        await comm.disconnect()
+        assert await sync_to_async(subscribers)() == [0, 0]
+
+    run(body)
+
+
+def test_disconnected_socket_leaves_its_groups_on_the_queue_layer(two_orgs, queue_layer):
     org_a, alice, _, _ = two_orgs
     token = token_for(alice)
     layer = get_channel_layer()

@@ -141,15 +141,20 @@ CACHES = {
     }
 }
 
+# The live feed's layer (config/channel_layer.py). Default: Redis pub/sub, one message per web
+# process per event; `capacity` bounds each connection's queue in its process (past it the
+# connection is told of the gap and reads the log). CHANNEL_LAYER_BACKEND=
+# config.channel_layer.ServerClockRedisChannelLayer: channels-redis' queues, one copy per
+# connection in Redis, where `capacity` is per Redis queue, and `expiry` and `group_expiry` apply.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "config.channel_layer.ServerClockRedisChannelLayer",
+        "BACKEND": env("CHANNEL_LAYER_BACKEND") or "config.channel_layer.HeraldPubSubChannelLayer",
         "CONFIG": {
             "hosts": [REDIS_URL],
             "prefix": "herald:asgi",
             "capacity": env_int("CHANNEL_LAYER_CAPACITY", 1000),
             # Seconds a message waits in a connection's queue, and a connection stays in a group
-            # without re-joining. The live consumer notices what expired (see LIVE_*).
+            # without re-joining (queue layer only). The live consumer notices what expired (see LIVE_*).
             "expiry": env_int("CHANNEL_LAYER_EXPIRY", 60),
             "group_expiry": env_int("CHANNEL_LAYER_GROUP_EXPIRY", 86400),
         },

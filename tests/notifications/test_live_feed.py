@@ -227,7 +227,7 @@ def test_a_resume_frame_replays_from_the_given_seq(org):
     run(body)
 
 
-def test_groups_are_rejoined_before_channels_redis_expires_them(org, settings):
+def test_groups_are_rejoined_before_channels_redis_expires_them(org, settings, queue_layer):
     """Defect 6: channels-redis drops a group member `group_expiry` after it joined, and the
     consumer never re-joined, so a tab open longer went deaf."""
     settings.LIVE_CHECK_SECONDS = 0.2
@@ -356,5 +356,89 @@ def test_a_membership_added_while_connecting_is_not_missed(org, monkeypatch):
         assert seqs(frames) == [1], frames
         assert other.id  # dave's own organization stays joined too
         await comm.disconnect()
+
+    run(body)
+
+
+def _layer_with_capacity(settings, capacity: int) -> None:
+    layers = {**settings.CHANNEL_LAYERS}
+    layers["default"] = {**layers["default"], "CONFIG": {**layers["default"]["CONFIG"], "capacity": capacity}}
+    settings.CHANNEL_LAYERS = layers
+
+
+def test_an_overflowing_local_queue_is_filled_from_the_log_at_once(org, lossy, settings):
+    """The pub/sub layer bounds each connection's queue in its process: a burst past it is dropped
+    and the connection gets a gap marker, so it reads the log now (the periodic check is far)."""
+    settings.LIVE_CHECK_SECONDS = 60
+    _layer_with_capacity(settings, 2)
+    organization, alice, carol = org
+    lossy.hold = set(range(1, 7))
+
+    async def body():
+        comm = await connect(await sync_to_async(token_for)(carol))
+        await toggle_and_drain(organization.id, alice, 6)
+        layer = get_channel_layer()
+        inner = layer._get_layer()
+        group_channel = inner._get_group_channel_name(realtime.org_group(organization.id))
+        held, lossy.held = lossy.held, []
+        for _, message in held:  # what the receiver reads in one go, before the consumer runs
+            inner._shards[0]._receive_message({"type": "message", "channel": group_channel.encode(),
+                                               "data": layer.serialize(message)})
+        assert sum(q.dropped for q in inner.channels.values()) == 4
+        frames = await receive_all(comm)
+        assert seqs(frames) == [1, 2, 3, 4, 5, 6]
+        assert [f["id"] for f in frames if f["type"] == "notification.created"] == \
+            await sync_to_async(notification_ids)(carol)
+        await comm.disconnect()
+
+    run(body)
+
+
+def test_messages_lost_while_the_process_reconnects_to_redis_are_filled_at_once(org, settings):
+    """Pub/sub keeps nothing for a subscriber that is away: after its subscription connection
+    drops, every connection of the process is told and reads the log (not at the next check)."""
+    settings.LIVE_CHECK_SECONDS = 60
+    organization, alice, carol = org
+
+    async def body():
+        comm = await connect(await sync_to_async(token_for)(carol))
+        await toggle_and_drain(organization.id, alice, 1)
+        assert seqs(await receive_all(comm)) == [1]
+        shard = get_channel_layer()._get_layer()._shards[0]
+        await shard._pubsub.connection.disconnect()  # the network dropped it
+        await toggle_and_drain(organization.id, alice, 3)  # published while nobody listens
+        frames = await receive_all(comm, quiet=2.5)
+        assert seqs(frames) == [2, 3, 4]
+        assert seqs(frames, "notification.created") == [2, 3, 4]
+        await toggle_and_drain(organization.id, alice, 1)  # and live again
+        assert seqs(await receive_all(comm)) == [5]
+        await comm.disconnect()
+
+    run(body)
+
+
+def test_a_burst_from_one_drain_reaches_a_small_queue_in_order_and_complete(org, settings):
+    """Real Redis, no injection: a drain's run is one pipelined publish, read by the process
+    faster than the socket takes it; whatever overflows is filled, in seq order, exactly once."""
+    settings.LIVE_CHECK_SECONDS = 60
+    _layer_with_capacity(settings, 1)
+    organization, alice, carol = org
+
+    def toggle_then_drain_once(count: int) -> None:
+        tracker = Tracker.objects.filter(organization_id=organization.id).order_by("id").first()
+        for _ in range(count):
+            tracker.refresh_from_db()
+            change = tracker_services.tracker_stop if tracker.is_running else tracker_services.tracker_start
+            change(tracker_id=tracker.id, actor=alice)
+        _drain(organization.id)  # one run: every entry in one publish
+
+    async def body():
+        comms = [await connect(await sync_to_async(token_for)(user)) for user in (carol, alice)]
+        await sync_to_async(toggle_then_drain_once)(12)
+        for comm in comms:
+            frames = await receive_all(comm)
+            assert seqs(frames) == list(range(1, 13))
+            assert seqs(frames, "notification.created") == list(range(1, 13))
+            await comm.disconnect()
 
     run(body)
