@@ -30,13 +30,15 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.contrib.auth import HASH_SESSION_KEY
+from django.utils.crypto import constant_time_compare
 
 from config.api import error_payload
 from config.parsers import JsonTooDeep, json_loads_bounded
 from notifications.events import notification_created_message
 from notifications.realtime import org_group, user_group
 from notifications.selectors import LiveBacklog, live_backlog, live_watermarks, live_watermarks_many
-from organizations.models import Membership
+from organizations.models import Membership, User, UserToken
 
 logger = logging.getLogger("herald.realtime")
 
@@ -55,6 +57,20 @@ REVERIFY_SECONDS = 1.0  # a private entry re-reads memberships at most this ofte
 @database_sync_to_async
 def _org_ids(user_id: int) -> set[int]:
     return set(Membership.objects.filter(user_id=user_id).values_list("organization_id", flat=True))
+
+
+@database_sync_to_async
+def _access_ended(user_id: int, token_id: int | None, session) -> bool:
+    """Whether this connection's credential no longer holds (read only): the user deactivated, its
+    token revoked, or, for a session cookie, the password changed since the session was made. What
+    `access.revoked` says, for when that message may have been lost."""
+    user = User.objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return True
+    if token_id is not None:
+        return not UserToken.objects.filter(pk=token_id, user_id=user_id, revoked_at__isnull=True).exists()
+    session_hash = session.get(HASH_SESSION_KEY) if session is not None else None
+    return session_hash is not None and not constant_time_compare(session_hash, user.get_session_auth_hash())
 
 
 @database_sync_to_async
@@ -398,7 +414,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def live_gap(self, message):
         """The layer dropped messages meant for this connection (its queue in this process was
         full, or the process lost Redis for a moment): bring every organization up to its
-        published seq now rather than at the next check, and re-read the memberships."""
+        published seq now rather than at the next check, and re-read the memberships. What was
+        dropped may have been an access.revoked: the credential is checked first."""
+        if await _access_ended(self.user_id, self.token_id, self.scope.get("session")):
+            await self.close(code=UNAUTHORIZED)
+            return
         marks = await _watermarks(self.user_id)
         async with self.lock:
             if await self._apply_memberships(marks):

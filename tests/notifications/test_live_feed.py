@@ -442,3 +442,36 @@ def test_a_burst_from_one_drain_reaches_a_small_queue_in_order_and_complete(org,
             await comm.disconnect()
 
     run(body)
+
+
+@pytest.mark.parametrize("how", ["token_revoked", "password_changed"])
+def test_a_gap_closes_a_socket_whose_access_ended_while_the_revocation_was_lost(org, lossy, settings, how, client):
+    """access.revoked is not in the log: when the layer reports a gap (here: the process lost
+    Redis), the connection re-checks its credential and closes if it ended meanwhile."""
+    settings.LIVE_CHECK_SECONDS = 60
+    organization, alice, carol = org
+    lossy.drop_types = {"access.revoked"}
+    client.force_login(carol)
+    cookie = f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    def end_access():
+        if how == "token_revoked":
+            token = carol.api_tokens.filter(revoked_at__isnull=True).get()
+            org_services.user_token_revoke(user=carol, token_id=token.id)
+        else:
+            org_services.user_password_change(user=carol, password="another-long-password-42")
+
+    async def body():
+        if how == "token_revoked":
+            comm = await connect(await sync_to_async(token_for)(carol))
+        else:
+            comm = WebsocketCommunicator(application, "/ws/", headers=HEADERS + [(b"cookie", cookie.encode())])
+            assert (await comm.connect(timeout=3))[0]
+            assert (await comm.receive_json_from(timeout=3))["type"] == "hello"
+        await sync_to_async(end_access)()
+        assert await comm.receive_nothing(timeout=0.5)  # the revocation was lost: still open
+        await get_channel_layer()._get_layer()._shards[0]._pubsub.connection.disconnect()
+        output = await comm.receive_output(timeout=5)
+        assert output == {"type": "websocket.close", "code": 4401}
+
+    run(body)
