@@ -123,6 +123,8 @@ def main() -> None:
         seeded = seed(active_orgs=args.orgs, members=args.members, total_orgs=args.orgs, inactive_members=0,
                       slack_token="xoxb-bench-token")
         connection.close()
+        from django.conf import settings
+
         from notifications import realtime
         from notifications.events import tracker_event_message
 
@@ -229,7 +231,7 @@ def main() -> None:
     print()
     print(f"== live fan-out: {args.orgs} orgs x {args.members} members ({len(pairs)} sockets), {events} events "
           f"published in {published_in:.1f}s ({events / published_in:.0f}/s, batch {args.batch}), "
-          f"{deliveries} deliveries; backend {env.get('CHANNEL_LAYER_BACKEND') or 'default'} ==")
+          f"{deliveries} deliveries; {settings.CHANNEL_LAYERS['default']['BACKEND'].rsplit('.', 1)[1]} ==")
     print(f"publish -> WebSocket     p50 {pct(ws['latencies'], 50) * 1000:.0f} ms, p99 "
           f"{pct(ws['latencies'], 99) * 1000:.0f} ms, max {pct(ws['latencies'], 100) * 1000:.0f} ms")
     print(f"lost / order violations  lost {ws['lost']}, order violations {ws['violations']}, duplicates "
