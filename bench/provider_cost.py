@@ -8,7 +8,8 @@ as bench/capacity.py's API clients; the statements tracker_start uses) and kicks
 as a commit does. The web tier and the partition workers are not running: every CPU second counted
 is the provider worker's (its Celery parent and pool children), its Postgres backends' and Redis's.
 
-Prints CPU per event per group, event -> Slack p50/p95/p99, Slack requests, limit breaches, lost,
+Prints CPU per event per group (the worker split into its Celery parent and pool children), event ->
+Slack p50/p95/p99, Slack requests, limit breaches, lost,
 order violations and duplicates.
 
     .venv/bin/python bench/provider_cost.py                         # 100 orgs, 100 events/s, 30 s
@@ -50,6 +51,7 @@ class Meter:
         self.worker_pid, self.redis_pid, self.db_url, self.db_name = worker_pid, redis_pid, db_url, db_name
         self.own_backend = own_backend
         self.before: dict[int, tuple[str, float]] = {}
+        self.parts: dict[int, str] = {}
 
     def _groups(self) -> dict[int, str]:
         groups: dict[int, str] = {}
@@ -57,6 +59,13 @@ class Meter:
             root = psutil.Process(self.worker_pid)
             for p in [root] + root.children(recursive=True):
                 groups[p.pid] = "provider worker"
+                try:  # its parts, printed under it: the Celery parent (consumer) and the pool children
+                    cmd = p.cmdline()
+                    if cmd and cmd[0].rsplit("/", 1)[-1] not in ("sh", "bash") and "config.supervise" not in cmd \
+                            and any(a.rsplit("/", 1)[-1] == "celery" for a in cmd[:3]):
+                        self.parts[p.pid] = "celery parent" if p.children() else "pool children"
+                except psutil.Error:
+                    pass
         except psutil.NoSuchProcess:
             pass
         for pid in pg_backend_pids(self.db_url, self.db_name) - {self.own_backend}:
@@ -78,7 +87,10 @@ class Meter:
         after = self._snapshot()
         totals: dict[str, float] = defaultdict(float)
         for pid, (group, cpu) in after.items():
-            totals[group] += max(0.0, cpu - self.before.get(pid, (group, 0.0))[1])
+            spent = max(0.0, cpu - self.before.get(pid, (group, 0.0))[1])
+            totals[group] += spent
+            if pid in self.parts:
+                totals["  " + self.parts[pid]] += spent
         return totals, time.monotonic() - self.t0
 
 
@@ -230,11 +242,11 @@ def main() -> None:
           f"{sl['duplicates']}; limit breaches {stats['breaches']}")
     print(f"CPU over {window:.1f}s window")
     requests = max(1, stats["requests"])
-    for group in ("provider worker", "postgres (worker backends)", "redis"):
+    for group in ("provider worker", "  celery parent", "  pool children", "postgres (worker backends)", "redis"):
         v = cpu.get(group, 0.0)
         print(f"  {group:<28} {v:7.2f} s  {v * 1000 / max(1, events):6.2f} ms/event  "
               f"{v * 1000 / requests:6.2f} ms/request")
-    total = sum(cpu.values())
+    total = sum(v for g, v in cpu.items() if not g.startswith(" "))
     print(f"CPU per event            {total * 1000 / max(1, events):.2f} ms (worker + its Postgres + Redis); "
           f"per Slack request {total * 1000 / requests:.2f} ms")
     print(f"machine                  load average {os.getloadavg()[0]:.1f} on {psutil.cpu_count()} cores")
