@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from datetime import datetime
 from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
@@ -33,6 +34,7 @@ from django.conf import settings
 from django.contrib.auth import HASH_SESSION_KEY
 from django.utils.crypto import constant_time_compare
 
+from config.admission import LiveLag
 from config.api import error_payload
 from config.parsers import JsonTooDeep, json_loads_bounded
 from notifications.events import notification_created_message
@@ -52,6 +54,14 @@ _TEXT_CACHE = "__live_text__"
 _INTERNAL_KEYS = ("notifications", "audience", "title", "body", _TEXT_CACHE)
 _ID_PLACEHOLDER = '"id": 0'  # where a member's own notification id goes in a notification.created
 REVERIFY_SECONDS = 1.0  # a private entry re-reads memberships at most this often (see _org_message)
+
+
+def _epoch(occurred_at) -> float:
+    """An org message's occurred_at (ISO 8601) as epoch seconds; 0.0 if it has none."""
+    try:
+        return datetime.fromisoformat(occurred_at).timestamp() if occurred_at else 0.0
+    except (TypeError, ValueError):
+        return 0.0
 
 
 @database_sync_to_async
@@ -290,6 +300,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                     return
             await self._send_texts(texts)
             self.last_seq[org_id] = seq
+            happened = message[_TEXT_CACHE].get("at")
+            if happened is None:
+                happened = message[_TEXT_CACHE]["at"] = _epoch(message.get("occurred_at"))
+            if happened:  # how late this process forwards: the admission control's own lag signal
+                LiveLag.observe(time.time() - happened)
 
     def _texts_for(self, message: dict) -> tuple[bool, list[tuple[int | None, str]]]:
         """The frames one group message becomes for this user, encoded: the org message (redacted

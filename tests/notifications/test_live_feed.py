@@ -8,6 +8,7 @@ The in-app drain runs in the test (no worker); the channel layer "losing" a mess
 a publish that drops the chosen seqs, as capacity or expiry would."""
 import asyncio
 import time
+from datetime import datetime, timedelta
 
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
@@ -16,6 +17,7 @@ from channels.testing import WebsocketCommunicator
 
 from django.db import transaction
 
+from config.admission import LiveLag
 from config.asgi import application
 from notifications import consumers, publish, realtime
 from notifications.models import Channel, Notification
@@ -473,5 +475,30 @@ def test_a_gap_closes_a_socket_whose_access_ended_while_the_revocation_was_lost(
         await get_channel_layer()._get_layer()._shards[0]._pubsub.connection.disconnect()
         output = await comm.receive_output(timeout=5)
         assert output == {"type": "websocket.close", "code": 4401}
+
+    run(body)
+
+
+def test_how_late_the_sockets_get_org_messages_feeds_the_admission_control(org, lossy):
+    """The consumer reports the age of each org message it forwards (config.admission.LiveLag): the
+    web's own end of the fan-out, which refuses new events while its sockets are served late."""
+    organization, alice, carol = org
+    lossy.hold = {2}
+    for name in ("current", "previous", "started"):
+        setattr(LiveLag, name, 0.0)
+
+    async def body():
+        comm = await connect(await sync_to_async(token_for)(carol))
+        await toggle_and_drain(organization.id, alice, 1)
+        assert seqs(await receive_all(comm)) == [1]
+        assert 0 <= LiveLag.value() < 2.0  # delivered at once
+        await toggle_and_drain(organization.id, alice, 1)
+        (group, message), = lossy.held
+        late = datetime.fromisoformat(message["occurred_at"]) - timedelta(seconds=3)
+        lossy.held = [(group, {**message, "occurred_at": late.isoformat()})]  # as if it waited 3 s
+        await sync_to_async(lossy.release)()
+        assert seqs(await receive_all(comm)) == [2]
+        assert 3.0 <= LiveLag.value() < 10.0
+        await comm.disconnect()
 
     run(body)
