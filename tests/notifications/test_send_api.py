@@ -14,6 +14,7 @@ from django.utils import timezone
 from notifications.delivery.fence import stream_deliver
 from notifications.models import DeliveryStream, IdempotencyKey, LogEntry, Notification, Send, SendDelivery
 from notifications.send import idempotency, services
+from notifications.send.apis import SendCreateApi, send_input_plain
 from notifications.send.schedule import local_due
 from notifications.templating import template_create
 from organizations.models import ApiKeyScope
@@ -428,3 +429,42 @@ def test_past_the_shed_limit_promotional_is_shed_and_recorded(org_with_members, 
     assert _send(key_client, recipients=[o.member.pk]).json()["status"] == "queued"  # transactional still goes
     _drain(o.org)
     assert not Notification.objects.filter(data__send_id=body["id"]).exists()
+
+
+# --- the plain-body fast path -------------------------------------------------------------------
+
+_PLAIN_CASES = {
+    "organization": [1, 7, 0, -1, True, None, "7", 7.0, []],
+    "recipients": [[1, 2], [], ["a@b.c"], {"topic": "members"}, {"topic": 1}, {"topic": "x", "y": 1}, {}, None, "1"],
+    "kind": ["bench", "", " bench", "bench ", "x" * 100, "x" * 101, "é", "a\x00b", "\ud800", 5, None, "a b", "\tb"],
+    "data": [{}, {"title": "n", "body": None}, {"a": [1, {"b": 2}]}, None, [], "x"],
+    "channels": [["inapp"], [], ["inapp", "email"], ["x" * 32], ["x" * 33], [""], [" inapp"], [1], "inapp", None,
+                 ["a"] * 10, ["a"] * 11],
+    "priority": ["transactional", "promotional", "urgent", "", None, 1],
+    "ordering_key": ["k", "", " k", "x" * 128, "x" * 129, None, 5, "ü"],
+    "deliver_at_local": ["09:00", "", "x" * 16, "x" * 17, None],
+    "send_at": ["2030-01-01T00:00:00Z"],
+    "unknown": [1],
+}
+
+
+def test_a_plain_body_is_validated_as_the_input_serializer_would():
+    """send_input_plain() skips DRF for plain bodies (every send pays for the serializer otherwise):
+    whatever it accepts, Input accepts with the same validated data; the rest goes to Input."""
+    base = {"recipients": [1, 2], "kind": "bench", "data": {"title": "t", "body": "b"}}
+    bodies = [base, {"recipients": [1], "kind": "k"}, {}, [], "x", None, {"kind": "k"}, {"recipients": [1]}]
+    bodies += [{**base, field: value} for field, values in _PLAIN_CASES.items() for value in values]
+    bodies += [{"recipients": [3], "kind": "k", field: value} for field, values in _PLAIN_CASES.items()
+               for value in values]
+    plain = 0
+    for body in bodies:
+        fast = send_input_plain(body)
+        serializer = SendCreateApi.Input(data=body)
+        valid = serializer.is_valid()
+        if fast is not None:
+            plain += 1
+            assert valid, (body, serializer.errors)
+            assert dict(serializer.validated_data) == fast, body
+    assert send_input_plain(base) == base and plain > 40
+    assert send_input_plain({**base, "organization": 3, "channels": ["inapp"], "priority": "promotional",
+                             "ordering_key": "k"}) is not None
