@@ -24,6 +24,7 @@ background processes, WAL writer included, are not counted).
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --requests 2000 --only start_stop
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --profile
+    .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --only send --repeat 3
     .venv/bin/python -m config.backing run -- .venv/bin/python bench/web_cost.py --http --clients 8
 """
 import argparse
@@ -285,6 +286,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--only", action="append", choices=ENDPOINTS)
+    parser.add_argument("--repeat", type=int, default=1, help="in process: measured runs per endpoint (one line each)")
     parser.add_argument("--profile", action="store_true", help="py-spy record this process during the runs")
     parser.add_argument("--db-name", default="herald_bench_web_cost")
     parser.add_argument("--http", action="store_true", help="over HTTP to the Procfile's web line")
@@ -333,10 +335,11 @@ def main() -> int:
     print(f"{'endpoint':<12} {'CPU ms/req':>10} {'wall ms/req':>11} {'SQL/req':>8}  statuses")
     for name in args.only or ENDPOINTS:
         asyncio.run(run(application, requests_for(name, seeded, args.warmup)))
-        cpu, wall, statements, statuses = asyncio.run(run(application, requests_for(name, seeded, args.requests)))
-        n = args.requests
-        print(f"{name:<12} {1e3 * cpu / n:>10.2f} {1e3 * wall / n:>11.2f} {statements / n:>8.1f}  {dict(statuses)}",
-              flush=True)
+        for _ in range(max(1, args.repeat)):
+            cpu, wall, statements, statuses = asyncio.run(run(application, requests_for(name, seeded, args.requests)))
+            n = args.requests
+            print(f"{name:<12} {1e3 * cpu / n:>10.2f} {1e3 * wall / n:>11.2f} {statements / n:>8.1f}  "
+                  f"{dict(statuses)}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
