@@ -225,11 +225,15 @@ def test_disconnected_socket_leaves_its_groups(two_orgs):
             client.close()
 
     async def body():
+        local = get_channel_layer()._get_layer().channels  # this process' connections' queues
+        before = set(local)
         comm = communicator(f"?token={token}")
         await connect_ok(comm)
         assert await sync_to_async(subscribers)() == [1, 1]
+        assert len(set(local) - before) == 1
         await comm.disconnect()
         assert await sync_to_async(subscribers)() == [0, 0]
+        assert set(local) == before  # its own channel closed and unsubscribed too
 
     run(body)
 
