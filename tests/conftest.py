@@ -9,6 +9,7 @@ import pytest
 import redis
 from rest_framework.test import APIClient
 
+from config.admission import LiveLag
 from notifications.channels import registry
 from notifications.ratelimit import RateLimiter, Scope
 from organizations import services
@@ -63,6 +64,15 @@ def _flush_test_redis(settings):
         RateLimiter(client).start_fresh(tags=tags)
     finally:
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_live_lag():
+    """LiveLag is per process: what a live-feed test's consumers observed (entries forwarded late,
+    by design) must not make a later test's web refuse events as "backlog"."""
+    for name in ("current", "previous", "started"):
+        setattr(LiveLag, name, 0.0)
+    yield
 
 
 @pytest.fixture
