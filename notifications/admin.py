@@ -9,7 +9,7 @@ from notifications import services, templating
 from notifications.email import outbound_kick
 from notifications.breaker import CircuitBreaker
 from notifications.models import (ChannelDestination, DailySendCount, Delivery, DeliveryStream, Device, Digest,
-                                  DigestItem, DigestSetting, EmailDeferral,
+                                  DigestItem, DigestSetting, EarlyStatusReport, EmailDeferral,
                                   IdempotencyKey, LogEntry, MemberNotificationSettings, Notification,
                                   NotificationPreference, NotificationTemplate, OrganizationPreference, OutboundEmail,
                                   Send, SendDelivery)
@@ -160,6 +160,22 @@ class DigestItemAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "kind")
     list_select_related = ("user", "organization")
     raw_id_fields = ("user", "organization", "entry", "digest")
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(EarlyStatusReport)
+class EarlyStatusReportAdmin(admin.ModelAdmin):
+    """Provider status reports held because they named a message not recorded yet (applied by
+    sweep_early_status_reports once it is; dropped after EARLY_STATUS_REPORT_WAIT_SECONDS)."""
+
+    list_display = ("channel", "provider_ref", "state", "reported_at", "received_at")
+    list_filter = ("channel", "state")
+    search_fields = ("provider_ref",)
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
