@@ -132,6 +132,15 @@ def pgbench_ceiling(db_url: str, clients: int, seconds: int = 10) -> str:
                PGDATABASE=p["NAME"])
     subprocess.run(["psql", "-q", "-c", "CREATE TABLE IF NOT EXISTS bench_ceiling (id bigserial primary key, "
                     "org bigint, at timestamptz default now())"], env=env, check=True)
+    # The stack just stopped: its backends may still be exiting (max_connections would refuse pgbench).
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        busy = subprocess.run(["psql", "-Atq", "-c", "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                               "current_database() AND pid <> pg_backend_pid()"], env=env, capture_output=True,
+                              text=True).stdout.strip()
+        if busy == "0":
+            break
+        time.sleep(0.5)
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write("INSERT INTO bench_ceiling (org) VALUES (1);\n")
     out = subprocess.run(["pgbench", "-n", "-c", str(clients), "-j", "2", "-T", str(seconds), "-f", f.name],
