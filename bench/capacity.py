@@ -40,6 +40,7 @@ import aiohttp
 import httpx
 import psutil
 import psycopg
+import redis
 import websockets
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,10 +68,19 @@ def procfile_entries() -> list[tuple[str, str]]:
 
 
 def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """A private redis-server on a free port, returned once it answers PING."""
     server = shutil.which("redis-server", path="/usr/bin:/usr/local/bin") or shutil.which("redis-server")
     port = free_port()
     proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp)], stdout=subprocess.DEVNULL, start_new_session=True)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
     return proc, port
 
 
@@ -507,19 +517,12 @@ def main() -> None:
         import logging
 
         logging.getLogger("httpx").setLevel(logging.WARNING)  # wait_http, the stats endpoint
-        import redis
         from django.core.management import call_command
         from django.db import connection
 
         from notifications.ratelimit import RateLimiter
 
         client = redis.Redis.from_url(redis_url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         RateLimiter(client).start_fresh()
         call_command("migrate", verbosity=0)
         from bench.seed import seed

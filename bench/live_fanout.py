@@ -106,17 +106,9 @@ def main() -> None:
         import django
 
         django.setup()
-        import redis
         from django.core.management import call_command
         from django.db import connection
 
-        client = redis.Redis.from_url(redis_url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         call_command("migrate", verbosity=0)
         from bench.seed import seed
 

@@ -132,12 +132,6 @@ def main() -> None:
         from notifications.ratelimit import RateLimiter
 
         client = redis.Redis.from_url(redis_url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
         RateLimiter(client).start_fresh()
         call_command("migrate", verbosity=0)
         seeded = seed(active_orgs=args.orgs, members=1, total_orgs=args.orgs, inactive_members=0,
