@@ -45,9 +45,9 @@ class NotificationAdmin(admin.ModelAdmin):
 
 @admin.register(DeliveryStream)
 class DeliveryStreamAdmin(admin.ModelAdmin):
-    list_display = ("organization", "channel", "destination", "delivered_seq", "head_attempts", "held",
-                    "next_attempt_at", "updated_at")
-    list_filter = ("channel", "held", "on_dead_letter")
+    list_display = ("organization", "channel", "destination", "delivered_seq", "head_attempts", "held", "active",
+                    "sends_only", "next_attempt_at", "updated_at")
+    list_filter = ("channel", "held", "active", "sends_only", "on_dead_letter")
     search_fields = ("organization__name", "destination")
     list_select_related = ("organization",)
     readonly_fields = ("delivered_seq", "head_attempts", "head_since", "updated_at")

@@ -12,14 +12,21 @@ that publishes the entry and marks the items, so a crashed or retried run publis
 and loses nothing. Items that arrive for a window already sent (their publish committed after the
 run) move to the member's next window.
 """
+import logging
 from datetime import timedelta
 
 from django.db import connection, transaction
 
+from notifications import policy
 from notifications.categories import CATEGORIES
+from notifications.channels import registry
+from notifications.delivery.kicks import streams_kick_all
+from notifications.delivery.streams import streams_ensure_for_members
 from notifications.kinds import KINDS, kind_get
 from notifications.models import DigestSetting, LogEntry
 from notifications.publish import publish
+
+logger = logging.getLogger("herald.delivery")
 
 DIGEST_KIND = "digest"
 
@@ -83,9 +90,29 @@ def _publish_window(cursor, organization_id: int, user_id: int, kind: str, windo
                "count": len(entries), "first_seq": entries[0].seq, "last_seq": entries[-1].seq,
                "items": [_item(e) for e in entries]}
     entry = publish(organization_id=organization_id, kind=DIGEST_KIND, payload=payload, audience=[user_id])
+    if policy.is_locked(payload["category"]):  # a transactional kind: it reaches the member opted in or not
+        _streams_wake(organization_id, user_id, entry)
     cursor.execute("UPDATE notifications_digest SET entry_id = %s WHERE id = %s", [entry.id, claimed[0]])
     cursor.execute("UPDATE notifications_digestitem SET digest_id = %s WHERE id = ANY(%s)", [claimed[0], item_ids])
     return True
+
+
+def _streams_wake(organization_id: int, user_id: int, entry: LogEntry) -> None:
+    """The member's on-demand streams (email) the digest needs, made or woken (sends only) and
+    kicked on commit, as a transactional send does (notifications.send.services)."""
+    channels = [c.name for c in registry.all_channels() if c.on_demand and c.name in kind_get(DIGEST_KIND).channels]
+    streams = streams_ensure_for_members(org_id=organization_id, user_ids=[user_id], seq=entry.seq,
+                                         channels=channels)
+    if streams:
+        transaction.on_commit(lambda: _kick(organization_id, streams), robust=True)
+
+
+def _kick(organization_id: int, streams: list[tuple[str, str]]) -> None:
+    try:
+        streams_kick_all(org_id=organization_id, streams=streams)
+    except Exception:
+        logger.warning("digest streams not kicked (broker or Redis unavailable); the sweeper will re-kick them",
+                       extra={"org_id": organization_id}, exc_info=True)
 
 
 def digests_publish_due(*, limit: int = 200) -> int:

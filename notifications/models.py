@@ -110,6 +110,11 @@ class DeliveryStream(models.Model):
     # False while the destination is gone or disabled (Slack turned off, preference off): not
     # kicked, not swept; kept so a send in flight and the stream's records are undisturbed.
     active = models.BooleanField(default=True)
+    # A per-recipient stream that carries API sends only (tracked entries of its member), never
+    # other log entries: made by a transactional send for a member who has not opted in to the
+    # channel (email), or left by an opt-out. It rests (inactive) once caught up, so later log
+    # entries neither kick nor sweep it, until a send needs it again (notifications.delivery.streams).
+    sends_only = models.BooleanField(default=False, db_default=False)
     updated_at = models.DateTimeField(db_default=Now())  # set to Postgres' now() by the fence
 
     class Meta:

@@ -7,10 +7,12 @@ defaults are notifications.policy's. Quiet hours and per-channel daily caps are 
 MemberNotificationSettings.
 
 Email is opt-in, as tracker emails always were: the member's email DeliveryStream in an
-organization exists while at least one email category is on there by a choice (theirs or the
-organization's default); enabling creates it at the organization's current seq (no replay of
-history), disabling the last one deactivates it. Which entries the stream then carries is
-decided per category (the fence asks notifications.policy).
+organization carries log entries while at least one email category is on there by a choice
+(theirs or the organization's default); enabling creates it at the organization's current seq (no
+replay of history), disabling the last one leaves it carrying sends only (it rests once caught up).
+A transactional send to a member without a stream makes one of sends only
+(notifications.delivery.streams.streams_ensure_for_send): a transactional category is always sent.
+Which entries the stream then carries is decided per category (the fence asks notifications.policy).
 """
 import json
 import re
@@ -33,7 +35,7 @@ from notifications.models import (
     OrganizationPreference,
     PreferenceCategory,
 )
-from notifications.delivery.streams import stream_deactivate, stream_ensure
+from notifications.delivery.streams import stream_deactivate, stream_ensure, stream_sends_only
 from organizations.models import Membership, Organization, User
 
 # The first rows of GET /me/preferences ("preferences"), as they always were: email x these two.
@@ -172,8 +174,9 @@ def email_streams_sync(*, user: User, organization_ids: list[int] | None = None)
             stream_ensure(org_id=org_id, channel=Channel.EMAIL, destination=destination, start_at_current=True,
                           user_id=user.id)
         else:
-            # Deactivated, not deleted: a send in flight keeps its rows (no deferred FK failure).
-            stream_deactivate(org_id=org_id, channel=Channel.EMAIL, destination=destination)
+            # Not deleted: the stream carries sends only from now on (the transactional ones, and
+            # those accepted before: their rows say queued), then rests (inactive) once caught up.
+            stream_sends_only(org_id=org_id, channel=Channel.EMAIL, destination=destination)
 
 
 def recipient_streams_sync(*, user: User, organization_ids: list[int] | None = None) -> None:

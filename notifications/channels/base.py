@@ -52,6 +52,12 @@ class Channel:
     # audience holds that member. Otherwise the destination is the organization's (a Slack channel,
     # a webhook endpoint) and gets only entries for the whole organization (kinds not private).
     per_recipient: bool = False
+    # A per-recipient channel whose destination is the member's account (one stream per member,
+    # destination str(user id): email), opt-in: a transactional send (its category cannot be turned
+    # off) to a member without an active stream makes one that carries sends only
+    # (DeliveryStream.sends_only) instead of suppressing the row. Channels whose destinations follow
+    # the member's profile (a phone, devices) keep a stream for every reachable one already.
+    on_demand: bool = False
     default_options: dict = {}
 
     def __init__(self, name: str, options: dict | None = None):

@@ -265,6 +265,7 @@ def recipient_daily_take(*, user, channel: str, now: datetime) -> bool:
 
 class EmailChannel(Channel):
     per_recipient = True
+    on_demand = True  # opt-in, but a transactional send reaches every member (to their account's address)
     default_options = {"batch_max": 500}
 
     def recipient_id(self, target: EmailTarget) -> int:

@@ -38,7 +38,7 @@ from notifications.delivery.types import (
     UncertainFailure,
 )
 from notifications.delivery import status
-from notifications.delivery.streams import DbClock, stream_deactivate, stream_ensure
+from notifications.delivery.streams import DbClock, stream_deactivate, stream_ensure, stream_rest
 from notifications.models import Delivery, DeliveryStream, LogEntry
 
 logger = logging.getLogger("herald.delivery")
@@ -53,7 +53,7 @@ SELECT s.delivered_seq, o.last_event_seq, s.held, s.active,
        GREATEST(0, extract(epoch FROM s.next_attempt_at - c.now)),
        (SELECT extract(epoch FROM e.occurred_at) FROM notifications_logentry e
         WHERE e.organization_id = s.organization_id AND e.seq = s.delivered_seq + 1),
-       p.pending, {", ".join("r." + c.strip() for c in _ENTRY_COLUMNS.split(","))}
+       p.pending, s.sends_only, {", ".join("r." + c.strip() for c in _ENTRY_COLUMNS.split(","))}
 FROM notifications_deliverystream s
 JOIN organizations_organization o ON o.id = s.organization_id
 CROSS JOIN LATERAL (SELECT clock_timestamp() AS now) c
@@ -107,14 +107,17 @@ def _entries(org_id: int, first: int, last: int, known: list[LogEntry] | None = 
         return have + [_entry(org_id, row) for row in cursor.fetchall()]
 
 
-def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
+def _wanted(ch: Channel, target, entries: list[LogEntry], *, sends_only: bool = False) -> list[LogEntry]:
     """The entries of a range this destination gets (its kind lists the channel; a per-recipient
     channel's user is in the audience; private kinds never reach org-wide channels), minus, for a
     per-recipient channel, the entries held for the member's digest and the untracked entries whose
     category the member turned off (API sends carry their own per-recipient status, decided at
     acceptance). Preferences change: a range once
-    recorded keeps the seqs decided then (`_recorded`)."""
-    wanted = [e for e in entries if ch.wants(target, e)]
+    recorded keeps the seqs decided then (`_recorded`). A stream of sends only
+    (DeliveryStream.sends_only: a member who has not opted in) gets its member's tracked entries
+    (whether each goes is its status row's: status.run_claim) and entries of a transactional
+    category (a digest of a transactional send kind) only."""
+    wanted = [e for e in entries if ch.wants(target, e) and (not sends_only or _for_sends_only(e))]
     if not ch.per_recipient or not wanted:
         return wanted
     held = policy.digested_entry_ids(user_id=ch.recipient_id(target), entry_ids=[e.id for e in wanted])
@@ -132,6 +135,10 @@ def _wanted(ch: Channel, target, entries: list[LogEntry]) -> list[LogEntry]:
     return [e for e in wanted if status.is_tracked(e) or policy.entry_category(e) not in muted]
 
 
+def _for_sends_only(entry: LogEntry) -> bool:
+    return status.is_tracked(entry) or policy.is_locked(policy.entry_category(entry))
+
+
 def _recorded(head: Delivery, entries: list[LogEntry]) -> list[LogEntry]:
     """The entries of an attempted head: exactly the seqs decided when it was recorded."""
     seqs = set(head.seqs)
@@ -143,6 +150,8 @@ def _skip(ch: Channel, stream: DeliveryStream, last_seq: int) -> DrainResult:
     (no Delivery record, no limiter grant spent beyond the one this step holds)."""
     _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), last_seq), head_attempts=0, head_since=None,
            next_attempt_at=None, last_error="")
+    if stream.sends_only:
+        stream_rest(stream_id=stream.pk)
     metrics.DELIVERIES.labels(channel=ch.name, outcome="skipped").inc()
     return DrainResult("delivered", count=0)
 
@@ -190,7 +199,7 @@ def _stream_gate(ch: Channel, org_id: int, destination: str, known: list[LogEntr
         rows = cursor.fetchall()
     if not rows:
         return DrainResult("missing")
-    delivered, last, held, active, wait, head_at, pending = rows[0][:7]
+    delivered, last, held, active, wait, head_at, pending, sends_only = rows[0][:8]
     if held:
         return DrainResult("held")
     if not active or delivered >= last:
@@ -202,8 +211,8 @@ def _stream_gate(ch: Channel, org_id: int, destination: str, known: list[LogEntr
         stream_deactivate(org_id=org_id, channel=channel, destination=destination)
         return DrainResult("idle")
     if not pending:
-        known += [_entry(org_id, row[7:]) for row in rows if row[7] is not None]
-        if not _wanted(ch, target, known):
+        known += [_entry(org_id, row[8:]) for row in rows if row[8] is not None]
+        if not _wanted(ch, target, known, sends_only=sends_only):
             # Nothing ahead is for this destination: move past it without asking for a slot.
             return _skip_unwanted(ch, target, org_id, destination)
     gate = ch.gate(target, since=float(head_at) if head_at is not None else None,
@@ -288,7 +297,7 @@ def _skip_unwanted(ch: Channel, target, org_id: int, destination: str) -> DrainR
         last = min(stream.org_last_seq, stream.delivered_seq + ch.batch_max)
         if last < first:
             return DrainResult("idle")
-        if _wanted(ch, target, _entries(org_id, first, last)):
+        if _wanted(ch, target, _entries(org_id, first, last), sends_only=stream.sends_only):
             return DrainResult("busy")  # the caller's next step takes a slot and sends it
         return _skip(ch, stream, last)
 
@@ -390,12 +399,13 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
         last = min(stream.org_last_seq, stream.delivered_seq + (ch.batch_max if ch.coalesce else 1))
         fresh = None
         if last >= first and known and known[0].seq <= first and known[-1].seq >= last:
-            fresh = _wanted(ch, target, _entries(org_id, first, last, known))
+            fresh = _wanted(ch, target, _entries(org_id, first, last, known), sends_only=stream.sends_only)
         head, created = _head(stream, ch.name, first, last, [e.seq for e in fresh] if fresh else None)
         if head is None:
             if last < first:
                 return DrainResult("idle")
-            entries = fresh if fresh is not None else _wanted(ch, target, _entries(org_id, first, last, known))
+            entries = fresh if fresh is not None else _wanted(ch, target, _entries(org_id, first, last, known),
+                                                              sends_only=stream.sends_only)
             if not entries:
                 return _skip(ch, stream, last)
             head, created = _head(stream, ch.name, first, last, [e.seq for e in entries])
@@ -412,7 +422,8 @@ def _deliver_external(ch: Channel, target, gate, org_id: int, destination: str,
             if head.attempts > 0 and head.seqs is not None:
                 entries = _recorded(head, _entries(org_id, head.first_seq, head.last_seq, known))
             else:
-                entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq, known))
+                entries = _wanted(ch, target, _entries(org_id, head.first_seq, head.last_seq, known),
+                                  sends_only=stream.sends_only)
                 seqs = [e.seq for e in entries]
                 if entries and seqs != head.seqs:
                     head.seqs = seqs
@@ -490,6 +501,8 @@ def _sent(ch: Channel, target, stream: DeliveryStream, head: Delivery, run: Run,
     with connection.cursor() as cursor:  # the outcome and the cursor in one statement
         cursor.execute(_SENT_SQL, {"delivery": head.pk, "ref": ref[:120], "attempts": head.attempts,
                                    "stream": stream.pk, "last_seq": head.last_seq})
+    if stream.sends_only:
+        stream_rest(stream_id=stream.pk)
     ch.sent(target, run, at=stream.db_now)
     status.run_record(channel=ch.name, recipient_id=ch.recipient_id(target), entries=run.entries, state="sent")
     if not verified:
@@ -558,6 +571,8 @@ def _dead_letter(ch: Channel, stream: DeliveryStream, head: Delivery, reason: st
     else:
         _touch(stream.pk, delivered_seq=Greatest(F("delivered_seq"), head.last_seq), head_attempts=0,
                head_since=None, next_attempt_at=None, last_error=reason[:2000])
+        if stream.sends_only:
+            stream_rest(stream_id=stream.pk)
 
 
 def _breaker_record(ch: Channel, target, *, ok: bool) -> None:

@@ -6,6 +6,7 @@ fan-out and the fence move each status row out of `queued` exactly once (notific
 is unique per send x user x channel; channels/inapp.py and delivery/status.py).
 """
 import json
+import logging
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 
@@ -18,12 +19,16 @@ from config.errors import ApplicationError, Conflict, NotFound
 from notifications import policy
 from notifications.categories import category_get
 from notifications.channels import registry
+from notifications.delivery.kicks import streams_kick_all
+from notifications.delivery.streams import streams_ensure_for_send
 from notifications.errors import NotificationsError
 from notifications.kinds import kind_get
 from notifications.models import Send, SendDelivery
 from notifications.publish import publish
 from notifications.send.rendering import send_render
 from notifications.send.schedule import LOCAL_TIME, local_due
+
+logger = logging.getLogger("herald.delivery")
 
 MESSAGE_KIND = "message"
 MAX_RECIPIENTS = 10_000
@@ -44,8 +49,11 @@ ORDER BY u.id
 # per-recipient channel (email, sms, push, ...) reaches a member through their streams
 # (DeliveryStream.user: their email, phone or devices); a member without an active one (no phone, no
 # device, email not opted in) is `suppressed` at once with the channel's reason rather than left
-# queued: one indexed probe per row. A member who gets the send's kind as a digest has the entry held
-# for it (publish records that): `digested`, and their digest lists it.
+# queued: one indexed probe per row. A stream of sends only (DeliveryStream.sends_only) does not
+# count: it is no opt-in. Except on an on-demand channel (email) for a transactional category,
+# which cannot be turned off: the row is queued and the send makes the stream (_streams_for_send).
+# A member who gets the send's kind as a digest has the entry held for it (publish records that):
+# `digested`, and their digest lists it.
 _PREF_JOINS, _PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
                                              category="%(category)s", builtin="c.builtin")
 _ROWS_SQL = f"""
@@ -63,13 +71,14 @@ SELECT %(send)s, %(org)s, x.user_id, x.channel, x.locale, %(entry)s,
 FROM (
     SELECT r.user_id, r.locale, r.due_at, c.channel, c.no_destination,
            %(locked)s OR {_PREF_ON} AS wanted,
-           NOT c.per_recipient OR EXISTS (
+           NOT c.per_recipient OR (c.on_demand AND %(locked)s) OR EXISTS (
                 SELECT 1 FROM notifications_deliverystream s
                 WHERE s.organization_id = %(org)s AND s.channel = c.channel AND s.user_id = r.user_id
-                  AND s.active) AS reachable
+                  AND s.active AND NOT s.sends_only) AS reachable
     FROM unnest(%(users)s::bigint[], %(locales)s::text[], %(due)s::timestamptz[]) AS r(user_id, locale, due_at)
     CROSS JOIN unnest(%(channels)s::text[], %(per_recipient)s::boolean[], %(no_destination)s::text[],
-                      %(builtin)s::boolean[]) AS c(channel, per_recipient, no_destination, builtin)
+                      %(builtin)s::boolean[], %(on_demand)s::boolean[])
+               AS c(channel, per_recipient, no_destination, builtin, on_demand)
     {_PREF_JOINS}
 ) x
 """
@@ -285,7 +294,32 @@ def send_create(*, organization_id: int, recipients: list | None, topic: str | N
                         audience=now_ids)
         send.entry_id = entry.id
     _rows_insert(send=send, people=people, due=due, entry_id=entry.id if entry else None, write_send=True)
+    if entry is not None:
+        _streams_for_send(send, entry)
     return send
+
+
+def _streams_for_send(send: Send, entry) -> None:
+    """A transactional send on an on-demand channel (email): the recipients of `entry` without an
+    active stream of their own get one of sends only, made or woken in one statement (after the
+    rows, under the organization's row lock publish took), and only those are kicked on commit."""
+    if not policy.is_locked(send.category):
+        return
+    channels = [c for c in send.channels if registry.get(c).on_demand]
+    if not channels:
+        return
+    streams = streams_ensure_for_send(org_id=send.organization_id, send_id=send.pk, entry_id=entry.id,
+                                      seq=entry.seq, channels=channels)
+    if streams:
+        transaction.on_commit(lambda: _kick(send.organization_id, streams), robust=True)
+
+
+def _kick(org_id: int, streams: list[tuple[str, str]]) -> None:
+    try:
+        streams_kick_all(org_id=org_id, streams=streams)
+    except Exception:
+        logger.warning("send streams not kicked (broker or Redis unavailable); the sweeper will re-kick them",
+                       extra={"org_id": org_id}, exc_info=True)
 
 
 def _send_insert(**fields) -> Send:
@@ -332,6 +366,7 @@ def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | No
         locales.append(person.locale)
         dues.append(at)
     per_recipient = [registry.get(c).per_recipient for c in send.channels]
+    on_demand = [registry.get(c).on_demand for c in send.channels]
     no_destination = [registry.get(c).no_destination for c in send.channels]
     builtin = [policy.builtin_enabled(c, send.category) for c in send.channels]
     pending = write_send
@@ -341,7 +376,8 @@ def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | No
                 params = {"send": send.pk, "org": send.organization_id, "users": users,
                           "locales": locales, "due": dues, "channels": list(send.channels),
                           "per_recipient": per_recipient, "no_destination": no_destination,
-                          "builtin": builtin, "category": send.category, "locked": policy.is_locked(send.category),
+                          "builtin": builtin, "on_demand": on_demand, "category": send.category,
+                          "locked": policy.is_locked(send.category),
                           "state": state, "entry": entry_id if state == "queued" else None}
                 if pending:
                     params.update(payload=json.dumps(send.payload), send_entry=send.entry_id)
@@ -445,6 +481,7 @@ def _dispatch(send: Send) -> int:
                               WHERE send_id = %(send)s AND state = 'scheduled' AND due_at <= now()""",
                            {"entry": entry.id, "send": send.pk})
             send.entry_id = entry.id
+            _streams_for_send(send, entry)
         cursor.execute("SELECT min(due_at) FROM notifications_senddelivery WHERE send_id = %s AND state = 'scheduled'",
                        [send.pk])
         (next_due,) = cursor.fetchone()
