@@ -13,7 +13,6 @@ and loses nothing. Items that arrive for a window already sent (their publish co
 run) move to the member's next window.
 """
 import logging
-from datetime import timedelta
 
 from django.db import connection, transaction
 
@@ -66,9 +65,20 @@ def _category(entries: list[LogEntry]) -> str:
     return kind.category if kind is not None and kind.category in CATEGORIES else "activity"
 
 
-def _next_window(*, organization_id: int, user_id: int, kind: str) -> timedelta:
+def _daily(*, organization_id: int, user_id: int, kind: str) -> bool:
     setting = DigestSetting.objects.filter(organization_id=organization_id, user_id=user_id, kind=kind).first()
-    return timedelta(days=1) if setting and setting.frequency == DigestSetting.Frequency.DAILY else timedelta(hours=1)
+    return bool(setting and setting.frequency == DigestSetting.Frequency.DAILY)
+
+
+# The member's next window after the one these items missed: the next hour, or the same local time
+# on the next local day (not 24 hours later: across a DST change that is another local time, a
+# window of its own).
+_NEXT_WINDOW_SQL = """
+UPDATE notifications_digestitem i
+SET due_at = CASE WHEN %(daily)s THEN ((i.due_at AT TIME ZONE u.time_zone) + interval '1 day') AT TIME ZONE u.time_zone
+                  ELSE i.due_at + interval '1 hour' END
+FROM organizations_user u WHERE u.id = i.user_id AND i.id = ANY(%(ids)s)
+"""
 
 
 def _publish_window(cursor, organization_id: int, user_id: int, kind: str, window_end) -> bool:
@@ -81,8 +91,8 @@ def _publish_window(cursor, organization_id: int, user_id: int, kind: str, windo
     claimed = cursor.fetchone()
     if claimed is None:
         # This window went out already; these were published as it closed: the next window takes them.
-        cursor.execute("UPDATE notifications_digestitem SET due_at = due_at + %s WHERE id = ANY(%s)",
-                       [_next_window(organization_id=organization_id, user_id=user_id, kind=kind), item_ids])
+        cursor.execute(_NEXT_WINDOW_SQL, {"daily": _daily(organization_id=organization_id, user_id=user_id, kind=kind),
+                                          "ids": item_ids})
         return False
     entries = list(LogEntry.objects.filter(id__in=[r[1] for r in rows]).order_by("seq"))
     label = kind_get(entries[0].kind).name if entries[0].kind != "message" else kind
