@@ -389,10 +389,30 @@ def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | No
                            [json.dumps(send.payload), send.entry_id, send.pk])
 
 
+# A recipient who gets the send's kind as a digest has not had it yet while its digest item waits
+# for the window's end: the item is taken out (locked SKIP LOCKED as the digest publisher locks them:
+# one being published right now goes out) and the member's rows are cancelled.
+_CANCEL_DIGESTED_SQL = """
+WITH items AS (
+    DELETE FROM notifications_digestitem WHERE id IN (
+        SELECT di.id FROM notifications_digestitem di
+        WHERE di.digest_id IS NULL AND (di.entry_id, di.user_id) IN (
+            SELECT d.entry_id, d.user_id FROM notifications_senddelivery d
+            WHERE d.send_id = %(send)s AND d.state = 'digested')
+        FOR UPDATE SKIP LOCKED)
+    RETURNING entry_id, user_id
+)
+UPDATE notifications_senddelivery d SET state = 'cancelled', updated_at = now()
+FROM items WHERE d.send_id = %(send)s AND d.state = 'digested' AND d.entry_id = items.entry_id
+  AND d.user_id = items.user_id
+"""
+
+
 @transaction.atomic
 def send_cancel(*, send: Send) -> tuple[Send, int]:
     """Cancel every recipient x channel that has not gone out (queued, scheduled, deferred, failed
-    while retried; not a row the provider reported failed after it was sent).
+    while retried, digested while its digest waits; not a row the provider reported failed after it
+    was sent).
     Rows a worker is sending right now are locked and skipped: they go out. 409
     `send_not_cancellable` when nothing was left to cancel."""
     send = Send.objects.select_for_update().get(pk=send.pk)  # waits for a dispatch in progress
@@ -403,6 +423,8 @@ def send_cancel(*, send: Send) -> tuple[Send, int]:
                          WHERE send_id = %s AND state = ANY(%s) AND sent_at IS NULL FOR UPDATE SKIP LOCKED)""",
                        [send.pk, list(SendDelivery.PENDING)])
         cancelled = cursor.rowcount
+        cursor.execute(_CANCEL_DIGESTED_SQL, {"send": send.pk})
+        cancelled += cursor.rowcount
     if cancelled == 0 and send.status != Send.Status.CANCELLED:
         raise Conflict("Nothing of this send is left to cancel.", code=NotificationsError.SEND_NOT_CANCELLABLE)
     if cancelled:

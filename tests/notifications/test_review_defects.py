@@ -1,11 +1,12 @@
 """Defects found reviewing the send, digest and quiet-hours code (each test failed before its fix),
 against real Postgres and Redis."""
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from django.utils import timezone
 
 from notifications import digests
-from notifications.models import Digest, DigestItem
+from notifications.models import Digest, DigestItem, SendDelivery
 from notifications.preferences import digest_set
 from tests.notifications.test_digests import _send
 from tests.notifications.test_send_api import send_template
@@ -56,3 +57,33 @@ def test_an_item_late_for_an_hourly_window_moves_one_hour(org_with_members, key_
     DigestItem.objects.filter(digest__isnull=True).update(due_at=window)
     assert digests.digests_publish_due() == 0
     assert DigestItem.objects.get(digest__isnull=True).due_at == datetime(2026, 10, 31, 13, 30, tzinfo=UTC)
+
+
+def test_cancelling_a_send_takes_it_out_of_the_digests_that_have_not_gone_out(org_with_members, key_client):
+    """A member who gets the kind hourly has it held (`digested`): a cancel before the window ends
+    means their digest does not list it (it had not gone out); the others' rows are cancelled too."""
+    o = org_with_members
+    digest_set(user=o.member, organization=o.org, kind="nudge", window="hourly")
+    kept = _send(key_client, "nudge", "kept", [o.member.pk])
+    send_id = _send(key_client, "nudge", "called off", [o.member.pk, o.admin.pk])
+    assert SendDelivery.objects.get(send_id=send_id, user=o.member, channel="inapp").state == "digested"
+    response = key_client.delete(f"/api/v1/send/{send_id}")
+    assert response.status_code == 200, response.content
+    assert response.json()["cancelled"] == 2  # in-app: the member's digested row, the admin's queued one
+    assert dict(SendDelivery.objects.filter(send_id=send_id, channel="inapp").values_list("user_id", "state")) == {
+        o.member.pk: "cancelled", o.admin.pk: "cancelled"}
+    DigestItem.objects.filter(digest__isnull=True).update(due_at=timezone.now() - timedelta(hours=2))
+    assert digests.digests_publish_due() == 1
+    [digest] = Digest.objects.all()
+    assert digest.items == 1  # the kept one only
+    assert SendDelivery.objects.get(send_id=kept, channel="inapp").state == "digested"
+
+
+def test_a_digest_that_went_out_is_not_cancelled(org_with_members, key_client):
+    o = org_with_members
+    digest_set(user=o.member, organization=o.org, kind="nudge", window="hourly")
+    send_id = _send(key_client, "nudge", "sent in a digest", [o.member.pk])
+    DigestItem.objects.filter(digest__isnull=True).update(due_at=timezone.now() - timedelta(hours=2))
+    assert digests.digests_publish_due() == 1
+    response = key_client.delete(f"/api/v1/send/{send_id}")
+    assert response.status_code == 409 and response.json()["code"] == "send_not_cancellable"
