@@ -15,6 +15,7 @@ run) move to the member's next window.
 import logging
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from notifications import policy
 from notifications.categories import CATEGORIES
@@ -81,12 +82,35 @@ FROM organizations_user u WHERE u.id = i.user_id AND i.id = ANY(%(ids)s)
 """
 
 
+_QUIET_SQL = """
+SELECT u.time_zone, q.quiet_hours_start, q.quiet_hours_end FROM organizations_user u
+JOIN notifications_membernotificationsettings q ON q.user_id = u.id WHERE u.id = %s
+"""
+
+
+def _quiet_release(cursor, user_id: int):
+    """When the member's quiet hours in progress end (None: not in quiet hours). A digest of a
+    promotional kind is held like the sends it lists (notifications.policy)."""
+    cursor.execute(_QUIET_SQL, [user_id])
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    return policy.quiet_release(timezone.now(), zone=row[0] or "UTC", start=row[1], end=row[2])
+
+
 def _publish_window(cursor, organization_id: int, user_id: int, kind: str, window_end) -> bool:
     cursor.execute(_LOCK_SQL, [organization_id, user_id, kind, window_end])
     rows = cursor.fetchall()
     if not rows:
         return False  # another run has them
     item_ids = [r[0] for r in rows]
+    entries = list(LogEntry.objects.filter(id__in=[r[1] for r in rows]).order_by("seq"))
+    category = _category(entries)
+    if CATEGORIES.get(category) is not None and CATEGORIES[category].promotional:
+        release = _quiet_release(cursor, user_id)
+        if release is not None:  # the member's quiet hours: the digest waits until they end
+            cursor.execute("UPDATE notifications_digestitem SET due_at = %s WHERE id = ANY(%s)", [release, item_ids])
+            return False
     cursor.execute(_CLAIM_WINDOW_SQL, [organization_id, user_id, kind, window_end, len(rows)])
     claimed = cursor.fetchone()
     if claimed is None:
@@ -94,9 +118,8 @@ def _publish_window(cursor, organization_id: int, user_id: int, kind: str, windo
         cursor.execute(_NEXT_WINDOW_SQL, {"daily": _daily(organization_id=organization_id, user_id=user_id, kind=kind),
                                           "ids": item_ids})
         return False
-    entries = list(LogEntry.objects.filter(id__in=[r[1] for r in rows]).order_by("seq"))
     label = kind_get(entries[0].kind).name if entries[0].kind != "message" else kind
-    payload = {"kind": kind, "label": label, "category": _category(entries), "window_end": window_end.isoformat(),
+    payload = {"kind": kind, "label": label, "category": category, "window_end": window_end.isoformat(),
                "count": len(entries), "first_seq": entries[0].seq, "last_seq": entries[-1].seq,
                "items": [_item(e) for e in entries]}
     entry = publish(organization_id=organization_id, kind=DIGEST_KIND, payload=payload, audience=[user_id])

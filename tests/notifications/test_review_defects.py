@@ -1,12 +1,13 @@
 """Defects found reviewing the send, digest and quiet-hours code (each test failed before its fix),
 against real Postgres and Redis."""
 from datetime import UTC, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.utils import timezone
 
-from notifications import digests
-from notifications.models import Digest, DigestItem, SendDelivery
+from notifications import digests, policy
+from notifications.models import Digest, DigestItem, MemberNotificationSettings, SendDelivery
 from notifications.preferences import digest_set
 from tests.notifications.test_digests import _send
 from tests.notifications.test_send_api import send_template
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def key_client(org_with_members, api_key_client):
     send_template(org_with_members.org, kind="nudge", category="reminders", email=True)
+    send_template(org_with_members.org, kind="sale", category="marketing", email=True)
     return api_key_client(ApiKeyFactory(organization=org_with_members.org).plaintext)
 
 
@@ -87,3 +89,36 @@ def test_a_digest_that_went_out_is_not_cancelled(org_with_members, key_client):
     assert digests.digests_publish_due() == 1
     response = key_client.delete(f"/api/v1/send/{send_id}")
     assert response.status_code == 409 and response.json()["code"] == "send_not_cancellable"
+
+
+def test_a_digest_of_a_promotional_kind_waits_for_the_member_s_quiet_hours(org_with_members, key_client):
+    """The sales a member gets hourly were accepted outside their quiet hours; the window ends inside
+    quiet hours they set since: the digest is held until they end, like the sends it lists."""
+    o = org_with_members
+    o.member.time_zone = "Asia/Kolkata"
+    o.member.save(update_fields=["time_zone"])
+    digest_set(user=o.member, organization=o.org, kind="sale", window="hourly")
+    _send(key_client, "sale", "spring sale", [o.member.pk])
+    now = timezone.now().astimezone(ZoneInfo("Asia/Kolkata"))
+    start, end = (now - timedelta(hours=1)).time().replace(microsecond=0), (now + timedelta(hours=2)).time().replace(
+        second=0, microsecond=0)
+    MemberNotificationSettings.objects.create(user=o.member, quiet_hours_start=start, quiet_hours_end=end)
+    DigestItem.objects.filter(digest__isnull=True).update(due_at=timezone.now() - timedelta(hours=2))
+    assert digests.digests_publish_due() == 0
+    item = DigestItem.objects.get()
+    expected = policy.quiet_release(timezone.now(), zone="Asia/Kolkata", start=start, end=end)
+    assert item.digest_id is None and abs((item.due_at - expected).total_seconds()) < 5
+    MemberNotificationSettings.objects.filter(user=o.member).update(quiet_hours_start=None, quiet_hours_end=None)
+    DigestItem.objects.update(due_at=timezone.now() - timedelta(hours=2))
+    assert digests.digests_publish_due() == 1
+
+
+def test_a_digest_of_a_kind_that_is_not_promotional_goes_in_quiet_hours(org_with_members, key_client):
+    o = org_with_members
+    digest_set(user=o.member, organization=o.org, kind="nudge", window="hourly")
+    _send(key_client, "nudge", "nudge", [o.member.pk])
+    now = timezone.now()
+    MemberNotificationSettings.objects.create(user=o.member, quiet_hours_start=(now - timedelta(hours=1)).time(),
+                                              quiet_hours_end=(now + timedelta(hours=2)).time())
+    DigestItem.objects.update(due_at=timezone.now() - timedelta(hours=2))
+    assert digests.digests_publish_due() == 1
