@@ -537,7 +537,8 @@ class SendDelivery(models.Model):
         CANCELLED = "cancelled", "Cancelled"
         DIGESTED = "digested", "Held for the member's digest"
 
-    # States from which a row may still go out; DELETE /send/{id} cancels exactly these.
+    # States from which a row may still go out; DELETE /send/{id} cancels these (and `digested` rows
+    # whose digest has not gone out: notifications.send.services.send_cancel).
     PENDING = ("queued", "scheduled", "deferred", "failed")
 
     # A send writes one row per recipient x channel (100,000 for a topic send): only `send` is a

@@ -6,7 +6,9 @@ servers on loopback.
 - Tracker emails for opted-in members arrive in seq order across two contending org workers; a
   backlog (the email API limit set low) goes as digests, without gaps or repeats.
 - Both providers down: the mail waits (breakers open, attempts not burned, nothing dead) and goes
-  out when one provider returns."""
+  out when one provider returns.
+- Transactional sends reach members who never opted in (streams of sends only, woken and put to
+  rest between sends, tracker events interleaved): each invoice once, no tracker email to them."""
 import time
 import uuid
 
@@ -228,3 +230,58 @@ def test_both_providers_down_mail_waits_then_goes_out_when_one_returns(transacti
             head.refresh_from_db()
             assert head.status == "sent" and head.provider_ref.startswith("secondary:")
             print(f"attempts spent while both were down: {head.attempts}; ranges {ranges(secondary, member)}")
+
+
+# --- transactional sends to members who have not opted in -------------------------------------------
+
+SENDS = 8
+
+
+def test_transactional_sends_reach_members_without_an_email_stream_among_tracker_events(transactional_db,
+                                                                                        providers):
+    """Real workers drain while sends wake streams of sends only and the fence puts them to rest
+    between them (tracker events interleaved): every member gets each invoice exactly once, the
+    opted-in member also every tracker event, the others none; every row ends sent and the streams of
+    sends only at rest."""
+    from django.db import transaction  # noqa: PLC0415 - the stack tests' imports stay light
+
+    from notifications.models import DeliveryStream, SendDelivery  # noqa: PLC0415
+    from notifications.send.services import send_create  # noqa: PLC0415
+    from tests.notifications.test_send_api import send_template  # noqa: PLC0415
+
+    primary, _ = providers
+    org, users, tracker = make_org(members=3, opted_in=1)
+    send_template(org, kind="invoice", category="billing", email=True)
+    with make_stack(providers, EMAIL_API_PER_MINUTE=6000, EMAIL_API_BURST=50, EMAIL_PER_RECIPIENT_PER_DAY=1000,
+                    EMAIL_TIMEOUT=30) as stack:
+        stack.start_worker("orgs-a", DELIVERY_QUEUES)
+        stack.start_worker("orgs-b", DELIVERY_QUEUES)
+        stack.start_worker("default", ["default", "maintenance"])
+        stack.start_beat()
+        stack.wait_ready(timeout=60)
+        with stack.dump_logs_on_failure(lines=60):
+            sends, tracker_seqs = [], []
+            for n in range(SENDS):
+                with transaction.atomic():
+                    sends.append(send_create(organization_id=org.id, recipients=[u.pk for u in users], topic=None,
+                                             kind="invoice", data={"title": f"Invoice {n}", "body": "due"},
+                                             channels=["email"]).pk)
+                tracker_seqs += toggle(tracker, users[0], 2)
+                time.sleep(0.3 * (n % 3))  # some sends land on a resting stream, some on an active one
+            wait_for(lambda: not SendDelivery.objects.filter(send_id__in=sends).exclude(state="sent").exists(),
+                     timeout=90, what="every invoice row sent")
+            time.sleep(2.0)
+            for user in users:  # each invoice's entry in exactly one email of each member
+                covered = [seq for first, last in ranges(primary, user) for seq in range(first, last + 1)]
+                entries = list(SendDelivery.objects.filter(send_id__in=sends, user=user)
+                               .values_list("entry__seq", flat=True))
+                assert len(entries) == SENDS and all(covered.count(seq) == 1 for seq in entries), (
+                    user.username, ranges(primary, user), entries)
+            opted_in = {seq for first, last in ranges(primary, users[0]) for seq in range(first, last + 1)}
+            assert set(tracker_seqs) <= opted_in
+            for user in users[1:]:
+                texts = "\n".join(m["text"] for m in primary.messages(to=user.email))
+                assert all(f"(#{seq})" not in texts for seq in tracker_seqs), (user.username, ranges(primary, user))
+            wait_for(lambda: not DeliveryStream.objects.filter(organization=org, sends_only=True, active=True).exists(),
+                     timeout=30, what="the streams of sends only at rest")
+            assert DeliveryStream.objects.filter(organization=org, channel="email", sends_only=True).count() == 2
