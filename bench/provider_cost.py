@@ -14,6 +14,8 @@ order violations and duplicates.
 
     .venv/bin/python bench/provider_cost.py                         # 100 orgs, 100 events/s, 30 s
     .venv/bin/python bench/provider_cost.py --profile 15            # + py-spy of the worker (raw stacks)
+    .venv/bin/python bench/provider_cost.py --slack-latency 0.2     # Slack answering in 200 ms
+    .venv/bin/python bench/provider_cost.py --env DELIVERY_PROVIDER_PARTITIONS=0   # a task per stream
     .venv/bin/python bench/provider_cost.py --command "celery -A config worker -Q providers -P threads -c 4"
 """
 import argparse
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=100, help="events/s across every organization")
     ap.add_argument("--duration", type=float, default=30)
     ap.add_argument("--slack-global-per-minute", type=int, default=100000)
+    ap.add_argument("--slack-latency", type=float, default=0.0,
+                    help="seconds the Slack stand-in takes to answer every call (a slow provider)")
     ap.add_argument("--drain-timeout", type=float, default=60)
     ap.add_argument("--command", help="the provider worker's command (default: the Procfile's `providers` line)")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker (repeatable)")
@@ -142,7 +146,9 @@ def main() -> None:
         command = args.command or dict(procfile_entries())["providers"]
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "tests.support.fakeslack", "--port", str(slack_port), "--rate", "1",
-             "--burst", "3", "--global-per-minute", str(args.slack_global_per_minute)], cwd=REPO, env=env,
+             "--burst", "3", "--global-per-minute", str(args.slack_global_per_minute),
+             *(["--slow", "1", "--slow-seconds", str(args.slack_latency)] if args.slack_latency else [])],
+            cwd=REPO, env=env,
             stdout=open(tmp / "slack.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True))
         worker = subprocess.Popen(["sh", "-c", f"exec {command}" if args.command else command], cwd=REPO, env=env,
                                   stdout=open(tmp / "providers.log", "wb"), stderr=subprocess.STDOUT,
@@ -225,7 +231,8 @@ def main() -> None:
     sl = analyse_slack({"accepted": generated}, messages)
     print()
     print(f"== provider worker cost: {len(org_ids)} orgs, {args.rate:.0f} events/s for {args.duration:.0f}s, Slack "
-          f"1/s per channel, {args.slack_global_per_minute}/min global ==")
+          f"1/s per channel, {args.slack_global_per_minute}/min global"
+          f"{f', answering in {args.slack_latency * 1000:.0f} ms' if args.slack_latency else ''} ==")
     print(f"worker                   {command}")
     print(f"events                   {events} generated ({events / gen_seconds:.1f}/s), drained "
           f"{drained_after:.1f}s after the load; Slack requests {stats['requests']}, mean batch "
