@@ -15,7 +15,6 @@ order violations and duplicates.
     .venv/bin/python bench/provider_cost.py                         # 100 orgs, 100 events/s, 30 s
     .venv/bin/python bench/provider_cost.py --profile 15            # + py-spy of the worker (raw stacks)
     .venv/bin/python bench/provider_cost.py --slack-latency 0.2     # Slack answering in 200 ms
-    .venv/bin/python bench/provider_cost.py --env DELIVERY_PROVIDER_PARTITIONS=0   # a task per stream
     .venv/bin/python bench/provider_cost.py --command "celery -A config worker -Q providers -P threads -c 4"
 """
 import argparse
