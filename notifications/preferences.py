@@ -202,6 +202,21 @@ def recipient_streams_sync(*, user: User, organization_ids: list[int] | None = N
                     stream_deactivate(org_id=org_id, channel=channel.name, destination=destination)
 
 
+def member_streams_resync(*, batch: int = 500) -> int:
+    """Every member's phone and device streams made to match their profile again (recipient_streams_sync
+    for each active user with a membership, `batch` users per transaction). For operators: after
+    SMS, WhatsApp or push is configured (or its credentials come back), since streams follow profile
+    changes and a channel without credentials has no reachable destination (its streams were
+    deactivated). Returns how many users were synced."""
+    ids = list(User.objects.filter(is_active=True, memberships__isnull=False).distinct().order_by("id")
+               .values_list("id", flat=True))
+    for start in range(0, len(ids), batch):
+        with transaction.atomic():
+            for user in User.objects.filter(id__in=ids[start:start + batch]).order_by("id"):
+                recipient_streams_sync(user=user)
+    return len(ids)
+
+
 def _pair_validate(channel: str, category: str) -> None:
     if channel not in preference_channels() or category not in CATEGORIES:
         raise ApplicationError("There is no such preference.", code="unknown_preference",

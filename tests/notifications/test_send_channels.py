@@ -199,3 +199,30 @@ def test_streams_carry_their_member_for_the_fan_out(providers, org_with_members,
     assert users == {"sms": o.member.pk, "whatsapp": o.member.pk, "push": o.member.pk}
     assert DeliveryStream.objects.get(organization=o.org, channel="push").destination == str(device)
     assert DeliveryStream.objects.get(organization=o.org, channel="inapp").user_id is None
+
+
+def test_members_who_set_a_phone_before_sms_was_configured_are_reached_after_a_resync(providers, org_with_members,
+                                                                                     key_client, auth_client,
+                                                                                     settings):
+    """Streams follow profile changes: a phone set while SMS had no credentials made no stream, and
+    a transactional SMS was then suppressed ("no phone number") although the member has one.
+    `manage.py sync_member_streams` makes the streams; the next send is sent."""
+    from django.core.management import call_command  # noqa: PLC0415
+
+    twilio, _, _ = providers
+    o = org_with_members
+    configured = settings.HERALD_CHANNELS
+    unconfigured = copy.deepcopy(configured)
+    unconfigured["sms"]["OPTIONS"]["providers"] = {}
+    settings.HERALD_CHANNELS = unconfigured
+    assert auth_client(o.member).patch("/api/v1/me", {"phone": PHONE}, format="json").status_code == 200
+    settings.HERALD_CHANNELS = configured
+    before = _send(key_client, [o.member.pk], channels=["sms"]).json()["id"]
+    (row,) = _rows(before).values()
+    assert row.state == "suppressed"
+    call_command("sync_member_streams")
+    after = _send(key_client, [o.member.pk], channels=["sms"]).json()["id"]
+    _drain(o.org, "sms", o.member.pk)
+    (row,) = _rows(after).values()
+    assert row.state == "sent"
+    assert [m["To"] for m in twilio.messages()] == [PHONE]
