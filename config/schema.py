@@ -107,7 +107,7 @@ class AutoSchema(SpectacularAutoSchema):
             statuses.append("404")  # an unknown or foreign object; a page past the end
         if self.method in ("POST", "PUT", "PATCH", "DELETE"):
             statuses += ["404", "409", "413", "415"]  # 404: a body may name an object that is not yours
-        if self.method == "POST" and self.path == "/api/v1/send":
+        if self.method == "POST" and self.path in ("/api/v1/send", "/api/v1/send/batch"):
             statuses.append("422")  # Idempotency-Key reused with another body
         if self.path.endswith("/accept"):
             statuses.append("410")

@@ -181,7 +181,7 @@ WEB_RETRY_AFTER_SECONDS = env_int("WEB_RETRY_AFTER_SECONDS", 1)
 WEB_MAX_DELIVERY_LAG_SECONDS = env_float("WEB_MAX_DELIVERY_LAG_SECONDS", 1.0)
 WEB_LAG_GUARDED_PATHS = [
     r"/api/v1/trackers/\d+/(start|stop)$",
-    r"/api/v1/send$",
+    r"/api/v1/send(/batch)?$",
     r"/api/v1/(trackers|time-entries)/\d+/comments/$",
     r"/trackers/\d+/comments/post$",
 ]

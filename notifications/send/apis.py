@@ -99,27 +99,80 @@ _IDEMPOTENCY_HEADER = OpenApiParameter(
     description="Replays the first answer for 24 h (same body); 422 with another body, 409 while in flight.")
 
 
+class SendItemInput(StrictSerializer):
+    """One send's body (POST /send without `organization`; each item of POST /send/batch)."""
+
+    recipients = RecipientsField()
+    kind = serializers.CharField(max_length=100, help_text="The template key.")
+    data = serializers.DictField(required=False, default=dict)
+    channels = serializers.ListField(child=serializers.CharField(max_length=32), required=False,
+                                     allow_empty=False, max_length=10)
+    priority = serializers.ChoiceField(choices=Send.Priority.values, required=False)
+    send_at = serializers.DateTimeField(required=False)
+    deliver_at_local = serializers.CharField(required=False, max_length=16,
+                                             help_text="HH:MM or YYYY-MM-DD HH:MM, recipient local time.")
+    ordering_key = serializers.CharField(required=False, max_length=128)
+
+
+class SendAcceptedOutput(serializers.Serializer):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Send.Status.values)
+    recipients = serializers.IntegerField()
+
+
+def _send_caller(request, organization_id: int | None) -> tuple[int, object, int | None, int | None]:
+    """(organization id, actor, created_by_id, api_key_id) of a send request: an API key's own
+    organization unless it names one; a user token must name it (an owner or admin of it)."""
+    principal = request.user
+    if isinstance(principal, ApiKeyPrincipal):
+        organization_id = organization_id or principal.organization_id
+        actor, created_by_id, api_key_id = f"api-key:{principal.api_key.name}", None, principal.api_key.pk
+    else:
+        if organization_id is None:
+            raise ApplicationError("organization is required with a user token.", code="validation_error",
+                                   extra={"fields": {"organization": ["This field is required."]}})
+        actor, created_by_id, api_key_id = principal, principal.pk, None
+    selectors.send_organization_check(principal=principal, organization_id=organization_id)
+    return organization_id, actor, created_by_id, api_key_id
+
+
+def _idempotent(request, organization_id: int, accept) -> Response:
+    """Run `accept()` (the writes; returns the 202 body) in one transaction under the request's
+    Idempotency-Key, if any: Stripe's rules (notifications.send.idempotency)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        key = idempotency.idempotency_key_validate(key)
+        fingerprint = idempotency.request_hash(method=request.method, path=request.path, body=request.data)
+    with transaction.atomic():
+        if key is not None:
+            stored = idempotency.idempotency_begin(organization_id=organization_id, key=key,
+                                                   fingerprint=fingerprint)
+            if stored is not None:
+                return Response(stored.response, status=stored.status_code,
+                                headers={"Idempotent-Replayed": "true"})
+        body = accept()
+        if key is not None:
+            idempotency.idempotency_store(organization_id=organization_id, key=key, fingerprint=fingerprint,
+                                          status_code=status.HTTP_202_ACCEPTED, response=body)
+    return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+def _send_values(values: dict) -> dict:
+    """A validated send body as the services take it: `recipients` (a list) or `topic`."""
+    recipients = values.pop("recipients")
+    topic = recipients.get("topic") if isinstance(recipients, dict) else None
+    return {"recipients": None if topic else recipients, "topic": topic, **values}
+
+
 class SendCreateApi(APIView):
     api_key_scopes = _SEND_SCOPES
 
-    class Input(StrictSerializer):
+    class Input(SendItemInput):
         organization = serializers.IntegerField(required=False, min_value=1,
                                                 help_text="Required with a user token; an API key's own otherwise.")
-        recipients = RecipientsField()
-        kind = serializers.CharField(max_length=100, help_text="The template key.")
-        data = serializers.DictField(required=False, default=dict)
-        channels = serializers.ListField(child=serializers.CharField(max_length=32), required=False,
-                                         allow_empty=False, max_length=10)
-        priority = serializers.ChoiceField(choices=Send.Priority.values, required=False)
-        send_at = serializers.DateTimeField(required=False)
-        deliver_at_local = serializers.CharField(required=False, max_length=16,
-                                                 help_text="HH:MM or YYYY-MM-DD HH:MM, recipient local time.")
-        ordering_key = serializers.CharField(required=False, max_length=128)
 
-    class Output(serializers.Serializer):
-        id = serializers.IntegerField()
-        status = serializers.ChoiceField(choices=Send.Status.values)
-        recipients = serializers.IntegerField()
+    class Output(SendAcceptedOutput):
+        pass
 
     @extend_schema(request=Input, parameters=[_IDEMPOTENCY_HEADER],
                    responses={202: Output})
@@ -129,42 +182,83 @@ class SendCreateApi(APIView):
             data = self.Input(data=request.data)
             data.is_valid(raise_exception=True)
             values = dict(data.validated_data)
-        principal = request.user
-        if isinstance(principal, ApiKeyPrincipal):
-            organization_id = values.pop("organization", None) or principal.organization_id
-            actor, created_by_id, api_key_id = f"api-key:{principal.api_key.name}", None, principal.api_key.pk
-        else:
-            organization_id = values.pop("organization", None)
-            if organization_id is None:
-                raise ApplicationError("organization is required with a user token.", code="validation_error",
-                                       extra={"fields": {"organization": ["This field is required."]}})
-            actor, created_by_id, api_key_id = principal, principal.pk, None
-        selectors.send_organization_check(principal=principal, organization_id=organization_id)
-        recipients = values.pop("recipients")
-        topic = recipients.get("topic") if isinstance(recipients, dict) else None
-        key = request.headers.get("Idempotency-Key")
-        if key is not None:
-            key = idempotency.idempotency_key_validate(key)
-            fingerprint = idempotency.request_hash(method=request.method, path=request.path, body=request.data)
-        with transaction.atomic():
-            if key is not None:
-                stored = idempotency.idempotency_begin(organization_id=organization_id, key=key,
-                                                       fingerprint=fingerprint)
-                if stored is not None:
-                    return Response(stored.response, status=stored.status_code,
-                                    headers={"Idempotent-Replayed": "true"})
-            send = services.send_create(
-                organization_id=organization_id, recipients=None if topic else recipients, topic=topic,
-                actor=actor, created_by_id=created_by_id, api_key_id=api_key_id, **values)
-            body = send_accepted_data(send)
-            if key is not None:
-                idempotency.idempotency_store(organization_id=organization_id, key=key, fingerprint=fingerprint,
-                                              status_code=status.HTTP_202_ACCEPTED, response=body)
-        return Response(body, status=status.HTTP_202_ACCEPTED)
+        organization_id, actor, created_by_id, api_key_id = _send_caller(request, values.pop("organization", None))
+        values = _send_values(values)
+        return _idempotent(request, organization_id, lambda: send_accepted_data(services.send_create(
+            organization_id=organization_id, actor=actor, created_by_id=created_by_id, api_key_id=api_key_id,
+            **values)))
+
+
+def _invalid(message: str, fields: dict, **extra) -> ApplicationError:
+    return ApplicationError(message, code="validation_error", extra={**extra, "fields": fields})
+
+
+def send_batch_input(data) -> tuple[int | None, list[dict]]:
+    """(organization, sends) of a batch body, each send validated as POST /send validates its body
+    (send_input_plain, else SendItemInput); the first invalid one is 400 with its fields named
+    `sends[<index>].<field>` and `extra.index`."""
+    if not isinstance(data, dict):
+        raise _invalid("Invalid input.", {"non_field_errors": ["Expected a JSON object."]})
+    unknown = sorted(set(data) - {"organization", "sends"})
+    if unknown:
+        raise _invalid("Invalid input.", {name: ["Unknown field."] for name in unknown})
+    organization = data.get("organization")
+    if organization is not None and (type(organization) is not int or organization < 1):
+        raise _invalid("Invalid input.", {"organization": ["Expected a positive integer."]})
+    sends = data.get("sends")
+    if type(sends) is not list or not 1 <= len(sends) <= services.MAX_BATCH_SENDS:
+        raise _invalid(f"sends: a list of 1 to {services.MAX_BATCH_SENDS} sends.",
+                       {"sends": [f"A list of 1 to {services.MAX_BATCH_SENDS} sends."]})
+    items = []
+    for index, item in enumerate(sends):
+        if isinstance(item, dict) and "organization" in item:  # the batch names it once
+            raise _invalid(f"sends[{index}]: Invalid input.", {f"sends[{index}].organization": ["Unknown field."]},
+                           index=index)
+        values = send_input_plain(item)
+        if values is None:
+            serializer = SendItemInput(data=item)
+            if not serializer.is_valid():
+                raise _invalid(f"sends[{index}]: Invalid input.",
+                               {f"sends[{index}].{name}": errors for name, errors in serializer.errors.items()},
+                               index=index)
+            values = dict(serializer.validated_data)
+        items.append(_send_values(values))
+    return organization, items
+
+
+class SendBatchCreateApi(APIView):
+    """Several sends in one request, all or nothing: each item is the body of POST /send (without
+    `organization`, given once for the batch). An invalid send is /send's error, its fields named
+    `sends[<index>].<field>` and `extra.index` set; nothing is written. The Idempotency-Key covers
+    the whole batch. 202 answers one {id, status, recipients} per send, in request order; each is
+    then a normal send (GET|DELETE /send/{id}, /send/{id}/deliveries), their log entries' seqs
+    consecutive in request order."""
+
+    api_key_scopes = _SEND_SCOPES
+
+    class Input(StrictSerializer):  # the schema; send_batch_input validates (errors name the send's index)
+        organization = serializers.IntegerField(required=False, min_value=1,
+                                                help_text="Required with a user token; an API key's own otherwise.")
+        sends = SendItemInput(many=True, allow_empty=False, max_length=services.MAX_BATCH_SENDS,
+                              help_text=f"1 to {services.MAX_BATCH_SENDS} sends, each as the body of POST /send "
+                                        f"(without organization); {services.MAX_BATCH_RECIPIENTS} recipients in "
+                                        "all. Errors name the send: `sends[<index>].<field>`.")
+
+    class Output(serializers.Serializer):
+        results = SendAcceptedOutput(many=True, help_text="One per send, in request order.")
+
+    @extend_schema(request=Input, parameters=[_IDEMPOTENCY_HEADER], responses={202: Output})
+    def post(self, request):
+        organization, items = send_batch_input(request.data)
+        organization_id, actor, created_by_id, api_key_id = _send_caller(request, organization)
+        return _idempotent(request, organization_id, lambda: {"results": [send_accepted_data(send) for send in
+                                                                          services.sends_create_batch(
+            organization_id=organization_id, sends=items, actor=actor, created_by_id=created_by_id,
+            api_key_id=api_key_id)]})
 
 
 def send_accepted_data(send: Send) -> dict:
-    """SendCreateApi.Output(send).data, built directly (a serializer deep-copies its fields per
+    """SendAcceptedOutput(send).data, built directly (a serializer deep-copies its fields per
     instance, on every send)."""
     return {"id": send.pk, "status": str(send.status), "recipients": send.recipients}
 
