@@ -585,9 +585,11 @@ HERALD_TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")
 # Request bodies: larger ones are refused with 413 before anything reads them; JSON nested deeper
 # than this is refused with 400 (REST bodies and WebSocket frames).
 HERALD_MAX_BODY_BYTES = env_int("MAX_BODY_BYTES", 1024 * 1024)
-# Routes that take bigger bodies (path regex -> bytes): the bulk postal-code update (100,000 rows).
+# Routes that take bigger bodies (path regex -> bytes): the bulk postal-code update (100,000 rows),
+# a batch send (1,000 sends, 10,000 recipients given as emails, each send with its data).
 HERALD_MAX_BODY_BYTES_BY_PATH = {
     r"^/api/v1/orgs/\d+/members/postal-codes$": env_int("BULK_MAX_BODY_BYTES", 32 * 1024 * 1024),
+    r"^/api/v1/send/batch$": env_int("SEND_BATCH_MAX_BODY_BYTES", 8 * 1024 * 1024),
 }
 # Django's own cap is the largest of them: the middleware has already refused anything larger per route.
 DATA_UPLOAD_MAX_MEMORY_SIZE = max([HERALD_MAX_BODY_BYTES, *HERALD_MAX_BODY_BYTES_BY_PATH.values()])

@@ -287,3 +287,14 @@ def test_promotional_sends_of_a_batch_are_held_or_shed_as_for_send(org_with_memb
     shed = _batch(key_client, [_item([o.member.pk], priority="promotional"), _item([o.admin.pk])]).json()
     assert [r["status"] for r in shed["results"]] == ["shed", "queued"]
     assert key_client.get(f"/api/v1/send/{shed['results'][0]['id']}").json()["counts"] == {"inapp": {"shed": 1}}
+
+
+def test_a_batch_body_may_be_larger_than_other_requests_up_to_its_own_limit(org_with_members, key_client, settings):
+    o = org_with_members
+    big = [_item([o.member.pk], data={"title": "t", "body": "b", "pad": "x" * 2000}) for _ in range(600)]  # ~1.2 MB
+    response = _batch(key_client, big)
+    assert response.status_code == 202, response.content[:300]
+    assert_error(key_client.post("/api/v1/send", {**big[0], "data": {"pad": "x" * (2 * 1024 * 1024)}},
+                                 format="json"), 413, "request_too_large")
+    assert_error(_batch(key_client, [_item([o.member.pk], data={"pad": "x" * (9 * 1024 * 1024)})]), 413,
+                 "request_too_large")
