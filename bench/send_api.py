@@ -11,6 +11,12 @@ worker per org-<k> queue), a default/maintenance worker and beat, on a database 
   for --duration seconds across --orgs organizations: sends and in-app notifications accepted per
   second and per minute, p50/p99 accept latency, time to drain, lost (an accepted send with fewer
   than 10 inbox rows), duplicates (inbox rows per recipient x entry > 1), status rows not `sent`.
+- batch: the same, but each POST is /api/v1/send/batch with --batch-size sends of 10 recipients (one
+  organization per request): sends accepted per second, in-app notifications per minute written to
+  inboxes (during the load, and end to end until the last inbox row) and delivered live (--ws
+  WebSocket clients, members of the sustained organizations, each must get one notification.created
+  per inbox row of theirs), CPU per notification per process group, p99 accept latency, lost,
+  duplicates.
 
 CPU per notification: user+system CPU of every process the bench started (web, workers, beat)
 plus the Postgres backends of its database, sampled before and after, divided by the notifications
@@ -115,7 +121,10 @@ def seed(args) -> dict:
         members = dict(cur.fetchall())
     ws_users = list(User.objects.filter(memberships__organization_id=org0).order_by("id")[: args.ws])
     tokens = [(u.pk, user_token_create(user=u)) for u in ws_users]
-    return {"topic_org": org0, "keys": keys, "members": members, "tokens": tokens,
+    # The batch scenario's listeners: the first member of each of the first --ws sustained organizations.
+    batch_tokens = [(ids[0], user_token_create(user=User.objects.get(pk=ids[0])))
+                    for _, ids in sorted(members.items())[: args.ws]]
+    return {"topic_org": org0, "keys": keys, "members": members, "tokens": tokens, "batch_tokens": batch_tokens,
             "seconds": round(time.monotonic() - started, 1), "users": total_users}
 
 
@@ -123,19 +132,26 @@ def seed(args) -> dict:
 
 def cpu_seconds(procs: Procs, db_name: str) -> float:
     """CPU (user+system) of the bench's process groups and of its database's backends."""
+    return sum(cpu_by_group(procs, db_name).values())
+
+
+def cpu_by_group(procs: Procs, db_name: str) -> dict[str, float]:
+    """CPU (user+system) per process group the bench started (web, orgs, worker, beat) and of its
+    database's backends ("postgres")."""
     import psutil
 
-    total = 0.0
-    pgids = {p.pid for p in procs.procs.values()}
+    groups = {p.pid: name for name, p in procs.procs.items()}
+    out = dict.fromkeys(procs.procs, 0.0)
     for proc in psutil.process_iter(["pid"]):
         try:
-            if os.getpgid(proc.pid) in pgids:
+            name = groups.get(os.getpgid(proc.pid))
+            if name is not None:
                 t = proc.cpu_times()
-                total += t.user + t.system
+                out[name] += t.user + t.system
         except (psutil.Error, ProcessLookupError, PermissionError):
             continue
-    total += backend_cpu(db_name)
-    return total
+    out["postgres"] = backend_cpu(db_name)
+    return out
 
 
 def backend_cpu(db_name: str) -> float:
@@ -271,6 +287,116 @@ async def sustained_scenario(args, seeded, web: str) -> dict:
             "wall0": wall0}
 
 
+async def batch_scenario(args, seeded, web: str, ws_base: str) -> dict:
+    """--clients concurrent clients POST /send/batch, --batch-size sends of 10 recipients each (one
+    organization per request), for --duration s; --ws members listen on WebSockets meanwhile."""
+    import aiohttp
+
+    got: dict[int, list] = {}
+    ready: list[int] = []
+    stop = asyncio.Event()
+    listeners = await listen_counts(ws_base, seeded["batch_tokens"], got, ready, stop)
+    deadline = time.monotonic() + 60
+    while len(ready) < len(seeded["batch_tokens"]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    orgs = sorted(o for o in seeded["keys"] if o != seeded["topic_org"])
+    latencies: list[float] = []
+    accepted: list[int] = []
+    errors: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=args.clients)
+    async with aiohttp.ClientSession(web, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
+        t_end = time.monotonic() + args.duration
+
+        async def drive(worker: int):
+            i = 0
+            while time.monotonic() < t_end:
+                org = orgs[(worker + i * args.clients) % len(orgs)]
+                members = seeded["members"][org]
+                sends = []
+                for j in range(args.batch_size):
+                    start = ((i * args.batch_size + j) * 10) % max(1, len(members) - 10)
+                    sends.append({"recipients": members[start:start + 10], "kind": "bench",
+                                  "data": {"title": f"n{i}.{j}", "body": "b"}})
+                i += 1
+                sent = time.monotonic()
+                try:
+                    async with client.post("/api/v1/send/batch", json={"sends": sends},
+                                           headers={"Authorization": f"Bearer {seeded['keys'][org]}",
+                                                    "Idempotency-Key": uuid.uuid4().hex}) as r:
+                        code, body, retry_after = r.status, await r.read(), r.headers.get("Retry-After")
+                except (aiohttp.ClientError, TimeoutError):
+                    errors[0] = errors.get(0, 0) + 1
+                    continue
+                latencies.append(time.monotonic() - sent)
+                if code == 202:
+                    accepted.extend(item["id"] for item in json.loads(body)["results"])
+                else:
+                    errors[code] = errors.get(code, 0) + 1
+                    if code in (429, 503):  # a well-behaved client: overload control answers when to come back
+                        await asyncio.sleep(min(float(retry_after or 1), max(0.0, t_end - time.monotonic())))
+
+        wall0 = time.time()
+        await asyncio.gather(*[drive(w) for w in range(args.clients)])
+        wall1 = time.time()
+    result = {"latencies": latencies, "accepted": accepted, "errors": errors, "seconds": wall1 - wall0,
+              "wall0": wall0, "got": got, "stop": stop, "listeners": listeners, "ready": ready}
+    return result
+
+
+async def listen_counts(ws_base: str, tokens, got: dict, ready: list, stop: asyncio.Event):
+    """Each listener records the (title, arrival time) of every notification.created it gets."""
+    import websockets
+
+    async def one(user_id: int, token: str):
+        async with websockets.connect(f"{ws_base}/ws/?token={token}", origin=ws_base.replace("ws://", "http://"),
+                                      open_timeout=60, max_queue=None, ping_interval=None, max_size=None) as ws:
+            ready.append(user_id)
+            mine = got.setdefault(user_id, [])
+            while not stop.is_set():
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), timeout=0.5)
+                except TimeoutError:
+                    continue
+                msg = json.loads(raw)
+                if msg.get("type") == "notification.created" and msg.get("kind") == "message":
+                    mine.append((msg.get("title"), time.time()))
+
+    return [asyncio.create_task(one(u, t)) for u, t in tokens]
+
+
+async def batch_run(args, seeded, web: str, ws_base: str, procs, redis_url: str) -> dict:
+    """The batch load, then its drain (the listeners stay connected until their rows are in)."""
+    from django.db import connection
+
+    cpu0, r0 = cpu_by_group(procs, args.db_name), redis_cpu(redis_url)
+    load = await batch_scenario(args, seeded, web, ws_base)
+    drained = await asyncio.to_thread(sustained_drain, args, load)
+    with connection.cursor() as cur:
+        cur.execute("SELECT count(*) FROM notifications_notification WHERE kind = 'message' "
+                    "AND created_at <= to_timestamp(%s)", [load["wall0"] + load["seconds"]])
+        (in_window,) = cur.fetchone()
+        cur.execute("SELECT max(created_at) FROM notifications_notification WHERE kind = 'message'")
+        (last_row,) = cur.fetchone()
+        users = [u for u in load["ready"]]
+        cur.execute("SELECT recipient_id, count(*) FROM notifications_notification WHERE kind = 'message' "
+                    "AND recipient_id = ANY(%s) GROUP BY 1", [users])
+        expected = dict(cur.fetchall())
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(len(load["got"].get(u, [])) < expected.get(u, 0) for u in users):
+        await asyncio.sleep(0.2)
+    load["stop"].set()
+    await asyncio.gather(*load["listeners"], return_exceptions=True)
+    cpu1, r1 = cpu_by_group(procs, args.db_name), redis_cpu(redis_url)
+    live_got = sum(len(load["got"].get(u, [])) for u in users)
+    live_dups = sum(len(v) - len({t for t, _ in v}) for v in load["got"].values())
+    live_last = max((at for v in load["got"].values() for _, at in v), default=None)
+    return {"load": load, "drained": drained, "in_window": in_window,
+            "last_row": last_row.timestamp() if last_row else None,
+            "cpu": {k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in cpu1}, "redis_cpu": r1 - r0,
+            "live_expected": sum(expected.values()), "live_got": live_got, "live_dups": live_dups,
+            "live_last": live_last, "listeners": len(users)}
+
+
 def sustained_drain(args, result) -> dict:
     from django.db import connection
 
@@ -307,7 +433,8 @@ def sustained_drain(args, result) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["topic", "sustained", "both"], default="both")
+    ap.add_argument("--scenario", choices=["topic", "sustained", "both", "batch"], default="both")
+    ap.add_argument("--batch-size", type=int, default=200, help="sends per POST /send/batch (batch)")
     ap.add_argument("--topic-members", type=int, default=100_000)
     ap.add_argument("--ws", type=int, default=20, help="WebSocket clients (members of the topic organization)")
     ap.add_argument("--orgs", type=int, default=200, help="organizations of the sustained scenario")
@@ -365,7 +492,7 @@ def main() -> None:
     redis.Redis.from_url(redis_url).flushdb()
     RateLimiter(redis.Redis.from_url(redis_url)).start_fresh()
     call_command("migrate", verbosity=0)
-    if args.scenario == "sustained":
+    if args.scenario in ("sustained", "batch"):
         args.topic_members = max(args.ws, 1)
     seeded = seed(args)
     print(f"seeded {seeded['users']} users in {len(seeded['keys'])} orgs in {seeded['seconds']}s", flush=True)
@@ -431,6 +558,40 @@ def main() -> None:
                 f"Redis {rcpu:.1f} s (private server)",
             ]
             print("\n".join(report[-9:]), flush=True)
+        if args.scenario == "batch":
+            connection.close()
+            run = asyncio.run(batch_run(args, seeded, web, ws_base, procs, redis_url))
+            load, drained = run["load"], run["drained"]
+            sends, secs = len(load["accepted"]), load["seconds"]
+            n = max(1, drained["notifications"])
+            end_to_end = (run["last_row"] - load["wall0"]) if run["last_row"] else None
+            cpu = run["cpu"]
+            total = sum(cpu.values())
+            per_group = ", ".join(f"{name} {seconds / n * 1e6:.0f}" for name, seconds in cpu.items())
+            report += [
+                f"== batch: {args.clients} clients POST /send/batch of {args.batch_size} 10-recipient sends for "
+                f"{args.duration:.0f} s, {args.orgs} orgs, {args.partitions} partitions ==",
+                f"requests                 {len(load['latencies'])}; errors {load['errors'] or 0}",
+                f"sends accepted           {sends} ({sends / secs:.1f}/s)",
+                f"in-app notifications     {drained['notifications']} in inboxes: "
+                f"{run['in_window'] / secs * 60:,.0f}/min written during the load, "
+                f"{drained['notifications'] / end_to_end * 60 if end_to_end else 0:,.0f}/min "
+                f"end to end (first POST -> last inbox row, {_s(end_to_end)}); target 1,000,000/min",
+                f"accepted (offered)       {sends * 10 / secs * 60:,.0f} notifications/min",
+                f"live                     {run['live_got']} of {run['live_expected']} notification.created "
+                f"to {run['listeners']} WebSocket members, {run['live_dups']} duplicates; last "
+                f"{_s(run['live_last'] - load['wall0'] if run['live_last'] else None)} after the first POST",
+                f"accept latency           p50 {pct(load['latencies'], 50) * 1000:.0f} ms, "
+                f"p99 {pct(load['latencies'], 99) * 1000:.0f} ms (per request)",
+                f"drained                  {_s(drained['drained_after'])} after the load ended",
+                f"lost                     {drained['lost']} sends with fewer than 10 inbox rows",
+                f"duplicates               {drained['duplicates']}",
+                f"status rows              {drained['states']}",
+                f"CPU                      {total:.1f} s = {total / n * 1e6:.0f} us per notification "
+                f"({total / max(1, sends) * 1e3:.2f} ms per send); per group, us/notification: {per_group}; "
+                f"Redis {run['redis_cpu'] / n * 1e6:.0f} ({run['redis_cpu']:.1f} s, private server)",
+            ]
+            print("\n".join(report[-13:]), flush=True)
     finally:
         procs.stop_all()
         if redis_proc is not None:
