@@ -364,11 +364,25 @@ async def listen_counts(ws_base: str, tokens, got: dict, ready: list, stop: asyn
     return [asyncio.create_task(one(u, t)) for u, t in tokens]
 
 
+def profile_start(args, procs) -> dict:
+    """py-spy record (raw, 50 Hz, every subprocess) of the web and partition-worker groups for the load."""
+    out = {}
+    for name in ("web", "orgs"):
+        path = Path(args.profile) / f"{name}.txt"
+        spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
+                                "--pid", str(procs.procs[name].pid), "--subprocesses", "--nonblocking", "--rate", "50",
+                                "--format", "raw", "--duration", str(int(args.duration)), "-o", str(path)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out[name] = (spy, path)
+    return out
+
+
 async def batch_run(args, seeded, web: str, ws_base: str, procs, redis_url: str) -> dict:
     """The batch load, then its drain (the listeners stay connected until their rows are in)."""
     from django.db import connection
 
     cpu0, r0 = cpu_by_group(procs, args.db_name), redis_cpu(redis_url)
+    spies = profile_start(args, procs) if args.profile else {}
     load = await batch_scenario(args, seeded, web, ws_base)
     drained = await asyncio.to_thread(sustained_drain, args, load)
     with connection.cursor() as cur:
@@ -387,6 +401,11 @@ async def batch_run(args, seeded, web: str, ws_base: str, procs, redis_url: str)
     load["stop"].set()
     await asyncio.gather(*load["listeners"], return_exceptions=True)
     cpu1, r1 = cpu_by_group(procs, args.db_name), redis_cpu(redis_url)
+    for name, (spy, out) in spies.items():
+        spy.wait(timeout=60)
+        from bench.web_cost import summarize_profile
+
+        print(f"-- py-spy, {name} (inclusive, top 30) --\n" + "\n".join(summarize_profile(out, top=30)), flush=True)
     live_got = sum(len(load["got"].get(u, [])) for u in users)
     live_dups = sum(len(v) - len({t for t, _ in v}) for v in load["got"].values())
     live_last = max((at for v in load["got"].values() for _, at in v), default=None)
@@ -435,6 +454,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenario", choices=["topic", "sustained", "both", "batch"], default="both")
     ap.add_argument("--batch-size", type=int, default=200, help="sends per POST /send/batch (batch)")
+    ap.add_argument("--profile", metavar="DIR", help="batch: py-spy the web and partition workers during the load")
     ap.add_argument("--topic-members", type=int, default=100_000)
     ap.add_argument("--ws", type=int, default=20, help="WebSocket clients (members of the topic organization)")
     ap.add_argument("--orgs", type=int, default=200, help="organizations of the sustained scenario")
