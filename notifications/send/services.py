@@ -399,8 +399,9 @@ FROM unnest(%(ids)s::bigint[], %(kinds)s::text[], %(categories)s::text[], %(data
 RETURNING id, created_at
 """
 
-# The status rows of every send of a batch, one statement: _ROWS_SQL with the send's columns (s) and
-# channels (c) joined per send ordinal to each recipient (r) instead of being one send's parameters.
+# The status rows of every send of a batch, one statement: _ROWS_SQL (the same rules: keep them alike)
+# with the send's columns (s) and channels (c) joined per send ordinal to each recipient (r) instead
+# of being one send's parameters.
 _BATCH_PREF_JOINS, _BATCH_PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
                                                          category="s.category", builtin="c.builtin")
 _BATCH_ROWS_SQL = f"""
@@ -419,16 +420,17 @@ FROM (
     SELECT s.send_id, CASE WHEN r.due_at IS NULL THEN s.entry_id END AS entry_id, r.user_id, r.locale, r.due_at,
            c.channel, c.no_destination,
            s.locked OR {_BATCH_PREF_ON} AS wanted,
-           NOT c.per_recipient OR EXISTS (
+           NOT c.per_recipient OR (c.on_demand AND s.locked) OR EXISTS (
                 SELECT 1 FROM notifications_deliverystream ds
                 WHERE ds.organization_id = %(org)s AND ds.channel = c.channel AND ds.user_id = r.user_id
-                  AND ds.active) AS reachable
+                  AND ds.active AND NOT ds.sends_only) AS reachable
     FROM unnest(%(r_send)s::int[], %(users)s::bigint[], %(locales)s::text[], %(due)s::timestamptz[])
          AS r(ord, user_id, locale, due_at)
     JOIN unnest(%(s_ord)s::int[], %(s_id)s::bigint[], %(s_entry)s::bigint[], %(s_category)s::text[],
                 %(s_locked)s::boolean[]) AS s(ord, send_id, entry_id, category, locked) ON s.ord = r.ord
     JOIN unnest(%(c_send)s::int[], %(channels)s::text[], %(per_recipient)s::boolean[], %(no_destination)s::text[],
-                %(builtin)s::boolean[]) AS c(ord, channel, per_recipient, no_destination, builtin) ON c.ord = r.ord
+                %(builtin)s::boolean[], %(on_demand)s::boolean[])
+         AS c(ord, channel, per_recipient, no_destination, builtin, on_demand) ON c.ord = r.ord
     {_BATCH_PREF_JOINS}
 ) x
 """
@@ -548,7 +550,7 @@ def _sends_write(*, organization_id: int, prepared: list[_Prepared], actor, crea
         created = dict(cursor.fetchall())
     rows = {"r_send": [], "users": [], "locales": [], "due": [], "s_ord": [], "s_id": [], "s_entry": [],
             "s_category": [], "s_locked": [], "c_send": [], "channels": [], "per_recipient": [],
-            "no_destination": [], "builtin": []}
+            "no_destination": [], "builtin": [], "on_demand": []}
     for k, (send_id, (index, p)) in enumerate(zip(ids, written, strict=True)):
         f = p.fields
         rows["s_ord"].append(k)
@@ -563,6 +565,7 @@ def _sends_write(*, organization_id: int, prepared: list[_Prepared], actor, crea
             rows["per_recipient"].append(backend.per_recipient)
             rows["no_destination"].append(backend.no_destination)
             rows["builtin"].append(policy.builtin_enabled(channel, f["category"]))
+            rows["on_demand"].append(backend.on_demand)
         rows["r_send"] += [k] * len(p.people)
         rows["users"] += [person.user_id for person in p.people]
         rows["locales"] += [person.locale for person in p.people]

@@ -255,3 +255,23 @@ def test_a_digest_of_a_kind_that_is_not_transactional_does_not(providers, org_wi
     assert digests.digests_publish_due() == 1
     assert _stream(o.org, o.member) is None
     assert primary.messages() == []
+
+
+def test_a_batch_send_emails_members_without_an_email_stream_as_a_send_does(providers, org_with_members,  # noqa: F811
+                                                                           key_client):
+    """POST /send/batch takes /send's rule: a transactional send on email queues the row and makes the
+    member's stream of sends only; a promotional one leaves a member who never opted in suppressed."""
+    primary, _ = providers
+    o = org_with_members
+    body = {"sends": [{"recipients": [o.member.pk], "kind": kind, "channels": ["email"],
+                       "data": {"title": f"{kind} title", "body": "body"}} for kind in ("invoice", "sale")]}
+    response = key_client.post("/api/v1/send/batch", body, format="json")
+    assert response.status_code == 202, response.content
+    invoice, sale = (r["id"] for r in response.json()["results"])
+    assert _rows(invoice) == {o.member.pk: ("queued", "")}
+    assert _rows(sale)[o.member.pk][0] == "suppressed"
+    assert _stream(o.org, o.member).sends_only
+    _deliver(o.org, o.member)
+    assert _rows(invoice) == {o.member.pk: ("sent", "")}
+    mails = primary.messages(to=o.member.email)
+    assert len(mails) == 1 and "invoice" in mails[0]["subject"]
