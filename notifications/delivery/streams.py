@@ -55,8 +55,11 @@ def stream_deactivate(*, org_id: int, channel: str, destination: str = "") -> No
 # one statement makes it for the recipients who lack an active stream of their own, as a stream of
 # sends only that starts right before the send's entry (no replay of the organization's history),
 # or wakes their resting one there. Run under the organization's row lock publish() took, so the
-# entry is the organization's last. An active stream of sends only is woken too (the row lock of the
-# upsert waits for a fence that is putting it to rest: it cannot rest past this entry).
+# entry is the organization's last. An active stream of sends only is locked, not rewritten (ON
+# CONFLICT locks every conflicting row, updates those its WHERE allows): the lock waits for a fence
+# that is putting it to rest, so it cannot rest past this entry; if it did, it is woken; else
+# publish() kicks it with the organization's active streams. The members' own streams are read once,
+# as a hashed set (a probe per row also scans the index entries this statement adds: quadratic).
 _SENDS_ONLY_INSERT = """
 INSERT INTO notifications_deliverystream AS s
     (organization_id, channel, destination, user_id, delivered_seq, head_attempts, last_error, on_dead_letter,
@@ -64,14 +67,14 @@ INSERT INTO notifications_deliverystream AS s
 SELECT %(org)s, n.channel, n.user_id::text, n.user_id, %(seq)s - 1, 0, '', 'skip', false, true, true,
        clock_timestamp()
 FROM ({needed}) n
-WHERE NOT EXISTS (SELECT 1 FROM notifications_deliverystream a
-                  WHERE a.organization_id = %(org)s AND a.channel = n.channel AND a.user_id = n.user_id
-                    AND a.active AND NOT a.sends_only)
+WHERE (n.user_id, n.channel::text) NOT IN (  -- a hashed subplan, read once before the first insert
+    SELECT a.user_id, a.channel::text FROM notifications_deliverystream a
+    WHERE a.organization_id = %(org)s AND a.channel = ANY(%(channels)s) AND a.active AND NOT a.sends_only
+      AND a.user_id IS NOT NULL)
 ON CONFLICT (organization_id, channel, destination) DO UPDATE
-    SET active = true, user_id = EXCLUDED.user_id, updated_at = clock_timestamp(),
-        sends_only = CASE WHEN s.active THEN s.sends_only ELSE true END,
-        delivered_seq = CASE WHEN s.active THEN s.delivered_seq
-                             ELSE GREATEST(s.delivered_seq, EXCLUDED.delivered_seq) END
+    SET active = true, sends_only = true, user_id = EXCLUDED.user_id, updated_at = clock_timestamp(),
+        delivered_seq = GREATEST(s.delivered_seq, EXCLUDED.delivered_seq)
+    WHERE NOT s.active
 RETURNING s.channel, s.destination
 """
 # The send's recipients of the entry whose rows on those channels are queued.
