@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -65,6 +66,13 @@ def procfile_entries() -> list[tuple[str, str]]:
             name, _, command = line.partition(":")
             entries.append((name.strip(), command.strip()))
     return entries
+
+
+def live_socket_base(web_log: Path, web_port: int) -> str:
+    """Where the web tier serves /ws/: the address config.serve prints ("live sockets at ws://...");
+    the web port when the log does not say."""
+    found = re.search(r"live sockets at (ws://[^/\s]+)", web_log.read_text(errors="replace"))
+    return found.group(1) if found else f"ws://127.0.0.1:{web_port}"
 
 
 def start_redis(tmp: Path) -> tuple[subprocess.Popen, int]:
@@ -555,7 +563,8 @@ def main() -> None:
         profiler = None
         if args.profile:
             profiler = ProfileAll(meter, tmp / "profiles", args.profile)
-        result = asyncio.run(run_load(args, seeded, web, f"ws://127.0.0.1:{web_port}", meter, profiler))
+        result = asyncio.run(run_load(args, seeded, web, live_socket_base(tmp / "web.log", web_port), meter,
+                                      profiler))
         if profiler:
             profiler.join()
         result["slack"] = slack_collect(args, result, db_url, slack_port)

@@ -14,7 +14,8 @@ serves builds a queue whose wait grows until clients time out. Two bounds keep i
 
 - `WEB_MAX_DELIVERY_LAG_SECONDS`: while the fan-out delivers entries later than this after they
   happened (the in-app drains: notifications.delivery.lag, read from Redis at most every 250 ms; or
-  this process's own sockets: LiveLag, fed by the live consumers), requests that would
+  this process's own sockets: LiveLag, fed by the live consumers; in a split tier, the socket
+  processes' values through Redis), requests that would
   write new log entries (`WEB_LAG_GUARDED_PATHS`: tracker start/stop, sends, comments) are refused
   the same way, with {"reason": "backlog"}: the web alone can accept more than the workers deliver,
   and every event accepted then would wait in a growing queue. Reads are still served.
@@ -31,7 +32,7 @@ from django.conf import settings
 from django.http import JsonResponse
 
 from config.api import error_payload
-from notifications.delivery.lag import LagReader
+from notifications.delivery.lag import LagReader, LiveLagPublisher
 
 EXEMPT_PATHS = ("/healthz", "/readyz", "/metrics")
 MESSAGE = "The server is at capacity; retry shortly."
@@ -58,11 +59,17 @@ class LiveLag:
     previous = 0.0
     started = 0.0
 
+    publisher: LiveLagPublisher | None = None
+
     @classmethod
     def observe(cls, age: float) -> None:
         cls._roll(time.monotonic())
         if age > cls.current:
             cls.current = age
+        if settings.WEB_WS_INDEX != "":  # a socket process of a split tier: tell the HTTP processes
+            if cls.publisher is None:
+                cls.publisher = LiveLagPublisher(int(settings.WEB_WS_INDEX))
+            cls.publisher.offer(max(cls.current, cls.previous))
 
     @classmethod
     def value(cls) -> float:

@@ -283,9 +283,11 @@ def test_a_late_in_app_drain_makes_the_web_refuse_new_events_until_it_catches_up
 def live_lag():
     for name in ("current", "previous", "started"):
         setattr(admission.LiveLag, name, 0.0)
+    admission.LiveLag.publisher = None
     yield admission.LiveLag
     for name in ("current", "previous", "started"):
         setattr(admission.LiveLag, name, 0.0)
+    admission.LiveLag.publisher = None
 
 
 def test_the_live_lag_is_the_largest_age_of_the_last_second_or_two(live_lag, monkeypatch):
@@ -319,3 +321,41 @@ def test_writes_are_refused_while_this_process_s_sockets_get_messages_late(setti
         assert _status_headers_body((await _call(gate, "/api/v1/me", "GET"))[0])[0] == 200
 
     asyncio.run(body())
+
+
+def test_a_split_tier_s_http_processes_refuse_while_a_socket_process_forwards_late(settings, live_lag, lag_keys):
+    """config.serve --ws-processes: the sockets live in other processes; theirs is the lag that counts."""
+    settings.WEB_MAX_DELIVERY_LAG_SECONDS = 1.0
+    settings.WEB_WS_PROCESSES = 2
+    live_keys = [lag.live_lag_key(i) for i in range(2)]
+    lag_keys.delete(*live_keys)
+    served = SlowApp()
+    served.release.set()
+
+    async def socket_process():  # WEB_WS_INDEX=1: its consumers forward messages 2.5 s late
+        live_lag.observe(2.5)
+        await asyncio.gather(*live_lag.publisher.tasks)
+
+    settings.WEB_WS_INDEX = "1"
+    try:
+        asyncio.run(socket_process())
+    finally:
+        settings.WEB_WS_INDEX = ""
+    assert 2.4 < float(lag_keys.get(live_keys[1])) < 2.6
+    assert 0 < lag_keys.pttl(live_keys[1]) <= lag.LAG_TTL_SECONDS * 1000  # a stopped process's value expires
+    for name in ("current", "previous", "started"):  # the HTTP process: no sockets of its own
+        setattr(live_lag, name, 0.0)
+
+    async def http_process():
+        gate = AdmissionControl(served, max_in_flight=100)
+        status, _, payload = _status_headers_body((await _call(gate, "/api/v1/trackers/3/stop", "POST"))[0])
+        assert status == 503 and json.loads(payload)["extra"] == {"reason": "backlog"}
+        assert _status_headers_body((await _call(gate, "/api/v1/me", "GET"))[0])[0] == 200
+        lag_keys.delete(*live_keys)  # caught up
+        gate = AdmissionControl(served, max_in_flight=100)
+        assert _status_headers_body((await _call(gate, "/api/v1/trackers/3/stop", "POST"))[0])[0] == 200
+
+    try:
+        asyncio.run(http_process())
+    finally:
+        lag_keys.delete(*live_keys)

@@ -31,10 +31,15 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def stack(transactional_db):
+@pytest.fixture(params=["one-port", "split"])
+def stack(request, transactional_db):
+    """One Daphne for pages and /ws/; or the split tier (config.serve --ws-processes: /ws/ on a port of
+    its own, which the page learns from the layout and reaches with the session cookie)."""
     with Stack() as harness:
-        harness.start_daphne("web")
+        if request.param == "split":
+            harness.start_web("web", processes=1, ws_processes=1)
+        else:
+            harness.start_daphne("web")
         harness.start_worker("orgs", DELIVERY_QUEUES)
         harness.wait_ready(timeout=60)
         with harness.dump_logs_on_failure(lines=40):

@@ -91,6 +91,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "organizations.context_processors.navigation",
+                "config.context_processors.live_socket",
             ],
         },
     },
@@ -179,6 +180,10 @@ WEB_RETRY_AFTER_SECONDS = env_int("WEB_RETRY_AFTER_SECONDS", 1)
 # ... and while the in-app fan-out delivers entries later than this after they happened, requests
 # that write new log entries are refused the same way (extra.reason "backlog"). 0: off.
 WEB_MAX_DELIVERY_LAG_SECONDS = env_float("WEB_MAX_DELIVERY_LAG_SECONDS", 1.0)
+# A split web tier (config.serve --ws-processes sets these in its children): how many socket processes
+# publish their forwarding lag (read by the HTTP processes), and which one this is ("" : none).
+WEB_WS_PROCESSES = env_int("WEB_WS_PROCESSES", 0)
+WEB_WS_INDEX = env("WEB_WS_INDEX", "")
 WEB_LAG_GUARDED_PATHS = [
     r"/api/v1/trackers/\d+/(start|stop)$",
     r"/api/v1/send(/batch)?$",
@@ -579,6 +584,10 @@ def env_list(name: str, default: str = "") -> list[str]:
 HERALD_BASE_URL = env("HERALD_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 # Pages allowed to open /ws/ (config.websocket): exact `scheme://host[:port]`; `:*` = any port.
 HERALD_WS_ALLOWED_ORIGINS = env_list("WS_ALLOWED_ORIGINS", HERALD_BASE_URL)
+# Where pages open their live socket (config.context_processors): LIVE_WEBSOCKET_URL (`ws[s]://host[:port]`)
+# if set, else the page's host on HERALD_WS_PORT (set by config.serve --ws-processes), else the page's origin.
+LIVE_WEBSOCKET_URL = env("LIVE_WEBSOCKET_URL", "").rstrip("/")
+HERALD_WS_PORT = env("HERALD_WS_PORT", "")
 # Reverse proxies (IPs or CIDRs) whose X-Forwarded-For / -Proto / -Host are believed; from any other
 # peer those headers are dropped (config.middleware.TrustedProxyMiddleware).
 HERALD_TRUSTED_PROXIES = env_list("TRUSTED_PROXIES")

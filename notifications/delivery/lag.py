@@ -12,8 +12,14 @@ event waits in. The values live 1 s, so the door opens as soon as the drains cat
 means no new entries, and no new observations). A drain that stopped (no worker) lets its value
 expire: the guard then says nothing, and the sweeper and the operators' alerts take over.
 
-Costs: one pipelined SET per drain process per LAG_FLUSH_SECONDS while it delivers; one MGET per
-web process per LAG_READ_SECONDS while it receives writes.
+A split web tier (config.serve --ws-processes: the sockets in Daphne processes of their own) has
+no sockets in the processes that take the writes, so each socket process publishes its own
+forwarding lag too (config.admission.LiveLag: `herald:lag:live:<WEB_WS_INDEX>`, same life), and the
+HTTP processes read those keys in the same MGET and refuse while the largest is over the budget.
+
+Costs: one pipelined SET per drain process per LAG_FLUSH_SECONDS while it delivers (and one SET
+per socket process of a split tier while its sockets get messages); one MGET per web process per
+LAG_READ_SECONDS while it receives writes.
 """
 import asyncio
 import logging
@@ -33,6 +39,10 @@ LAG_SLOTS = 32
 
 def lag_key(slot: int) -> str:
     return f"herald:lag:{slot}"
+
+
+def live_lag_key(index: int) -> str:
+    return f"herald:lag:live:{index}"
 
 
 _redis: redis.Redis | None = None
@@ -77,6 +87,40 @@ class LagRecorder:
             logger.warning("delivery lag not recorded (Redis unavailable)")
 
 
+class LiveLagPublisher:
+    """In a socket process of a split web tier: SETs this process's forwarding lag at most every
+    LAG_FLUSH_SECONDS, from the event loop (a task; a failure only loses that value)."""
+
+    def __init__(self, index: int):
+        self.key = live_lag_key(index)
+        self.client: aioredis.Redis | None = None
+        self.loop = None
+        self.published_at = float("-inf")
+        self.tasks: set[asyncio.Task] = set()
+
+    def offer(self, value: float) -> None:
+        now = time.monotonic()
+        if now - self.published_at < LAG_FLUSH_SECONDS:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.published_at = now
+        if self.client is None or self.loop is not loop:
+            self.client, self.loop = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.2,
+                                                             socket_connect_timeout=0.2), loop
+        task = loop.create_task(self._set(self.client, value))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _set(self, client, value: float) -> None:
+        try:
+            await client.set(self.key, f"{value:.3f}", px=int(LAG_TTL_SECONDS * 1000))
+        except (redis.RedisError, OSError):
+            logger.warning("live lag not recorded (Redis unavailable)")
+
+
 class LagReader:
     """Per web process (async): the fan-out's lag in seconds, the median over the keys written in
     the last LAG_TTL_SECONDS, read at most every LAG_READ_SECONDS; 0 when nothing is recorded or
@@ -98,11 +142,15 @@ class LagReader:
             if self.client is None or self.loop is not loop:  # one client per event loop (tests run several)
                 self.client, self.loop = aioredis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.2,
                                                                  socket_connect_timeout=0.2), loop
-            values = sorted(float(v) for v in await self.client.mget([lag_key(slot) for slot in range(LAG_SLOTS)])
-                            if v is not None)
+            keys = [lag_key(slot) for slot in range(LAG_SLOTS)]
+            keys += [live_lag_key(i) for i in range(settings.WEB_WS_PROCESSES)]
+            found = await self.client.mget(keys)
+            values = sorted(float(v) for v in found[:LAG_SLOTS] if v is not None)
             # The median of the keys written in the last second: the fan-out as a whole is late (one
             # slow organization alone does not close the door for every other).
             self.value = values[(len(values) - 1) // 2] if values else 0.0
+            # A split tier's socket processes: the largest (each serves every organization's sockets).
+            self.value = max([self.value] + [float(v) for v in found[LAG_SLOTS:] if v is not None])
         except (redis.RedisError, OSError, ValueError):
             self.value = 0.0  # never refuse on a guess
         return self.value

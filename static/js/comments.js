@@ -31,7 +31,7 @@
   }
 
   function connect() {
-    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/`);
+    const ws = new WebSocket(heraldSocketUrl(`/ws/`));
     ws.onopen = () => { backoff = 500; root.dataset.connected = "true"; };
     ws.onmessage = (m) => {
       const msg = JSON.parse(m.data);

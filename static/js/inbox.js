@@ -31,7 +31,7 @@
   }
 
   function connect() {
-    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/?client_id=${clientId}`);
+    const ws = new WebSocket(heraldSocketUrl(`/ws/?client_id=${clientId}`));
     ws.onopen = () => {
       if (root.dataset.connected === "reconnecting") redraw();
       backoff = 500;

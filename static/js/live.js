@@ -229,7 +229,7 @@
   let backoff = 500;
   function connect() {
     const after = Object.values(orgs).map((o) => `${o.id}:${o.lastSeq}`).join(",");
-    const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/ws/?client_id=${clientId}&after=${after}`);
+    const ws = new WebSocket(heraldSocketUrl(`/ws/?client_id=${clientId}&after=${after}`));
     ws.onopen = () => {
       backoff = 500;
       root.dataset.connected = "true";

@@ -194,6 +194,18 @@ class Stack:
         argv = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
         return self.add(name, argv, kind="daphne", env=env, port=port)
 
+    def start_web(self, name: str = "web", *, processes: int = 1, ws_processes: int = 1, env: dict | None = None,
+                  server: str = "daphne") -> Proc:
+        """The web tier as the Procfile runs it (`config.serve`): `processes` HTTP processes on one port
+        and, with `ws_processes`, Daphne processes for /ws/ on another (`ws_url` points there)."""
+        port, ws_port = free_port(), free_port()
+        argv = [sys.executable, "-m", "config.serve", "--host", "127.0.0.1", "--port", str(port),
+                "--processes", str(processes), "--ws-processes", str(ws_processes), "--ws-port", str(ws_port),
+                "--server", server]
+        proc = self.add(name, argv, kind="daphne", env=env, port=port)
+        proc.extra["ws_port"] = ws_port if ws_processes else port
+        return proc
+
     def start_worker(self, name: str, queues: list[str] | str, *, concurrency: int = 1, pool: str = "prefork",
                      loglevel: str = "INFO", extra_args: list[str] | None = None, env: dict | None = None,
                      clock_offset: float = 0.0, start: bool = True) -> Proc:
@@ -219,7 +231,8 @@ class Stack:
         return f"http://127.0.0.1:{self.procs[name].port}"
 
     def ws_url(self, name: str = "web") -> str:
-        return f"ws://127.0.0.1:{self.procs[name].port}"
+        proc = self.procs[name]
+        return f"ws://127.0.0.1:{proc.extra.get('ws_port', proc.port)}"
 
     def _ready(self, proc: Proc) -> bool:
         if proc.kind == "daphne":
