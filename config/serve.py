@@ -19,6 +19,7 @@ granian where installed (docs/benchmarks.md compares them).
     python -m config.serve --port 8000 --processes 2 --ws-processes 1    # HTTP :8000, /ws/ :8001
 """
 import argparse
+import importlib.util
 import os
 import socket
 import subprocess
@@ -66,6 +67,8 @@ def main() -> int:
                         help="default: --port + 1")
     parser.add_argument("--server", choices=SERVERS, default=os.environ.get("WEB_SERVER", "daphne"))
     args = parser.parse_args()
+    if importlib.util.find_spec(args.server) is None:
+        parser.error(f"--server {args.server}: not installed here (not in requirements.txt; docs/benchmarks.md)")
 
     count, ws_count = max(1, args.processes), max(0, args.ws_processes)
     # granian takes no descriptor: it binds the port itself and runs its own worker processes.
