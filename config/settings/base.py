@@ -129,6 +129,21 @@ DATABASES["default"].setdefault("OPTIONS", {}).update({
     "keepalives_interval": 10, "keepalives_count": 3,
     "options": f"-c idle_in_transaction_session_timeout={env_int('DB_IDLE_IN_TRANSACTION_SECONDS', 60)}s",
 })
+# Server-side parameter binding (psycopg's Cursor instead of its ClientCursor): the query and its
+# parameters travel apart, so psycopg can prepare a statement it sees DB_PREPARE_THRESHOLD times
+# on a connection (Postgres then skips parsing and, with a generic plan, planning). psycopg keeps
+# at most 100 statements prepared per connection (its prepared_max; least recently used deallocated).
+# Prepared statements live in the server session: behind pgbouncer in transaction mode they need
+# its prepared-statement support (max_prepared_statements > 0); else set DB_PREPARE_THRESHOLD=
+# (empty, nothing prepared) or DB_SERVER_SIDE_BINDING=false. Hand-written SQL casts a parameter
+# where Postgres cannot infer its type (see docs/operations.md).
+DB_SERVER_SIDE_BINDING = env_bool("DB_SERVER_SIDE_BINDING", True)
+if DB_SERVER_SIDE_BINDING:
+    _threshold = env("DB_PREPARE_THRESHOLD", "5")
+    DATABASES["default"]["OPTIONS"].update({
+        "server_side_binding": True,
+        "prepare_threshold": int(_threshold) if _threshold.strip() else None,
+    })
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -30,8 +30,8 @@ FOR UPDATE
 
 _RECORD_SQL = """
 UPDATE notifications_senddelivery
-SET state = %(state)s, updated_at = now(), error = %(error)s,
-    sent_at = CASE WHEN %(state)s = 'sent' THEN now() ELSE sent_at END,
+SET state = %(state)s::text, updated_at = now(), error = %(error)s,
+    sent_at = CASE WHEN %(state)s::text = 'sent' THEN now() ELSE sent_at END,
     due_at = CASE WHEN %(state)s = 'deferred' THEN %(due)s::timestamptz ELSE due_at END
 WHERE entry_id = ANY(%(entries)s::bigint[]) AND channel = %(channel)s AND state = ANY(%(states)s)
   AND (%(user)s::bigint IS NULL OR user_id = %(user)s::bigint)
@@ -92,8 +92,9 @@ ORDER BY d.id DESC LIMIT 1
 
 _REPORT_SQL = """
 UPDATE notifications_senddelivery sd
-SET state = %(state)s, updated_at = now(),
-    delivered_at = CASE WHEN %(state)s = 'delivered' THEN COALESCE(%(at)s, now()) ELSE sd.delivered_at END,
+SET state = %(state)s::text, updated_at = now(),
+    delivered_at = CASE WHEN %(state)s::text = 'delivered' THEN COALESCE(%(at)s::timestamptz, now())
+                        ELSE sd.delivered_at END,
     error = %(error)s
 FROM notifications_delivery d
 JOIN notifications_deliverystream s ON s.id = d.stream_id
