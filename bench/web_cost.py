@@ -286,7 +286,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--users", type=int, default=50)
     parser.add_argument("--only", action="append", choices=ENDPOINTS)
-    parser.add_argument("--repeat", type=int, default=1, help="in process: measured runs per endpoint (one line each)")
+    parser.add_argument("--repeat", type=int, default=1, help="measured runs per endpoint (one line each)")
     parser.add_argument("--profile", action="store_true", help="py-spy record this process during the runs")
     parser.add_argument("--db-name", default="herald_bench_web_cost")
     parser.add_argument("--http", action="store_true", help="over HTTP to the Procfile's web line")
@@ -351,6 +351,8 @@ def main() -> int:
 
 
 def http_main(args, seeded, redis_client) -> int:
+    from django.conf import settings
+
     from tests.support.stack import free_port
 
     port = free_port()
@@ -370,18 +372,22 @@ def http_main(args, seeded, redis_client) -> int:
         print(f"{args.requests} requests per endpoint over HTTP from {args.clients} keep-alive connections to "
               f"`{command}` (WEB_PROCESSES={args.web_processes}, production settings); "
               f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+        options = settings.DATABASES["default"]["OPTIONS"]
+        print(f"server-side binding: {bool(options.get('server_side_binding'))}, "
+              f"prepare_threshold: {options.get('prepare_threshold')}")
         print(f"{'endpoint':<12} {'web CPU ms/req':>14} {'PG CPU ms/req':>13} {'req/s':>7}  statuses")
         backends = BackendCpu()
         for name in args.only or ENDPOINTS:
             asyncio.run(http_run(port, requests_for(name, seeded, args.warmup), args.clients, args.users))
-            backends.start()
-            cpu0 = tree_cpu(web.pid)
-            wall, statuses = asyncio.run(http_run(port, requests_for(name, seeded, args.requests), args.clients,
-                                                  args.users))
-            cpu = tree_cpu(web.pid) - cpu0
-            pg = backends.stop()
-            print(f"{name:<12} {1e3 * cpu / args.requests:>14.2f} {1e3 * pg / args.requests:>13.2f} "
-                  f"{args.requests / wall:>7.0f}  {dict(statuses)}", flush=True)
+            for _ in range(max(1, args.repeat)):
+                backends.start()
+                cpu0 = tree_cpu(web.pid)
+                wall, statuses = asyncio.run(http_run(port, requests_for(name, seeded, args.requests), args.clients,
+                                                      args.users))
+                cpu = tree_cpu(web.pid) - cpu0
+                pg = backends.stop()
+                print(f"{name:<12} {1e3 * cpu / args.requests:>14.2f} {1e3 * pg / args.requests:>13.2f} "
+                      f"{args.requests / wall:>7.0f}  {dict(statuses)}", flush=True)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         os.killpg(web.pid, signal.SIGTERM)
