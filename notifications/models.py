@@ -53,10 +53,15 @@ class LogEntry(models.Model):
 
 
 class Notification(models.Model):
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
-    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    # No database foreign keys (CASCADE is Django's, on delete): the in-app fan-out writes these rows
+    # by the thousand from rows that exist (the entry's audience, its entry, its organization), and
+    # three deferred FK checks per row were a third of Postgres' cost of a batch send's fan-out
+    # (docs/benchmarks.md). `recipient` needs no index of its own: notif_recipient_recent leads with it.
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications",
+                                  db_constraint=False, db_index=False)
     entry = models.ForeignKey(LogEntry, on_delete=models.CASCADE, null=True, blank=True,
-                              related_name="notifications")
+                              related_name="notifications", db_constraint=False)
     seq = models.BigIntegerField(null=True, blank=True)
     kind = models.CharField(max_length=64)
     title = models.CharField(max_length=255)
@@ -546,7 +551,8 @@ class SendDelivery(models.Model):
     # rows are written (members of the send's organization, its own entry), so the insert does not
     # pay three foreign-key lookups per row.
     id = models.BigAutoField(primary_key=True)
-    send = models.ForeignKey(Send, on_delete=models.CASCADE, related_name="deliveries")
+    # send and entry need no index of their own: senddelivery_unique and senddelivery_entry lead with them.
+    send = models.ForeignKey(Send, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, related_name="+",
                                      db_constraint=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, related_name="+",
@@ -554,7 +560,7 @@ class SendDelivery(models.Model):
     channel = models.CharField(max_length=32)
     locale = models.CharField(max_length=16, default="en")
     entry = models.ForeignKey(LogEntry, on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
-                              db_constraint=False)
+                              db_constraint=False, db_index=False)
     state = models.CharField(max_length=12, choices=State.choices, default=State.QUEUED)
     due_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
