@@ -303,6 +303,7 @@ async def batch_scenario(args, seeded, web: str, ws_base: str) -> dict:
     latencies: list[float] = []
     accepted: list[int] = []
     errors: dict[int, int] = {}
+    first_errors: dict[int, str] = {}
     connector = aiohttp.TCPConnector(limit=args.clients)
     async with aiohttp.ClientSession(web, connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as client:
         t_end = time.monotonic() + args.duration
@@ -324,20 +325,24 @@ async def batch_scenario(args, seeded, web: str, ws_base: str) -> dict:
                                            headers={"Authorization": f"Bearer {seeded['keys'][org]}",
                                                     "Idempotency-Key": uuid.uuid4().hex}) as r:
                         code, body, retry_after = r.status, await r.read(), r.headers.get("Retry-After")
-                except (aiohttp.ClientError, TimeoutError):
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     errors[0] = errors.get(0, 0) + 1
+                    first_errors.setdefault(0, repr(exc)[:300])
                     continue
                 latencies.append(time.monotonic() - sent)
                 if code == 202:
                     accepted.extend(item["id"] for item in json.loads(body)["results"])
                 else:
                     errors[code] = errors.get(code, 0) + 1
+                    first_errors.setdefault(code, body[:300].decode(errors="replace"))
                     if code in (429, 503):  # a well-behaved client: overload control answers when to come back
                         await asyncio.sleep(min(float(retry_after or 1), max(0.0, t_end - time.monotonic())))
 
         wall0 = time.time()
         await asyncio.gather(*[drive(w) for w in range(args.clients)])
         wall1 = time.time()
+    for code, body in sorted(first_errors.items()):
+        print(f"first {code or 'connection error'}: {body}", flush=True)
     result = {"latencies": latencies, "accepted": accepted, "errors": errors, "seconds": wall1 - wall0,
               "wall0": wall0, "got": got, "stop": stop, "listeners": listeners, "ready": ready}
     return result
