@@ -30,13 +30,24 @@ from notifications.send.schedule import member_schedules_move
 
 logger = logging.getLogger("herald.delivery")
 
+# When a digested entry is due (its DigestItem.due_at), for entry `e` held for member `u` by digest
+# setting `d`: the end of the member's local hour (Asia/Kolkata's ends at :30 UTC), or the next
+# `daily_at` in their zone. Shared by the single and the batch append.
+_DIGEST_DUE_SQL = """CASE WHEN d.frequency = 'hourly'
+                THEN (date_trunc('hour', e.occurred_at AT TIME ZONE u.time_zone) + interval '1 hour')
+                     AT TIME ZONE u.time_zone
+                WHEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
+                     > e.occurred_at
+                THEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
+                ELSE ((e.occurred_at AT TIME ZONE u.time_zone)::date + 1 + d.daily_at) AT TIME ZONE u.time_zone END"""
+
 # Allocates the seq and writes the entry in one round trip. Audience NULL: the members right now.
 # Also returns the organization's active streams, which the kick on commit wakes (a stream that
 # becomes active between this statement and the commit starts at the current seq or is swept).
 # In the same statement, the audience members who get this kind as a digest have the entry held for
 # it (notifications.digests): a DigestItem due at the end of their window (hourly, or daily at a local
 # time in their zone), so every channel decides from that record, the same on every attempt.
-_APPEND_SQL = """
+_APPEND_SQL = f"""
 WITH org AS (
     UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = now()
     WHERE id = %(org)s RETURNING id, last_event_seq
@@ -53,13 +64,7 @@ WITH org AS (
 ), held AS (
     INSERT INTO notifications_digestitem (organization_id, user_id, entry_id, seq, kind, due_at)
     SELECT e.organization_id, d.user_id, e.id, e.seq, d.kind,
-           CASE WHEN d.frequency = 'hourly'  -- the member's local hour (Asia/Kolkata's end at :30 UTC)
-                THEN (date_trunc('hour', e.occurred_at AT TIME ZONE u.time_zone) + interval '1 hour')
-                     AT TIME ZONE u.time_zone
-                WHEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
-                     > e.occurred_at
-                THEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
-                ELSE ((e.occurred_at AT TIME ZONE u.time_zone)::date + 1 + d.daily_at) AT TIME ZONE u.time_zone END
+           {_DIGEST_DUE_SQL}
     FROM entry e
     JOIN notifications_digestsetting d ON d.organization_id = e.organization_id AND d.kind = %(digest_key)s
          AND d.user_id = ANY(e.audience)
@@ -117,7 +122,7 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
 # digest holds, and the organization's active streams, all in one statement. The entries come as one
 # JSON array of [payload, digest key, sorted audience]: one json.dumps, where arrays of parameters
 # cost the client-side binding an escape per element (most of the web's CPU of a batch, py-spy).
-_APPEND_MANY_SQL = """
+_APPEND_MANY_SQL = f"""
 WITH org AS (
     UPDATE organizations_organization SET last_event_seq = last_event_seq + %(n)s, last_event_at = now()
     WHERE id = %(org)s RETURNING id, last_event_seq - %(n)s AS base
@@ -135,13 +140,7 @@ WITH org AS (
 ), held AS (
     INSERT INTO notifications_digestitem (organization_id, user_id, entry_id, seq, kind, due_at)
     SELECT e.organization_id, d.user_id, e.id, e.seq, d.kind,
-           CASE WHEN d.frequency = 'hourly'
-                THEN (date_trunc('hour', e.occurred_at AT TIME ZONE u.time_zone) + interval '1 hour')
-                     AT TIME ZONE u.time_zone
-                WHEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
-                     > e.occurred_at
-                THEN ((e.occurred_at AT TIME ZONE u.time_zone)::date + d.daily_at) AT TIME ZONE u.time_zone
-                ELSE ((e.occurred_at AT TIME ZONE u.time_zone)::date + 1 + d.daily_at) AT TIME ZONE u.time_zone END
+           {_DIGEST_DUE_SQL}
     FROM entry e
     JOIN org ON true
     JOIN input i ON i.ord = e.seq - org.base
