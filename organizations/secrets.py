@@ -33,7 +33,7 @@ def development_key(path: str | Path) -> str:
 def _fernet() -> MultiFernet:
     keys = list(settings.HERALD_ENCRYPTION_KEYS)
     if not keys:
-        if not settings.DEBUG:
+        if not settings.HERALD_DEV_ENCRYPTION_KEY_FILE:
             raise ImproperlyConfigured("HERALD_ENCRYPTION_KEYS must be set")
         # Development only (`make run` works out of the box): a key of this checkout under .run/.
         keys = [development_key(settings.HERALD_DEV_ENCRYPTION_KEY_FILE)]

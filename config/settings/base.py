@@ -619,9 +619,10 @@ HERALD_MAX_BODY_BYTES_BY_PATH = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = max([HERALD_MAX_BODY_BYTES, *HERALD_MAX_BODY_BYTES_BY_PATH.values()])
 HERALD_MAX_JSON_DEPTH = env_int("MAX_JSON_DEPTH", 32)
 HERALD_MAX_WS_FRAME_BYTES = env_int("MAX_WS_FRAME_BYTES", 64 * 1024)
-# Development only (DEBUG without HERALD_ENCRYPTION_KEYS): the Slack-token key generated once per
-# checkout, never derived from the public default SECRET_KEY.
-HERALD_DEV_ENCRYPTION_KEY_FILE = env("HERALD_DEV_ENCRYPTION_KEY_FILE", str(BASE_DIR / ".run" / "dev-encryption-key"))
+# Development only (config.settings.local sets it): where HERALD_ENCRYPTION_KEYS is empty, the
+# Slack-token key generated once per checkout in this file, never derived from the public default
+# SECRET_KEY. Empty (every other settings module): no key, no start.
+HERALD_DEV_ENCRYPTION_KEY_FILE = ""
 # Login and registration throttles (organizations.throttle), on the shared Redis limiter. An attempt
 # takes one from its client address and one from the account; LOGIN_LOCKOUT_FAILURES failed
 # passwords for one account within LOGIN_LOCKOUT_WINDOW_SECONDS lock it for LOGIN_LOCKOUT_SECONDS

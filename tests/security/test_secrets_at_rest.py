@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.urls import reverse
 from rest_framework.test import APIClient
@@ -42,7 +43,6 @@ def test_admin_shows_only_a_prefix_of_the_hash(staff_client, model):
 
 
 def test_development_key_is_generated_per_checkout_not_derived_from_secret_key(settings, tmp_path):
-    settings.DEBUG = True
     settings.HERALD_ENCRYPTION_KEYS = []
     settings.HERALD_DEV_ENCRYPTION_KEY_FILE = str(tmp_path / ".run" / "dev-encryption-key")
 
@@ -62,13 +62,20 @@ def test_development_key_is_generated_per_checkout_not_derived_from_secret_key(s
 
 
 def test_another_checkout_gets_another_key(settings, tmp_path):
-    settings.DEBUG = True
     settings.HERALD_ENCRYPTION_KEYS = []
     settings.HERALD_DEV_ENCRYPTION_KEY_FILE = str(tmp_path / "a")
     first = secrets.encrypt("x")
     settings.HERALD_DEV_ENCRYPTION_KEY_FILE = str(tmp_path / "b")
     with pytest.raises(Exception):  # noqa: B017  (ImproperlyConfigured: not decryptable with b's key)
         secrets.decrypt(first)
+
+
+def test_without_keys_or_a_development_key_file_nothing_is_encrypted(settings):
+    settings.HERALD_ENCRYPTION_KEYS = []
+    settings.HERALD_DEV_ENCRYPTION_KEY_FILE = ""  # every settings module but config.settings.local
+    settings.DEBUG = True  # DEBUG alone does not make up a key
+    with pytest.raises(ImproperlyConfigured, match="HERALD_ENCRYPTION_KEYS must be set"):
+        secrets.encrypt("xoxb-secret")
 
 
 # --- prefixes (issue 9 #12) -----------------------------------------------------------------
