@@ -46,46 +46,6 @@ WHERE m.organization_id = %(org)s AND (%(all)s OR m.user_id = ANY(%(ids)s::bigin
 ORDER BY u.id
 """
 
-# One row per recipient x channel. A member who turned the send's category off on a channel (their
-# choice for the organization, their global one, the organization's default; never for a
-# transactional category: notifications.policy) is `suppressed` with error 'preference'. A
-# per-recipient channel (email, sms, push, ...) reaches a member through their streams
-# (DeliveryStream.user: their email, phone or devices); a member without an active one (no phone, no
-# device, email not opted in) is `suppressed` at once with the channel's reason rather than left
-# queued: one indexed probe per row. A stream of sends only (DeliveryStream.sends_only) does not
-# count: it is no opt-in. Except on an on-demand channel (email) for a transactional category,
-# which cannot be turned off: the row is queued and the send makes the stream (_streams_for_send).
-# A member who gets the send's kind as a digest has the entry held for it (publish records that):
-# `digested`, and their digest lists it.
-_PREF_JOINS, _PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
-                                             category="%(category)s", builtin="c.builtin")
-_ROWS_SQL = f"""
-INSERT INTO notifications_senddelivery
-    (send_id, organization_id, user_id, channel, locale, entry_id, state, due_at, created_at, updated_at,
-     sent_at, delivered_at, error)
-SELECT %(send)s, %(org)s, x.user_id, x.channel, x.locale, %(entry)s,
-       CASE WHEN NOT x.wanted OR NOT x.reachable THEN 'suppressed'
-            WHEN %(entry)s::bigint IS NOT NULL AND EXISTS (
-                SELECT 1 FROM notifications_digestitem di WHERE di.entry_id = %(entry)s::bigint
-                  AND di.user_id = x.user_id) THEN 'digested'
-            ELSE %(state)s END,
-       x.due_at, now(), now(), NULL, NULL,
-       CASE WHEN NOT x.wanted THEN 'preference' WHEN NOT x.reachable THEN x.no_destination ELSE '' END
-FROM (
-    SELECT r.user_id, r.locale, r.due_at, c.channel, c.no_destination,
-           %(locked)s OR {_PREF_ON} AS wanted,
-           NOT c.per_recipient OR (c.on_demand AND %(locked)s) OR EXISTS (
-                SELECT 1 FROM notifications_deliverystream s
-                WHERE s.organization_id = %(org)s AND s.channel = c.channel AND s.user_id = r.user_id
-                  AND s.active AND NOT s.sends_only) AS reachable
-    FROM unnest(%(users)s::bigint[], %(locales)s::text[], %(due)s::timestamptz[]) AS r(user_id, locale, due_at)
-    CROSS JOIN unnest(%(channels)s::text[], %(per_recipient)s::boolean[], %(no_destination)s::text[],
-                      %(builtin)s::boolean[], %(on_demand)s::boolean[])
-               AS c(channel, per_recipient, no_destination, builtin, on_demand)
-    {_PREF_JOINS}
-) x
-"""
-
 # The send row, written out (the ORM's create and save cost about a millisecond of CPU each on every
 # send, config.rawrows); its payload and entry are written by the first status-row statement
 # (_SEND_DONE_CTE), once the entry is published.
@@ -353,8 +313,7 @@ def send_create(*, organization_id: int, recipients: list | None, topic: str | N
         entry = publish(organization_id=organization_id, kind=MESSAGE_KIND, payload=send.payload, actor=actor,
                         audience=now_ids)
         send.entry_id = entry.id
-    _rows_insert(send=send, people=prepared.people, due=prepared.due, entry_id=entry.id if entry else None,
-                 write_send=True)
+    _rows_insert(send=send, people=prepared.people, due=prepared.due, entry_id=entry.id if entry else None)
     if entry is not None:
         _streams_for_send(send, entry)
     return send
@@ -399,12 +358,23 @@ FROM jsonb_array_elements(%(sends)s::jsonb) AS u(e)
 RETURNING id, created_at
 """
 
-# The status rows of every send of a batch, one statement: _ROWS_SQL (the same rules: keep them alike)
-# with the send's columns (s) and channels (c) joined per send ordinal to each recipient (r) instead
-# of being one send's parameters.
-_BATCH_PREF_JOINS, _BATCH_PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
-                                                         category="s.category", builtin="c.builtin")
-_BATCH_ROWS_SQL = f"""
+# The status rows of one send (/send) or of every send of a batch, in one statement: each send's
+# columns (s) and channels (c) joined per send ordinal to each of its recipients (r), taken as JSON
+# arrays (_rows_params). A recipient due now is `queued` with the send's entry, one due later
+# `scheduled` without it. One row per recipient x channel. A member who turned the send's category
+# off on a channel (their choice for the organization, their global one, the organization's default;
+# never for a transactional category: notifications.policy) is `suppressed` with error 'preference'.
+# A per-recipient channel (email, sms, push, ...) reaches a member through their streams
+# (DeliveryStream.user: their email, phone or devices); a member without an active one (no phone, no
+# device, email not opted in) is `suppressed` at once with the channel's reason rather than left
+# queued: one indexed probe per row. A stream of sends only (DeliveryStream.sends_only) does not
+# count: it is no opt-in. Except on an on-demand channel (email) for a transactional category,
+# which cannot be turned off: the row is queued and the send makes the stream (_streams_for_send).
+# A member who gets the send's kind as a digest has the entry held for it (publish records that):
+# `digested`, and their digest lists it.
+_PREF_JOINS, _PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
+                                             category="s.category", builtin="c.builtin")
+_ROWS_SQL = f"""
 INSERT INTO notifications_senddelivery
     (send_id, organization_id, user_id, channel, locale, entry_id, state, due_at, created_at, updated_at,
      sent_at, delivered_at, error)
@@ -419,7 +389,7 @@ SELECT x.send_id, %(org)s, x.user_id, x.channel, x.locale, x.entry_id,
 FROM (
     SELECT s.send_id, CASE WHEN r.due_at IS NULL THEN s.entry_id END AS entry_id, r.user_id, r.locale, r.due_at,
            c.channel, c.no_destination,
-           s.locked OR {_BATCH_PREF_ON} AS wanted,
+           s.locked OR {_PREF_ON} AS wanted,
            NOT c.per_recipient OR (c.on_demand AND s.locked) OR EXISTS (
                 SELECT 1 FROM notifications_deliverystream ds
                 WHERE ds.organization_id = %(org)s AND ds.channel = c.channel AND ds.user_id = r.user_id
@@ -431,7 +401,7 @@ FROM (
     JOIN (SELECT (e ->> 0)::int, e ->> 1, (e ->> 2)::boolean, e ->> 3, (e ->> 4)::boolean, (e ->> 5)::boolean
           FROM json_array_elements(%(channels)s::json) e)
          AS c(ord, channel, per_recipient, no_destination, builtin, on_demand) ON c.ord = r.ord
-    {_BATCH_PREF_JOINS}
+    {_PREF_JOINS}
 ) x
 """
 
@@ -537,26 +507,16 @@ def _sends_write(*, organization_id: int, prepared: list[_Prepared], actor, crea
         cursor.execute(_SENDS_INSERT_SQL, {"org": organization_id, "created_by": created_by_id, "api_key": api_key_id,
                                            "sends": json.dumps(sends_json, cls=DjangoJSONEncoder)})
         created = dict(cursor.fetchall())
-    recipients, sends, channels = [], [], []
-    backends: dict[tuple[str, str], list] = {}
     for k, (send_id, (index, p)) in enumerate(zip(ids, written, strict=True)):
-        f = p.fields
-        sends.append([k, send_id, entry_ids[k], f["category"], policy.is_locked(f["category"])])
-        for channel in f["channels"]:
-            key = (channel, f["category"])
-            if key not in backends:
-                backend = registry.get(channel)
-                backends[key] = [channel, backend.per_recipient, backend.no_destination,
-                                 policy.builtin_enabled(channel, f["category"]), backend.on_demand]
-            channels.append([k, *backends[key]])
-        recipients += [[k, person.user_id, person.locale, _iso(at)] for person, at in zip(p.people, p.due, strict=True)]
         send = Send(id=send_id, created_at=created[send_id], payload=payloads[k], entry_id=entry_ids[k],
-                    cancelled_at=None, **f)
+                    cancelled_at=None, **p.fields)
         send._state.adding, send._state.db = False, connection.alias
         results[index] = send
+    params = _rows_params(organization_id=organization_id,
+                          sends=[(results[index], p.people, p.due, entry_ids[k])
+                                 for k, (index, p) in enumerate(written)])
     with connection.cursor() as cursor:
-        cursor.execute(_BATCH_ROWS_SQL, {"org": organization_id, "recipients": json.dumps(recipients),
-                                         "sends": json.dumps(sends), "channels": json.dumps(channels)})
+        cursor.execute(_ROWS_SQL, params)
     for k, entry in zip(publishing, entries, strict=True):  # a statement only for a transactional email send
         _streams_for_send(results[written[k][0]], entry)
     return results
@@ -599,38 +559,37 @@ def _shed(*, people: list[Recipient], **fields) -> Send:
     return send
 
 
-def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | None], entry_id: int | None,
-                 write_send: bool = False) -> None:
-    """The status rows, in one statement per group of alike rows (queued now / scheduled); with
-    `write_send`, the first of them also writes the send's payload and entry."""
-    groups = {"queued": ([], [], []), "scheduled": ([], [], [])}
-    for person, at in zip(people, due, strict=True):
-        users, locales, dues = groups["queued" if at is None else "scheduled"]
-        users.append(person.user_id)
-        locales.append(person.locale)
-        dues.append(at)
-    per_recipient = [registry.get(c).per_recipient for c in send.channels]
-    on_demand = [registry.get(c).on_demand for c in send.channels]
-    no_destination = [registry.get(c).no_destination for c in send.channels]
-    builtin = [policy.builtin_enabled(c, send.category) for c in send.channels]
-    pending = write_send
+def _rows_params(*, organization_id: int,
+                 sends: list[tuple[Send, list[Recipient], list[datetime | None], int | None]]) -> dict:
+    """_ROWS_SQL's parameters for these sends, each (send, its recipients, their due times, its
+    entry): one JSON array each of recipients, sends and channels, per send ordinal."""
+    recipients, rows, channels = [], [], []
+    backends: dict[tuple[str, str], list] = {}
+    for k, (send, people, due, entry_id) in enumerate(sends):
+        rows.append([k, send.pk, entry_id, send.category, policy.is_locked(send.category)])
+        for channel in send.channels:
+            key = (channel, send.category)
+            if key not in backends:
+                backend = registry.get(channel)
+                backends[key] = [channel, backend.per_recipient, backend.no_destination,
+                                 policy.builtin_enabled(channel, send.category), backend.on_demand]
+            channels.append([k, *backends[key]])
+        recipients += [[k, person.user_id, person.locale, _iso(at)] for person, at in zip(people, due, strict=True)]
+    return {"org": organization_id, "recipients": json.dumps(recipients), "sends": json.dumps(rows),
+            "channels": json.dumps(channels)}
+
+
+def _rows_insert(*, send: Send, people: list[Recipient], due: list[datetime | None], entry_id: int | None) -> None:
+    """The send's status rows in one statement (the batch's, for one send), which also writes the
+    send's payload and entry."""
+    params = _rows_params(organization_id=send.organization_id, sends=[(send, people, due, entry_id)])
+    params.update(payload=json.dumps(send.payload), send_entry=send.entry_id, send=send.pk)
     with connection.cursor() as cursor:
-        for state, (users, locales, dues) in groups.items():
-            if users:
-                params = {"send": send.pk, "org": send.organization_id, "users": users,
-                          "locales": locales, "due": dues, "channels": list(send.channels),
-                          "per_recipient": per_recipient, "no_destination": no_destination,
-                          "builtin": builtin, "on_demand": on_demand, "category": send.category,
-                          "locked": policy.is_locked(send.category),
-                          "state": state, "entry": entry_id if state == "queued" else None}
-                if pending:
-                    params.update(payload=json.dumps(send.payload), send_entry=send.entry_id)
-                cursor.execute(_SEND_DONE_CTE + _ROWS_SQL if pending else _ROWS_SQL, params)
-                pending = False
-    if pending:  # no recipient (a send always has one): the send's row still gets its payload
-        with connection.cursor() as cursor:
+        if people:
+            cursor.execute(_SEND_DONE_CTE + _ROWS_SQL, params)
+        else:  # no recipient (a send always has one): the send's row still gets its payload
             cursor.execute("UPDATE notifications_send SET payload = %s::jsonb, entry_id = %s WHERE id = %s",
-                           [json.dumps(send.payload), send.entry_id, send.pk])
+                           [params["payload"], send.entry_id, send.pk])
 
 
 # A recipient who gets the send's kind as a digest has not had it yet while its digest item waits
