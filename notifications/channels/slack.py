@@ -11,6 +11,7 @@ import functools
 import http.client
 import ssl
 import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -74,9 +75,18 @@ def _tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+@functools.cache
+def _install_opener() -> None:
+    """slack-sdk's urllib transport, handed an SSL context, builds a urllib opener on every call
+    (every default handler, the proxy handler scanning the environment: ~0.56 ms of CPU per post);
+    handed none, it uses urllib's process-wide opener. That opener is installed once per process,
+    its HTTPS handler on the shared verifying context, and the client is handed no context."""
+    urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=_tls())))
+
+
 def _client(token: str) -> WebClient:
-    return WebClient(token=token, base_url=settings.SLACK_API_URL, timeout=settings.SLACK_TIMEOUT, retry_handlers=[],
-                     ssl=_tls())
+    _install_opener()
+    return WebClient(token=token, base_url=settings.SLACK_API_URL, timeout=settings.SLACK_TIMEOUT, retry_handlers=[])
 
 
 def _classify(exc: SlackApiError) -> Exception:
