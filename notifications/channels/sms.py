@@ -60,7 +60,7 @@ from notifications.channels.callbacks import (
     signature_matches,
 )
 from notifications.channels.parts import run_text
-from notifications.channels.provider import PhoneChannel, PhoneTarget, retry_after
+from notifications.channels.provider import PhoneChannel, PhoneTarget, http_client, retry_after
 from notifications.delivery.types import (
     Gate,
     PermanentFailure,
@@ -261,7 +261,7 @@ class SmsChannel(PhoneChannel):
             if since is not None:
                 params["DateSent>"] = since.date().isoformat()
             try:
-                response = httpx.get(url, params=params, auth=(provider["account_sid"], provider["auth_token"]),
+                response = http_client().get(url, params=params, auth=(provider["account_sid"], provider["auth_token"]),
                                      timeout=float(self.options["timeout"]))
                 messages = response.json().get("messages", []) if response.status_code == 200 else []
             except (httpx.HTTPError, ValueError, AttributeError):

@@ -33,6 +33,7 @@ from rest_framework.views import APIView
 from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError, NotFound
 from notifications.channels.base import Channel, Run
+from notifications.channels.provider import http_client
 from notifications.delivery.streams import stream_deactivate, stream_ensure
 from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
 from notifications.events import entry_message
@@ -112,8 +113,8 @@ class WebhookChannel(Channel):
                    SIGNATURE_HEADER: sign(target.secret, message, int(time.time())),
                    "Herald-Delivery": str(run.delivery_id)}
         try:
-            response = httpx.post(target.url, content=message, headers=headers, timeout=float(self.options["timeout"]),
-                                  follow_redirects=False)
+            response = http_client().post(target.url, content=message, headers=headers,
+                                          timeout=float(self.options["timeout"]), follow_redirects=False)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise TransientFailure(f"webhook unreachable: {exc.__class__.__name__}: {exc}") from exc
         except httpx.HTTPError as exc:  # read timeout, reset, broken answer: it may have arrived
