@@ -21,7 +21,7 @@ from django.template.loader import render_to_string
 
 from notifications import metrics, policy
 from notifications.breaker import BreakerDecision, CircuitBreaker
-from notifications.channels.base import Channel, Run
+from notifications.channels.base import Channel, Run, tls_context
 from notifications.delivery.types import Gate
 from notifications.kinds import kind_get
 from notifications.models import EmailDeferral, PreferenceCategory
@@ -88,9 +88,20 @@ def route() -> Route:
     return result
 
 
+class SMTPBackend(EmailBackend):
+    """Django's SMTP backend on the process's TLS context (Django builds a context, loading the CA
+    store, per backend, and a backend serves one email here)."""
+
+    @property
+    def ssl_context(self):
+        if self.ssl_certfile or self.ssl_keyfile:
+            return super().ssl_context
+        return tls_context()
+
+
 def backend(provider: str) -> EmailBackend:
     prefix = f"EMAIL_{provider.upper()}_"
-    return EmailBackend(
+    return SMTPBackend(
         host=getattr(settings, prefix + "HOST"), port=getattr(settings, prefix + "PORT"),
         username=getattr(settings, prefix + "USER", "") or "",
         password=getattr(settings, prefix + "PASSWORD", "") or "",

@@ -9,7 +9,6 @@ never posted twice.
 """
 import functools
 import http.client
-import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from django.db import connection
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from notifications.channels.base import Channel, Run
+from notifications.channels.base import Channel, Run, tls_context
 from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
 from notifications.kinds import kind_get
 from notifications.ratelimit import Scope
@@ -68,20 +67,14 @@ def build_message(*, org_id: int, events: list, first_seq: int | None = None, la
 
 
 @functools.cache
-def _tls() -> ssl.SSLContext:
-    """One verifying TLS context per process. Without one, slack-sdk's urllib transport has
-    http.client build a default context per connection, loading the CA store each time (~23 ms of
-    CPU per call, more than the rest of a send)."""
-    return ssl.create_default_context()
-
-
-@functools.cache
 def _install_opener() -> None:
     """slack-sdk's urllib transport, handed an SSL context, builds a urllib opener on every call
     (every default handler, the proxy handler scanning the environment: ~0.56 ms of CPU per post);
-    handed none, it uses urllib's process-wide opener. That opener is installed once per process,
-    its HTTPS handler on the shared verifying context, and the client is handed no context."""
-    urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=_tls())))
+    handed none, it uses urllib's process-wide opener; and without a context of ours, http.client
+    builds a default one per connection (~23 ms of CPU, more than the rest of a send). That opener
+    is installed once per process, its HTTPS handler on the shared verifying context, and the
+    client is handed no context."""
+    urllib.request.install_opener(urllib.request.build_opener(urllib.request.HTTPSHandler(context=tls_context())))
 
 
 def _client(token: str) -> WebClient:

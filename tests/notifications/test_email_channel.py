@@ -2,6 +2,7 @@
 text + HTML), failover to the secondary (refused connection, 421, 451, timeout, open breaker), 550
 as a permanent failure, and both providers down."""
 import smtplib
+import ssl
 import time
 
 import pytest
@@ -10,6 +11,7 @@ from django.core.mail import EmailMultiAlternatives
 from notifications.breaker import CircuitBreaker
 from notifications.channels import PermanentFailure, UncertainFailure
 from notifications.channels import email as smtp
+from notifications.channels.base import tls_context
 from tests.support.fakesmtp import FakeSMTP, smtp_settings
 
 FAST_BREAKER = {"window": 30.0, "min_calls": 3, "failure_ratio": 0.5, "open_seconds": 30.0,
@@ -161,3 +163,16 @@ def test_classification_of_smtp_errors():
     assert smtp._classify(smtplib.SMTPServerDisconnected("gone")) == "transient"
     assert smtp._classify(TimeoutError("timed out")) == "transient"
     assert smtp._classify(ConnectionRefusedError(111, "refused")) == "transient"
+
+
+def test_every_email_shares_one_verifying_tls_context(providers, tmp_path):
+    """Django's SMTP backend builds a TLS context (loading the CA store, ~20 ms of CPU) per backend,
+    that is per email here: STARTTLS uses the process's one verifying context instead, unless a
+    client certificate is configured."""
+    first, second = smtp.backend("primary"), smtp.backend("secondary")
+
+    assert first.ssl_context is second.ssl_context is tls_context()
+    assert first.ssl_context.verify_mode == ssl.CERT_REQUIRED and first.ssl_context.check_hostname
+    with_cert = smtp.SMTPBackend(host="127.0.0.1", ssl_certfile=str(tmp_path / "missing.pem"))
+    with pytest.raises(FileNotFoundError):  # its own context, loading the configured certificate
+        with_cert.ssl_context

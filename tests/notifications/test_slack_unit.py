@@ -9,6 +9,7 @@ import pytest
 
 from notifications.channels import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
 from notifications.channels import slack
+from notifications.channels.base import tls_context
 from notifications.models import LogEntry
 from tests.support.fakeslack import FakeSlack
 
@@ -191,7 +192,7 @@ def test_every_call_shares_one_verifying_tls_context(settings):
     slack._client("xoxb-a"), slack._client("xoxb-b")
 
     [context] = _https_contexts(urllib.request._opener)
-    assert context is slack._tls()
+    assert context is tls_context()
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
 
 
@@ -208,4 +209,4 @@ def test_posts_build_no_urllib_opener_per_call(fake, monkeypatch):
 
     assert built == []
     assert [m["first_seq"] for m in fake.messages()] == [1, 2, 3]
-    assert _https_contexts(urllib.request._opener) == [slack._tls()]
+    assert _https_contexts(urllib.request._opener) == [tls_context()]
