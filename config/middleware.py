@@ -1,5 +1,7 @@
 """Request middleware: proxy-header trust, body size limit, JSON errors under /api/, structured
-request logging (one line per request), 503 when a dependency is down, error pages for browser pages."""
+request logging (one line per request), 503 when a dependency is down, error pages for browser pages,
+and the browser-state middleware (session, user, messages) left out of API requests that carry a
+token or an API key."""
 import ipaddress
 import logging
 import re
@@ -7,9 +9,13 @@ import time
 from functools import cached_property
 
 from django.conf import settings
+from django.contrib.auth import middleware as auth_middleware
+from django.contrib.messages import middleware as messages_middleware
+from django.contrib.sessions import middleware as sessions_middleware
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from rest_framework.authentication import get_authorization_header
 from kombu.exceptions import OperationalError as BrokerError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -180,3 +186,49 @@ class ApiErrorsAsJsonMiddleware:
                     replacement[header] = response[header]
             return replacement
         return response
+
+
+# --- browser state, left out of token-authenticated API requests --------------------------------
+
+API_CREDENTIALS_PATH_PREFIX = "/api/v1/"
+# The keywords of organizations.authentication's UserTokenAuthentication and ApiKeyAuthentication.
+API_CREDENTIALS_KEYWORDS = (b"token", b"bearer")
+
+
+def api_credentials_request(request) -> bool:
+    """A JSON API request (under /api/v1/, not asking for HTML) whose Authorization header names a
+    user token or an API key. DRF authenticates it from that header alone: the token and API-key
+    authenticators come before SessionAuthentication and each either accepts its keyword's
+    credentials or refuses them with 401, so the session, Django's session user and the message
+    store are never read (tests/security/test_api_credentials.py pins all of this). CSRF stays as it
+    is for every request: it guards session-authenticated calls, which never match here."""
+    cached = request.__dict__.get("_herald_api_credentials")
+    if cached is None:
+        header = get_authorization_header(request).split()
+        cached = request.__dict__["_herald_api_credentials"] = bool(
+            header and header[0].lower() in API_CREDENTIALS_KEYWORDS
+            and request.path.startswith(API_CREDENTIALS_PATH_PREFIX)
+            and "text/html" not in request.META.get("HTTP_ACCEPT", ""))  # the browsable API renders pages
+    return cached
+
+
+class _BrowserStateOnly:
+    """Passes API-credential requests straight through: a session load and save, a lazy session user
+    and a message store per request that nothing would read."""
+
+    def __call__(self, request):
+        if api_credentials_request(request):
+            return self.get_response(request)
+        return super().__call__(request)
+
+
+class SessionMiddleware(_BrowserStateOnly, sessions_middleware.SessionMiddleware):
+    pass
+
+
+class AuthenticationMiddleware(_BrowserStateOnly, auth_middleware.AuthenticationMiddleware):
+    pass
+
+
+class MessageMiddleware(_BrowserStateOnly, messages_middleware.MessageMiddleware):
+    pass
