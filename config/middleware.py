@@ -108,6 +108,8 @@ class TrustedProxyMiddleware:
         return [ipaddress.ip_network(p, strict=False) for p in settings.HERALD_TRUSTED_PROXIES]
 
     def trusted(self, address: str) -> bool:
+        if not self.networks:  # none configured (the usual case): no address to parse
+            return False
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
