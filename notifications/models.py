@@ -56,12 +56,13 @@ class Notification(models.Model):
     # No database foreign keys (CASCADE is Django's, on delete): the in-app fan-out writes these rows
     # by the thousand from rows that exist (the entry's audience, its entry, its organization), and
     # three deferred FK checks per row were a third of Postgres' cost of a batch send's fan-out
-    # (docs/benchmarks.md). `recipient` needs no index of its own: notif_recipient_recent leads with it.
+    # (docs/benchmarks.md). `recipient` needs no index of its own: notif_recipient_recent leads with it;
+    # nor `entry`: notification_unique_entry_recipient does.
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+", db_constraint=False)
     recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications",
                                   db_constraint=False, db_index=False)
     entry = models.ForeignKey(LogEntry, on_delete=models.CASCADE, null=True, blank=True,
-                              related_name="notifications", db_constraint=False)
+                              related_name="notifications", db_constraint=False, db_index=False)
     seq = models.BigIntegerField(null=True, blank=True)
     kind = models.CharField(max_length=64)
     title = models.CharField(max_length=255)
@@ -72,9 +73,11 @@ class Notification(models.Model):
 
     class Meta:
         constraints = [
-            # Makes the in-app fan-out idempotent: a redelivered batch inserts nothing twice.
-            models.UniqueConstraint(fields=["recipient", "entry"], condition=Q(entry__isnull=False),
-                                    name="notification_unique_recipient_entry"),
+            # Makes the in-app fan-out idempotent: a redelivered batch inserts nothing twice. Entry first:
+            # it also serves the entry's cascade and the live backlog's (recipient, entries) lookup, and
+            # the fan-out inserts in entry order, at the index's right edge.
+            models.UniqueConstraint(fields=["entry", "recipient"], condition=Q(entry__isnull=False),
+                                    name="notification_unique_entry_recipient"),
         ]
         indexes = [
             models.Index(fields=["recipient", "-id"], name="notif_recipient_recent"),
@@ -552,11 +555,15 @@ class SendDelivery(models.Model):
     # pay three foreign-key lookups per row.
     id = models.BigAutoField(primary_key=True)
     # send and entry need no index of their own: senddelivery_unique and senddelivery_entry lead with them.
+    # Nor organization and user: no query reads the rows by either alone (the partial indexes below
+    # serve an organization's failures and a member's scheduled rows; DO_NOTHING: no cascade reads
+    # them), and every index costs an insert per row twice, when it is written and when it goes out
+    # (the UPDATE to `sent` is never HOT: `state` is in the partial indexes' predicates).
     send = models.ForeignKey(Send, on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     organization = models.ForeignKey(Organization, on_delete=models.DO_NOTHING, related_name="+",
-                                     db_constraint=False)
+                                     db_constraint=False, db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.DO_NOTHING, related_name="+",
-                             db_constraint=False)
+                             db_constraint=False, db_index=False)
     channel = models.CharField(max_length=32)
     locale = models.CharField(max_length=16, default="en")
     entry = models.ForeignKey(LogEntry, on_delete=models.DO_NOTHING, null=True, blank=True, related_name="+",
