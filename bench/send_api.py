@@ -17,6 +17,12 @@ worker per org-<k> queue), a default/maintenance worker and beat, on a database 
   WebSocket clients, members of the sustained organizations, each must get one notification.created
   per inbox row of theirs), CPU per notification per process group, p99 accept latency, lost,
   duplicates.
+- pgcost: no servers; in this process, --rounds batches of --batch-size 10-recipient sends
+  (sends_create_batch, as POST /send/batch calls it) each followed by the in-app drains of its
+  organization (stream_deliver, as a partition worker calls it), one organization after another:
+  the CPU of this process's Postgres backend per notification, for the batch's write and for the
+  fan-out apart (the first two rounds warm up and are not counted). --ddl runs a statement after
+  seeding (e.g. an index dropped), to compare a schema variant with the same code.
 
 CPU per notification: user+system CPU of every process the bench started (web, workers, beat)
 plus the Postgres backends of its database, sampled before and after, divided by the notifications
@@ -457,7 +463,9 @@ def sustained_drain(args, result) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", choices=["topic", "sustained", "both", "batch"], default="both")
+    ap.add_argument("--scenario", choices=["topic", "sustained", "both", "batch", "pgcost"], default="both")
+    ap.add_argument("--rounds", type=int, default=40, help="pgcost: batches written and drained")
+    ap.add_argument("--ddl", action="append", default=[], help="pgcost: SQL run after seeding (a schema variant)")
     ap.add_argument("--batch-size", type=int, default=200, help="sends per POST /send/batch (batch)")
     ap.add_argument("--profile", metavar="DIR", help="batch: py-spy the web and partition workers during the load")
     ap.add_argument("--topic-members", type=int, default=100_000)
@@ -517,10 +525,17 @@ def main() -> None:
     redis.Redis.from_url(redis_url).flushdb()
     RateLimiter(redis.Redis.from_url(redis_url)).start_fresh()
     call_command("migrate", verbosity=0)
-    if args.scenario in ("sustained", "batch"):
+    if args.scenario in ("sustained", "batch", "pgcost"):
         args.topic_members = max(args.ws, 1)
     seeded = seed(args)
     print(f"seeded {seeded['users']} users in {len(seeded['keys'])} orgs in {seeded['seconds']}s", flush=True)
+    if args.scenario == "pgcost":
+        try:
+            pg_cost(args, seeded)
+        finally:
+            if redis_proc is not None:
+                redis_proc.terminate()
+        return
     connection.close()
 
     logdir = Path(tempfile.mkdtemp(prefix="herald-bench-send-"))
@@ -624,6 +639,64 @@ def main() -> None:
     print()
     print("\n".join(report))
     print(f"logs                     {logdir}")
+
+
+def pg_cost(args, seeded) -> None:
+    """The pgcost scenario: Postgres CPU per notification of a batch's write and of its fan-out."""
+    import psutil
+    from django.db import connection
+
+    from notifications.delivery.fence import stream_deliver
+    from notifications.send.services import sends_create_batch
+
+    with connection.cursor() as cur:
+        for ddl in args.ddl:
+            cur.execute(ddl)
+        cur.execute("SELECT pg_backend_pid()")
+        backend = psutil.Process(cur.fetchone()[0])
+
+    def pg() -> float:
+        t = backend.cpu_times()
+        return t.user + t.system
+
+    members = seeded["members"]
+    orgs = sorted(members)
+    write = fan_out = 0.0
+    made = 0
+    for r in range(args.rounds):
+        org = orgs[r % len(orgs)]
+        ids = members[org]
+        span = max(1, len(ids) - 10)
+        sends = [{"recipients": ids[(i * 10) % span:(i * 10) % span + 10], "kind": "bench",
+                  "data": {"title": f"n{r}-{i}", "body": "b"}} for i in range(args.batch_size)]
+        c0 = pg()
+        sends_create_batch(organization_id=org, sends=sends)
+        c1 = pg()
+        with connection.cursor() as cur:
+            cur.execute("SELECT last_event_seq FROM organizations_organization WHERE id = %s", [org])
+            last = cur.fetchone()[0]
+        while True:
+            stream_deliver(org_id=org, channel="inapp")
+            with connection.cursor() as cur:
+                cur.execute("SELECT delivered_seq FROM notifications_deliverystream WHERE organization_id = %s "
+                            "AND channel = 'inapp'", [org])
+                if cur.fetchone()[0] >= last:
+                    break
+        c2 = pg()
+        if r >= 2:
+            write, fan_out, made = write + c1 - c0, fan_out + c2 - c1, made + len(sends) * 10
+    with connection.cursor() as cur:
+        cur.execute("SELECT state, count(*) FROM notifications_senddelivery GROUP BY 1")
+        states = dict(cur.fetchall())
+        cur.execute("SELECT pg_stat_force_next_flush()")
+        cur.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
+                    "WHERE relname = 'notifications_senddelivery'")
+        updates, hot = cur.fetchone()
+    n = max(1, made)
+    print(f"== pgcost: {args.rounds - 2} batches of {args.batch_size} 10-recipient sends, each drained ==")
+    print(f"notifications            {made}; status rows {states}; status-row updates {updates}, HOT {hot}")
+    print(f"postgres CPU             {(write + fan_out) / n * 1e6:.1f} us per notification: batch write "
+          f"{write / n * 1e6:.1f}, in-app fan-out {fan_out / n * 1e6:.1f}")
 
 
 def _s(value) -> str:
