@@ -6,7 +6,9 @@ sends them: generic, by (entry, channel, recipient), never by channel name.
   failed; or went out already to another of the recipient's destinations: push devices), and locks
   those rows, so a cancel that comes meanwhile skips them (they are going out)
   and one that committed before is seen (the entry is dropped from the run).
-- `run_record`, in the transaction that records the outcome: sent / failed / dead / deferred.
+- `run_record`, in the transaction that records the outcome: sent / failed / dead / deferred
+  (failed and dead set `failed_at`, which indexes an organization's failures; so does a provider's
+  `failed` report).
 
 Entries of untracked kinds (tracker events) cost nothing here: no statement runs for a run
 without tracked entries.
@@ -32,6 +34,7 @@ _RECORD_SQL = """
 UPDATE notifications_senddelivery
 SET state = %(state)s::text, updated_at = now(), error = %(error)s,
     sent_at = CASE WHEN %(state)s::text = 'sent' THEN now() ELSE sent_at END,
+    failed_at = CASE WHEN %(state)s::text IN ('failed', 'dead') THEN now() ELSE failed_at END,
     due_at = CASE WHEN %(state)s = 'deferred' THEN %(due)s::timestamptz ELSE due_at END
 WHERE entry_id = ANY(%(entries)s::bigint[]) AND channel = %(channel)s AND state = ANY(%(states)s)
   AND (%(user)s::bigint IS NULL OR user_id = %(user)s::bigint)
@@ -95,6 +98,7 @@ UPDATE notifications_senddelivery sd
 SET state = %(state)s::text, updated_at = now(),
     delivered_at = CASE WHEN %(state)s::text = 'delivered' THEN COALESCE(%(at)s::timestamptz, now())
                         ELSE sd.delivered_at END,
+    failed_at = CASE WHEN %(state)s::text = 'failed' THEN now() ELSE sd.failed_at END,
     error = %(error)s
 FROM notifications_delivery d
 JOIN notifications_deliverystream s ON s.id = d.stream_id

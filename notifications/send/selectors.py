@@ -1,5 +1,7 @@
 """Reads of the send API: a send for its caller (404 for another organization's), its counts per
 channel and state, its status rows."""
+from datetime import datetime
+
 from django.db.models import Count, QuerySet
 
 from config.errors import Forbidden, NotFound
@@ -51,3 +53,13 @@ def send_delivery_list(*, send: Send, channel: str | None = None, state: str | N
     if state:
         rows = rows.filter(state=state)
     return rows.order_by("id")
+
+
+def send_failures(*, organization_id: int, since: datetime) -> QuerySet[SendDelivery]:
+    """An organization's status rows that failed (retrying) or died since `since` ("failures of an
+    organization in the last hour"), newest first: index senddelivery_org_failed on (organization,
+    failed_at); `state` is re-checked on the row (a row that failed and then went out keeps its
+    failed_at)."""
+    return (SendDelivery.objects.filter(organization_id=organization_id, failed_at__gte=since,
+                                        state__in=[SendDelivery.State.FAILED, SendDelivery.State.DEAD])
+            .order_by("-failed_at"))

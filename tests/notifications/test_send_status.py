@@ -73,8 +73,9 @@ def test_a_refused_recipient_is_dead_and_a_failing_provider_failed(providers, or
     result = stream_deliver(org_id=o.org.id, channel="email", destination=str(o.member.id))
     assert result.kind == "wait"
     row = SendDelivery.objects.get(send_id=send_id)
-    assert row.state == "failed" and row.error
+    assert row.state == "failed" and row.error and row.failed_at is not None
     primary.configure(temp_fail=None, reject=[o.member.email])
     secondary.configure(temp_fail=None, reject=[o.member.email])
     _deliver(o.org, o.member)
-    assert SendDelivery.objects.get(send_id=send_id).state == "dead"
+    dead = SendDelivery.objects.get(send_id=send_id)
+    assert dead.state == "dead" and dead.failed_at >= row.failed_at  # when it became dead (now(): one transaction)

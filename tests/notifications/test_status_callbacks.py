@@ -120,6 +120,7 @@ def test_twilio_undelivered_is_failed_with_the_error_and_a_later_delivered_wins(
     assert _twilio(client, twilio, sid, "undelivered", ErrorCode="30003").json()["applied"] == 1
     row = _row(send_id, "sms")
     assert row.state == "failed" and "30003" in row.error and row.delivered_at is None
+    assert row.failed_at is not None and row.sent_at <= row.failed_at  # indexes the organization's failures
     assert _twilio(client, twilio, sid, "delivered").json()["applied"] == 1
     row.refresh_from_db()
     assert row.state == "delivered" and row.error == ""
