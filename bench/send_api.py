@@ -692,9 +692,13 @@ def pg_cost(args, seeded) -> None:
         cur.execute("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables "
                     "WHERE relname = 'notifications_senddelivery'")
         updates, hot = cur.fetchone()
+        cur.execute("SELECT pg_relation_size('notifications_senddelivery'), "
+                    "pg_indexes_size('notifications_senddelivery')")
+        heap, indexes = cur.fetchone()
     n = max(1, made)
     print(f"== pgcost: {args.rounds - 2} batches of {args.batch_size} 10-recipient sends, each drained ==")
-    print(f"notifications            {made}; status rows {states}; status-row updates {updates}, HOT {hot}")
+    print(f"notifications            {made}; status rows {states}; status-row updates {updates}, HOT {hot} "
+          f"({hot / max(1, updates):.0%}); table {heap / 2**20:.1f} MB, its indexes {indexes / 2**20:.1f} MB")
     print(f"postgres CPU             {(write + fan_out) / n * 1e6:.1f} us per notification: batch write "
           f"{write / n * 1e6:.1f}, in-app fan-out {fan_out / n * 1e6:.1f}")
 
