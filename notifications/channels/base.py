@@ -8,11 +8,13 @@ request, retries, dead letters, breakers and limiter scopes. A local channel (in
 run inside the fence's transaction instead (`apply`).
 """
 import functools
+import os
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import httpx
 import redis
 from django.conf import settings
 from django.core.checks import Error
@@ -31,6 +33,22 @@ def tls_context() -> ssl.SSLContext:
     which a library left to itself pays per connection (http.client) or per email (Django's SMTP
     backend)."""
     return ssl.create_default_context()
+
+
+_CLIENTS: dict[int, httpx.Client] = {}
+
+
+def http_client() -> httpx.Client:
+    """This process's HTTP client for calls to providers and webhook endpoints: one TLS context and
+    one connection pool per process. `httpx.request` makes a Client per call, and each Client loads
+    the CA bundle into a new SSL context: ~38 ms of CPU per call on this box, plus a TCP (and TLS)
+    handshake a kept connection saves. Keyed by process id, so a Celery prefork child never shares
+    its parent's sockets. Redirects are not followed (as httpx.request); timeouts are per call."""
+    pid = os.getpid()
+    client = _CLIENTS.get(pid)
+    if client is None:
+        client = _CLIENTS[pid] = httpx.Client(follow_redirects=False)
+    return client
 
 
 @dataclass(frozen=True)

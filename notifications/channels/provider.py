@@ -1,37 +1,20 @@
 """What the HTTP provider channels share (SMS, push, WhatsApp; django-anymail's base backend as the
 model): one request helper that maps the transport's failures onto the fence's taxonomy (a refused
 connection or a connect timeout: the channel's choice, by default transient; a lost answer after
-the request went out: uncertain) on one HTTP client per process, Retry-After, the provider's
+the request went out: uncertain) on the process's HTTP client, Retry-After, the provider's
 reference read from a 2xx answer, the rule every per-recipient provider channel applies to API
 sends, the two limiter scopes each declares (the provider's API, one destination), and, for the
 phone channels, the member's phone as the destination. Each channel module keeps only its
 protocol: URL, payload, how its errors classify.
 """
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
 
-from notifications.channels.base import Channel
+from notifications.channels.base import Channel, http_client
 from notifications.delivery.types import TransientFailure, UncertainFailure
 from organizations.models import E164, User
-
-
-_CLIENTS: dict[int, httpx.Client] = {}
-
-
-def http_client() -> httpx.Client:
-    """This process's HTTP client for calls to providers and webhook endpoints: one TLS context and
-    one connection pool per process. `httpx.request` makes a Client per call, and each Client loads
-    the CA bundle into a new SSL context: ~38 ms of CPU per call on this box, plus a TCP (and TLS)
-    handshake a kept connection saves. Keyed by process id, so a Celery prefork child never shares
-    its parent's sockets. Redirects are not followed (as httpx.request); timeouts are per call."""
-    pid = os.getpid()
-    client = _CLIENTS.get(pid)
-    if client is None:
-        client = _CLIENTS[pid] = httpx.Client(follow_redirects=False)
-    return client
 
 
 def retry_after(response: httpx.Response, default: float = 1.0) -> float:

@@ -49,7 +49,7 @@ from rest_framework.response import Response
 from config.errors import ApplicationError, NotFound
 from notifications.breaker import BreakerDecision, CircuitBreaker
 from notifications.channels import registry
-from notifications.channels.base import Run
+from notifications.channels.base import Run, http_client
 from notifications.channels.callbacks import (
     CallbackApi,
     CallbackError,
@@ -60,7 +60,7 @@ from notifications.channels.callbacks import (
     signature_matches,
 )
 from notifications.channels.parts import run_text
-from notifications.channels.provider import PhoneChannel, PhoneTarget, http_client, retry_after
+from notifications.channels.provider import PhoneChannel, PhoneTarget, retry_after
 from notifications.delivery.types import (
     Gate,
     PermanentFailure,

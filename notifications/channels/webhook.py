@@ -32,8 +32,7 @@ from rest_framework.views import APIView
 
 from config.api import Pagination, StrictSerializer
 from config.errors import ApplicationError, NotFound
-from notifications.channels.base import Channel, Run
-from notifications.channels.provider import http_client
+from notifications.channels.base import Channel, Run, http_client
 from notifications.delivery.streams import stream_deactivate, stream_ensure
 from notifications.delivery.types import PermanentFailure, RateLimitedFailure, TransientFailure, UncertainFailure
 from notifications.events import entry_message

@@ -189,7 +189,8 @@ def test_every_call_shares_one_verifying_tls_context(settings):
     rest of a send): the process's urllib opener, which the client uses, carries one context per
     process, verifying certificates and host names."""
     settings.SLACK_API_URL = "https://slack.example/api/"
-    slack._client("xoxb-a"), slack._client("xoxb-b")
+    slack._client("xoxb-a")
+    slack._client("xoxb-b")
 
     [context] = _https_contexts(urllib.request._opener)
     assert context is tls_context()

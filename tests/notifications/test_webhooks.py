@@ -4,7 +4,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from notifications.channels import provider, registry
+from notifications.channels import base as channels_base
+from notifications.channels import registry
 from notifications.channels.webhook import verify_signature
 from notifications.delivery.fence import stream_deliver
 from notifications.models import ChannelDestination, Delivery, DeliveryStream
@@ -173,12 +174,12 @@ def test_calls_share_one_http_client_per_process(monkeypatch):
     """`httpx.request` builds a Client per call, and each Client a new SSL context from the CA bundle
     (~38 ms of CPU): providers and webhooks share one client (TLS context and kept connections) per
     process, and a forked worker child gets its own."""
-    monkeypatch.setattr(provider, "_CLIENTS", dict(provider._CLIENTS))  # the fake process's client stays here
-    first = provider.http_client()
+    monkeypatch.setattr(channels_base, "_CLIENTS", dict(channels_base._CLIENTS))  # the fake process's client stays here
+    first = channels_base.http_client()
     built = []
-    monkeypatch.setattr(provider.httpx, "Client", lambda **kw: built.append(kw) or object())
+    monkeypatch.setattr(channels_base.httpx, "Client", lambda **kw: built.append(kw) or object())
 
-    assert provider.http_client() is first and built == []
-    monkeypatch.setattr(provider.os, "getpid", lambda: -1)  # another process
-    child = provider.http_client()
+    assert channels_base.http_client() is first and built == []
+    monkeypatch.setattr(channels_base.os, "getpid", lambda: -1)  # another process
+    child = channels_base.http_client()
     assert child is not first and built == [{"follow_redirects": False}]
