@@ -122,6 +122,9 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
 # digest holds, and the organization's active streams, all in one statement. The entries come as one
 # JSON array of [payload, digest key, sorted audience]: one json.dumps, where arrays of parameters
 # cost the client-side binding an escape per element (most of the web's CPU of a batch, py-spy).
+# occurred_at is when this statement ran, not when its transaction began (now()): a send batch
+# prepares its rows inside the transaction first, and the drains' lag counts from occurred_at, so
+# that preparation would read as backlog and trip admission control.
 _APPEND_MANY_SQL = f"""
 WITH org AS (
     UPDATE organizations_organization SET last_event_seq = last_event_seq + %(n)s, last_event_at = now()
@@ -133,7 +136,8 @@ WITH org AS (
 ), entry AS (
     INSERT INTO notifications_logentry
         (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
-    SELECT org.id, org.base + i.ord, %(kind)s, i.payload, %(actor_id)s, %(actor_name)s, i.audience, now()
+    SELECT org.id, org.base + i.ord, %(kind)s, i.payload, %(actor_id)s, %(actor_name)s, i.audience,
+           statement_timestamp()
     FROM org CROSS JOIN input i
     ORDER BY i.ord
     RETURNING id, organization_id, seq, audience, occurred_at

@@ -8,13 +8,14 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from notifications.delivery.fence import stream_deliver
 from notifications.models import DeliveryStream, IdempotencyKey, LogEntry, Notification, Send, SendDelivery
 from notifications.preferences import digest_set, preference_set
+from notifications.publish import publish_many
 from notifications.send import idempotency, services
 from tests.conftest import assert_error
 from tests.notifications.test_send_api import send_template
@@ -89,6 +90,22 @@ def test_a_batch_answers_each_send_in_order_with_gapless_seqs_in_request_order(o
     DeliveryStream.objects.filter(organization=o.org, channel="inapp").update(delivered_seq=0)
     _drain(o.org)
     assert Notification.objects.filter(kind="message").count() == 6
+
+
+def test_a_batch_occurred_when_its_entries_were_written_not_when_its_transaction_began(org_with_members):
+    # The drains' lag (admission control) counts from occurred_at: a batch that spent time preparing
+    # its rows inside its transaction must not read as backlog from the moment the transaction began.
+    o = org_with_members
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT now()")
+            began = cursor.fetchone()[0]
+            cursor.execute("SELECT pg_sleep(0.2)")
+        entries = publish_many(organization_id=o.org.id, kind="message", payloads=[{"n": 1}, {"n": 2}],
+                               audiences=[[o.member.pk], [o.member.pk]])
+    assert all(e.occurred_at - began >= timedelta(seconds=0.2) for e in entries)
+    stored = LogEntry.objects.filter(pk__in=[e.pk for e in entries]).values_list("occurred_at", flat=True)
+    assert all(t - began >= timedelta(seconds=0.2) for t in stored)
 
 
 def test_the_writes_are_set_based_the_same_statements_for_two_sends_as_for_fifty(org_with_members, key_client):
