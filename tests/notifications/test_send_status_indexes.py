@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from notifications.delivery import status
 from notifications.delivery.fence import stream_deliver
-from notifications.models import LogEntry, SendDelivery
+from notifications.models import LogEntry, Send, SendDelivery
 from notifications.send import schedule
 from notifications.send.selectors import send_failures
 from tests.notifications.test_send_api import send_template
@@ -130,3 +130,35 @@ def test_the_zone_change_read_uses_the_members_due_index_among_many_rows_that_we
     _bulk_rows(send_id, o.org.id, user_sql="1000000 + i %% 2000", n=20000, state="sent", tag="undated")
     plan = _plan(schedule._MEMBER_SCHEDULED_SQL, {"user": o.member.pk, "now": timezone.now()})
     assert "senddelivery_user_due" in plan and "Seq Scan on notifications_senddelivery" not in plan, plan
+
+
+def test_the_status_rows_have_no_database_foreign_key_or_trigger():
+    # Deferred constraint checks cost a lookup per row at COMMIT (migration 0021): none is left.
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT conname FROM pg_constraint WHERE conrelid = 'notifications_senddelivery'::regclass "
+                       "AND contype = 'f'")
+        assert cursor.fetchall() == []
+        cursor.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'notifications_senddelivery'::regclass")
+        assert cursor.fetchall() == []
+
+
+def test_deleting_a_send_still_removes_its_status_rows(org_with_members, key_client):
+    o = org_with_members
+    kept = _send(key_client, [o.member.pk])
+    gone = _send(key_client, [o.member.pk, o.admin.pk])
+    assert SendDelivery.objects.filter(send_id=gone).count() == 2
+    Send.objects.filter(pk=gone).delete()
+    assert not SendDelivery.objects.filter(send_id=gone).exists()
+    assert SendDelivery.objects.filter(send_id=kept).count() == 1
+
+
+def test_deleting_an_organization_removes_its_sends_status_rows(org_with_members, other_org, key_client,
+                                                                 api_key_client):
+    o = org_with_members
+    _send(key_client, [o.member.pk, o.admin.pk])
+    send_template(other_org.org)
+    other_client = api_key_client(ApiKeyFactory(organization=other_org.org).plaintext)
+    theirs = _send(other_client, [other_org.member.pk])
+    o.org.delete()
+    assert not Send.objects.filter(organization_id=o.org.pk).exists()
+    assert list(SendDelivery.objects.values_list("send_id", flat=True)) == [theirs]
