@@ -378,6 +378,7 @@ async def listen_counts(ws_base: str, tokens, got: dict, ready: list, stop: asyn
 def profile_start(args, procs) -> dict:
     """py-spy record (raw, 50 Hz, every subprocess) of the web and partition-worker groups for the load."""
     out = {}
+    Path(args.profile).mkdir(parents=True, exist_ok=True)
     for name in ("web", "orgs"):
         path = Path(args.profile) / f"{name}.txt"
         spy = subprocess.Popen([shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
@@ -416,6 +417,9 @@ async def batch_run(args, seeded, web: str, ws_base: str, procs, redis_url: str)
         spy.wait(timeout=60)
         from bench.web_cost import summarize_profile
 
+        if not out.exists():
+            print(f"-- py-spy, {name}: no profile written (exit {spy.returncode}; ptrace allowed?) --", flush=True)
+            continue
         print(f"-- py-spy, {name} (inclusive, top 30) --\n" + "\n".join(summarize_profile(out, top=30)), flush=True)
     live_got = sum(len(load["got"].get(u, [])) for u in users)
     live_dups = sum(len(v) - len({t for t, _ in v}) for v in load["got"].values())
@@ -659,19 +663,31 @@ def pg_cost(args, seeded) -> None:
         t = backend.cpu_times()
         return t.user + t.system
 
+    def lsn() -> str:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_current_wal_insert_lsn()")
+            return cur.fetchone()[0]
+
+    def wal_bytes(start: str, end: str) -> int:
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_wal_lsn_diff(%s, %s)", [end, start])
+            return int(cur.fetchone()[0])
+
     members = seeded["members"]
     orgs = sorted(members)
     write = fan_out = 0.0
+    wal_write = wal_fan_out = 0
     made = 0
+    first_lsn = last_lsn = None
     for r in range(args.rounds):
         org = orgs[r % len(orgs)]
         ids = members[org]
         span = max(1, len(ids) - 10)
         sends = [{"recipients": ids[(i * 10) % span:(i * 10) % span + 10], "kind": "bench",
                   "data": {"title": f"n{r}-{i}", "body": "b"}} for i in range(args.batch_size)]
-        c0 = pg()
+        l0, c0 = lsn(), pg()
         sends_create_batch(organization_id=org, sends=sends)
-        c1 = pg()
+        c1, l1 = pg(), lsn()
         with connection.cursor() as cur:
             cur.execute("SELECT last_event_seq FROM organizations_organization WHERE id = %s", [org])
             last = cur.fetchone()[0]
@@ -682,9 +698,11 @@ def pg_cost(args, seeded) -> None:
                             "AND channel = 'inapp'", [org])
                 if cur.fetchone()[0] >= last:
                     break
-        c2 = pg()
+        c2, l2 = pg(), lsn()
         if r >= 2:
             write, fan_out, made = write + c1 - c0, fan_out + c2 - c1, made + len(sends) * 10
+            wal_write, wal_fan_out = wal_write + wal_bytes(l0, l1), wal_fan_out + wal_bytes(l1, l2)
+            first_lsn, last_lsn = first_lsn or l0, l2
     with connection.cursor() as cur:
         cur.execute("SELECT state, count(*) FROM notifications_senddelivery GROUP BY 1")
         states = dict(cur.fetchall())
@@ -701,6 +719,35 @@ def pg_cost(args, seeded) -> None:
           f"({hot / max(1, updates):.0%}); table {heap / 2**20:.1f} MB, its indexes {indexes / 2**20:.1f} MB")
     print(f"postgres CPU             {(write + fan_out) / n * 1e6:.1f} us per notification: batch write "
           f"{write / n * 1e6:.1f}, in-app fan-out {fan_out / n * 1e6:.1f}")
+    print(f"WAL                      {(wal_write + wal_fan_out) / n:.0f} bytes per notification: batch write "
+          f"{wal_write / n:.0f}, in-app fan-out {wal_fan_out / n:.0f} (cluster-wide: run it on a quiet server)")
+    if first_lsn:
+        for line in wal_by_relation(first_lsn, last_lsn, n):
+            print(line)
+
+
+def wal_by_relation(start: str, end: str, n: int) -> list[str]:
+    """The WAL between two positions by relation (record and full-page-image bytes per notification),
+    read with pg_walinspect (PostgreSQL 15+, superuser); [] where it cannot be read."""
+    from django.db import DatabaseError, connection, transaction
+
+    try:
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            cur.execute("""
+                SELECT COALESCE(c.relname, r.rmgr) || ' ' || r.kind AS rel, sum(r.record_length) AS bytes,
+                       sum(r.fpi_length) AS fpi, count(*) AS records
+                FROM (SELECT resource_manager AS rmgr, record_type AS kind, record_length, fpi_length,
+                             substring(block_ref from 'rel [0-9]+/[0-9]+/([0-9]+)')::oid AS node
+                      FROM pg_get_wal_records_info(%s, LEAST(%s::pg_lsn, pg_current_wal_flush_lsn()))) r
+                LEFT JOIN pg_class c ON c.relfilenode = r.node
+                GROUP BY 1 ORDER BY 2 DESC LIMIT 20""", [start, end])
+            rows = cur.fetchall()
+    except DatabaseError as exc:
+        return [f"WAL by relation          n/a ({str(exc).splitlines()[0]})"]
+    out = ["WAL by relation          bytes per notification (of which full-page images), records per notification"]
+    out += [f"  {rel:<60} {b / n:7.0f} ({fpi / n:5.0f})  {k / n:5.2f}" for rel, b, fpi, k in rows]
+    return out
 
 
 def _s(value) -> str:

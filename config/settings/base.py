@@ -434,6 +434,9 @@ DELIVERY_STALL_SECONDS = env_float("DELIVERY_STALL_SECONDS", 10.0)
 DELIVERY_PARTITION_BATCH = env_int("DELIVERY_PARTITION_BATCH", 32)
 DELIVERY_PARTITION_LINGER_SECONDS = env_float("DELIVERY_PARTITION_LINGER_SECONDS", 2.0)
 DELIVERY_PARTITION_BUDGET_SECONDS = env_float("DELIVERY_PARTITION_BUDGET_SECONDS", 10.0)
+# The committed runs of a batch of streams are announced (WebSocket publish) together, but none
+# waits longer than this after its commit for the rest of the batch (notifications.delivery.drain).
+DELIVERY_ANNOUNCE_HOLD_SECONDS = env_float("DELIVERY_ANNOUNCE_HOLD_SECONDS", 0.1)
 CELERY_BEAT_SCHEDULE["notifications.sweep_streams"] = {
     "task": "notifications.tasks.sweep_streams",
     "schedule": env_float("SWEEP_INTERVAL_SECONDS", 5.0),

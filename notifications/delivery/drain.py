@@ -3,7 +3,8 @@ tasks (notifications.tasks.deliver_stream, drain_partition) only apply the answe
 
 `stream_drain` drains one stream; `partition_drain` drains every kicked local stream of one org
 partition (notifications.delivery.kicks: a dirty set per partition), stream by stream through the
-same fence, with one publish per batch of streams."""
+same fence, with one publish per batch of streams (Announcements: no run waits longer than
+DELIVERY_ANNOUNCE_HOLD_SECONDS after its commit for the others of its batch)."""
 import logging
 import time
 from dataclasses import dataclass
@@ -34,8 +35,35 @@ BUSY_RETRY_SECONDS = 0.2
 PARTITION_STREAM_BUDGET_SECONDS = 0.5
 
 
+class Announcements:
+    """The committed runs of a partition task not yet announced (the fence appends each after its
+    commit). Announced together, one publish per channel, so many streams' small runs cost one Redis
+    round trip; but never held longer than `hold` seconds after the first of them committed: a
+    batch of streams with long runs (a send batch: several runs of 50 entries per stream) would
+    otherwise keep the first run's sockets waiting for the last stream's commit, and that wait is
+    the fan-out's lag (admission control's signal, notifications.delivery.lag)."""
+
+    def __init__(self, hold: float | None = None):
+        self.hold = settings.DELIVERY_ANNOUNCE_HOLD_SECONDS if hold is None else hold
+        self.runs: list = []
+        self.since = 0.0
+
+    def append(self, run) -> None:
+        if not self.runs:
+            self.since = time.monotonic()
+        self.runs.append(run)
+
+    def due(self) -> bool:
+        return bool(self.runs) and time.monotonic() - self.since >= self.hold
+
+    def flush(self) -> None:
+        runs, self.runs = self.runs, []
+        if runs:
+            _announce(runs)
+
+
 def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_seconds: float = 5.0,
-                 clear_kick: bool = True, published: list | None = None) -> DrainResult:
+                 clear_kick: bool = True, published: list | Announcements | None = None) -> DrainResult:
     """Drain as much as the budget allows; the result says what to do next (retry, wait, stop).
     `clear_kick`: clear the stream's kick flag first (a partition drain has no flag to clear: its
     claim on the dirty set plays that part). `published`: see fence.stream_deliver."""
@@ -46,6 +74,8 @@ def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_sec
     while True:
         result = stream_deliver(org_id=org_id, channel=channel, destination=destination, published=published)
         total += result.count
+        if isinstance(published, Announcements) and published.due():
+            published.flush()
         if result.kind == "delivered" and result.drained:
             # The flag was cleared (or the stream claimed) before the step read the log, so whatever
             # committed after that read has kicked again: looking once more (a lock, a read, a
@@ -100,7 +130,8 @@ class PartitionResult:
     count: int = 0
 
 
-def _partition_stream(org_id: int, channel: str, destination: str, published: list) -> tuple[bool, int]:
+def _partition_stream(org_id: int, channel: str, destination: str,
+                      published: Announcements) -> tuple[bool, int]:
     """One dirty stream's turn: (again, entries delivered). again: its budget ran out with work
     left. A stream that is busy (another worker holds its lock) or must wait gets the stream's
     delayed-retry chain as a deliver_stream drain would (drain_next); its kick flag is set first,
@@ -181,20 +212,22 @@ def partition_drain(*, partition: int, budget_seconds: float | None = None, ling
             continue
         idle_since = None
         done: list[tuple[str, int, bool]] = []
-        published: list = []
+        published = Announcements()
         try:
             for member, score in claimed:
                 org_id, channel, destination = member_stream(member)
                 again, delivered = _partition_stream(org_id, channel, destination, published)
                 done.append((member, score, again))
                 streams, count = streams + 1, count + delivered
+                if published.due():
+                    published.flush()
                 if time.monotonic() >= deadline:
                     break  # the rest stay dirty for the next task
         except BaseException:
-            _announce(published)
+            published.flush()
             partition_ack(partition=partition, done=done)
             raise
-        _announce(published)
+        published.flush()
         if yield_turn():
             partition_ack(partition=partition, done=done)
             return PartitionResult("more", streams=streams, count=count)

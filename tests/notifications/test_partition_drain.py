@@ -27,6 +27,7 @@ def one_partition(settings, monkeypatch):
     """Every organization in partition 0; enqueues recorded, not sent (the test runs the drains)."""
     settings.ORG_QUEUE_PARTITIONS = 1
     settings.DELIVERY_PARTITION_LINGER_SECONDS = 0.0
+    settings.DELIVERY_ANNOUNCE_HOLD_SECONDS = 60.0  # one publish per batch, however slow the box
     enqueued = {"partition": [], "stream": []}
     monkeypatch.setattr(kicks, "partition_enqueue", lambda **kw: enqueued["partition"].append(kw))
     monkeypatch.setattr(kicks, "drain_enqueue", lambda **kw: enqueued["stream"].append(kw))
@@ -327,3 +328,47 @@ def test_a_batch_publishes_once_but_counts_and_observes_every_run(one_partition,
 
     assert published.calls == [3]
     assert sorted(observed) == sorted([a.organization_id, b.organization_id])
+
+
+def test_no_run_waits_for_the_rest_of_its_batch_longer_than_the_hold(one_partition, published, monkeypatch,
+                                                                     settings):
+    """Long runs (a send batch's): each run goes live once the hold has passed, not after the last
+    stream of the batch committed; commit order holds across the publishes."""
+    settings.DELIVERY_ANNOUNCE_HOLD_SECONDS = 0.05
+    settings.HERALD_CHANNELS = {**settings.HERALD_CHANNELS,
+                                "inapp": {**settings.HERALD_CHANNELS["inapp"], "OPTIONS": {"batch_max": 2}}}
+    real = drain.stream_deliver
+
+    def slow(**kwargs):
+        result = real(**kwargs)
+        time.sleep(0.06)  # a long run: longer than the hold
+        return result
+
+    monkeypatch.setattr(drain, "stream_deliver", slow)
+    a, b = _org(), _org()
+    _events(a, 4)
+    _events(b, 4)
+
+    drain.partition_drain(partition=PARTITION)
+
+    _inbox_in_order(a.organization)
+    _inbox_in_order(b.organization)
+    assert published.calls == [2, 2, 2, 2]  # one publish per run, none held for the batch
+    assert [s for o, s in published if o == a.organization_id] == [1, 2, 3, 4]
+    assert [s for o, s in published if o == b.organization_id] == [1, 2, 3, 4]
+
+
+def test_announcements_hold_runs_until_the_hold_has_passed_and_flush_in_order(monkeypatch):
+    announced = []
+    monkeypatch.setattr(drain, "_announce", lambda runs: announced.append(list(runs)))
+    pending = drain.Announcements(hold=0.05)
+    assert not pending.due()
+    pending.append("r1")
+    pending.append("r2")
+    assert not pending.due()
+    time.sleep(0.06)
+    assert pending.due()
+    pending.flush()
+    assert announced == [["r1", "r2"]] and not pending.due()
+    pending.flush()  # nothing held: no publish
+    assert announced == [["r1", "r2"]]
