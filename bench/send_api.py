@@ -186,11 +186,12 @@ def redis_cpu(redis_url: str) -> float:
 
 # --- scenarios ------------------------------------------------------------------------------------
 
-async def listen_all(ws_base: str, tokens, want_kind: str, got: dict, ready: list, stop: asyncio.Event):
+async def listen_all(ws_base: str, tokens, want_kind: str, got: dict, ready: list, stop: asyncio.Event,
+                     origin: str):
     import websockets
 
     async def one(user_id: int, token: str):
-        async with websockets.connect(f"{ws_base}/ws/?token={token}", origin=ws_base.replace("ws://", "http://"),
+        async with websockets.connect(f"{ws_base}/ws/?token={token}", origin=origin,
                                       open_timeout=60, max_queue=None, ping_interval=None, max_size=None) as ws:
             ready.append(user_id)
             while not stop.is_set():
@@ -212,7 +213,7 @@ async def topic_scenario(args, seeded, web: str, ws_base: str) -> dict:
     got: dict[int, float] = {}
     ready: list[int] = []
     stop = asyncio.Event()
-    tasks = await listen_all(ws_base, seeded["tokens"], "message", got, ready, stop)
+    tasks = await listen_all(ws_base, seeded["tokens"], "message", got, ready, stop, origin=web)
     deadline = time.monotonic() + 60
     while len(ready) < len(seeded["tokens"]) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -301,7 +302,7 @@ async def batch_scenario(args, seeded, web: str, ws_base: str) -> dict:
     got: dict[int, list] = {}
     ready: list[int] = []
     stop = asyncio.Event()
-    listeners = await listen_counts(ws_base, seeded["batch_tokens"], got, ready, stop)
+    listeners = await listen_counts(ws_base, seeded["batch_tokens"], got, ready, stop, origin=web)
     deadline = time.monotonic() + 60
     while len(ready) < len(seeded["batch_tokens"]) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -354,12 +355,12 @@ async def batch_scenario(args, seeded, web: str, ws_base: str) -> dict:
     return result
 
 
-async def listen_counts(ws_base: str, tokens, got: dict, ready: list, stop: asyncio.Event):
+async def listen_counts(ws_base: str, tokens, got: dict, ready: list, stop: asyncio.Event, origin: str):
     """Each listener records the (title, arrival time) of every notification.created it gets."""
     import websockets
 
     async def one(user_id: int, token: str):
-        async with websockets.connect(f"{ws_base}/ws/?token={token}", origin=ws_base.replace("ws://", "http://"),
+        async with websockets.connect(f"{ws_base}/ws/?token={token}", origin=origin,
                                       open_timeout=60, max_queue=None, ping_interval=None, max_size=None) as ws:
             ready.append(user_id)
             mine = got.setdefault(user_id, [])
@@ -389,6 +390,17 @@ def profile_start(args, procs) -> dict:
     return out
 
 
+def profile_report(spies: dict) -> None:
+    from bench.web_cost import summarize_profile
+
+    for name, (spy, out) in spies.items():
+        spy.wait(timeout=60)
+        if not out.exists():
+            print(f"-- py-spy, {name}: no profile written (exit {spy.returncode}; ptrace allowed?) --", flush=True)
+            continue
+        print(f"-- py-spy, {name} (inclusive, top 30) --\n" + "\n".join(summarize_profile(out, top=30)), flush=True)
+
+
 async def batch_run(args, seeded, web: str, ws_base: str, procs, redis_url: str) -> dict:
     """The batch load, then its drain (the listeners stay connected until their rows are in)."""
     from django.db import connection
@@ -413,14 +425,7 @@ async def batch_run(args, seeded, web: str, ws_base: str, procs, redis_url: str)
     load["stop"].set()
     await asyncio.gather(*load["listeners"], return_exceptions=True)
     cpu1, r1 = cpu_by_group(procs, args.db_name), redis_cpu(redis_url)
-    for name, (spy, out) in spies.items():
-        spy.wait(timeout=60)
-        from bench.web_cost import summarize_profile
-
-        if not out.exists():
-            print(f"-- py-spy, {name}: no profile written (exit {spy.returncode}; ptrace allowed?) --", flush=True)
-            continue
-        print(f"-- py-spy, {name} (inclusive, top 30) --\n" + "\n".join(summarize_profile(out, top=30)), flush=True)
+    profile_report(spies)
     live_got = sum(len(load["got"].get(u, [])) for u in users)
     live_dups = sum(len(v) - len({t for t, _ in v}) for v in load["got"].values())
     live_last = max((at for v in load["got"].values() for _, at in v), default=None)
@@ -480,6 +485,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60)
     ap.add_argument("--web-processes", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--ws-processes", type=int, default=0,
+                    help="a split web tier: this many Daphne processes for /ws/ apart from the HTTP ones")
     ap.add_argument("--drain-timeout", type=float, default=120)
     ap.add_argument("--db-name", default="herald_bench_send")
     ap.add_argument("--shared-redis", action="store_true", help="use REDIS_URL's server (db --redis-db) instead "
@@ -545,11 +552,13 @@ def main() -> None:
     logdir = Path(tempfile.mkdtemp(prefix="herald-bench-send-"))
     procs = Procs(logdir, env)
     py = sys.executable
-    web, ws_base = f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{web_port}"
+    ws_port = free_port() if args.ws_processes else web_port
+    web, ws_base = f"http://127.0.0.1:{web_port}", f"ws://127.0.0.1:{ws_port}"
     report = []
     try:
+        split = ["--ws-processes", str(args.ws_processes), "--ws-port", str(ws_port)] if args.ws_processes else []
         procs.start("web", [py, "-m", "config.serve", "--port", str(web_port), "--processes",
-                            str(args.web_processes)])
+                            str(args.web_processes), *split])
         procs.start("orgs", [py, "manage.py", "run_partition_workers", "--loglevel", "INFO"])
         procs.start("worker", [py, "-m", "celery", "-A", "config", "worker", "-Q", "default,maintenance", "-c", "1",
                                "-n", "default@%h", "--without-gossip", "--without-mingle", "-l", "INFO"])
@@ -578,10 +587,14 @@ def main() -> None:
             print("\n".join(report[-8:]), flush=True)
         if args.scenario in ("sustained", "both"):
             connection.close()
-            cpu0, r0 = cpu_seconds(procs, args.db_name), redis_cpu(redis_url)
+            cpu0, r0 = cpu_by_group(procs, args.db_name), redis_cpu(redis_url)
+            spies = profile_start(args, procs) if args.profile else {}
             load = asyncio.run(sustained_scenario(args, seeded, web))
             drained = sustained_drain(args, load)
-            cpu = cpu_seconds(procs, args.db_name) - cpu0
+            cpu1 = cpu_by_group(procs, args.db_name)
+            profile_report(spies)
+            groups = {k: cpu1.get(k, 0.0) - cpu0.get(k, 0.0) for k in cpu1}
+            cpu = sum(groups.values())
             rcpu = redis_cpu(redis_url) - r0
             sends, secs = len(load["accepted"]), load["seconds"]
             n = max(1, drained["notifications"])
@@ -600,8 +613,10 @@ def main() -> None:
                 f"CPU                      {cpu:.1f} s (web, workers, beat, Postgres backends) = "
                 f"{cpu / n * 1e6:.0f} us per notification ({cpu / max(1, sends) * 1e3:.1f} ms per send); "
                 f"Redis {rcpu:.1f} s (private server)",
+                "CPU per send by group    " + ", ".join(f"{k} {v / max(1, sends) * 1e3:.2f} ms"
+                                                       for k, v in groups.items()),
             ]
-            print("\n".join(report[-9:]), flush=True)
+            print("\n".join(report[-10:]), flush=True)
         if args.scenario == "batch":
             connection.close()
             run = asyncio.run(batch_run(args, seeded, web, ws_base, procs, redis_url))
