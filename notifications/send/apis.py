@@ -77,7 +77,7 @@ def send_input_plain(data) -> dict | None:
             if not _plain_text(value, _PLAIN_TEXT_FIELDS[name]):
                 return None
         elif name == "organization":
-            if type(value) is not int or value < 1:
+            if type(value) is not int or not 0 < value <= services.MAX_BIGINT:
                 return None
         elif name == "data":
             if type(value) is not dict:
@@ -168,7 +168,7 @@ class SendCreateApi(APIView):
     api_key_scopes = _SEND_SCOPES
 
     class Input(SendItemInput):
-        organization = serializers.IntegerField(required=False, min_value=1,
+        organization = serializers.IntegerField(required=False, min_value=1, max_value=services.MAX_BIGINT,
                                                 help_text="Required with a user token; an API key's own otherwise.")
 
     class Output(SendAcceptedOutput):
@@ -203,7 +203,7 @@ def send_batch_input(data) -> tuple[int | None, list[dict]]:
     if unknown:
         raise _invalid("Invalid input.", {name: ["Unknown field."] for name in unknown})
     organization = data.get("organization")
-    if organization is not None and (type(organization) is not int or organization < 1):
+    if organization is not None and (type(organization) is not int or not 0 < organization <= services.MAX_BIGINT):
         raise _invalid("Invalid input.", {"organization": ["Expected a positive integer."]})
     sends = data.get("sends")
     if type(sends) is not list or not 1 <= len(sends) <= services.MAX_BATCH_SENDS:
@@ -237,7 +237,7 @@ class SendBatchCreateApi(APIView):
     api_key_scopes = _SEND_SCOPES
 
     class Input(StrictSerializer):  # the schema; send_batch_input validates (errors name the send's index)
-        organization = serializers.IntegerField(required=False, min_value=1,
+        organization = serializers.IntegerField(required=False, min_value=1, max_value=services.MAX_BIGINT,
                                                 help_text="Required with a user token; an API key's own otherwise.")
         sends = SendItemInput(many=True, allow_empty=False, max_length=services.MAX_BATCH_SENDS,
                               help_text=f"1 to {services.MAX_BATCH_SENDS} sends, each as the body of POST /send "

@@ -114,6 +114,9 @@ class Recipient:
     quiet_hours_end: time | None = None
 
 
+MAX_BIGINT = 2**63 - 1  # ids are bigints: a larger one names nothing, and Postgres refuses it as a parameter
+
+
 def _field_error(field: str, message: str, code: str = "validation_error", status: int = 400) -> ApplicationError:
     return ApplicationError(message, code=code, status=status, extra={"fields": {field: [message]}})
 
@@ -129,8 +132,9 @@ def _recipients_parse(*, recipients: list | None, topic: str | None) -> tuple[li
     if len(recipients) > MAX_RECIPIENTS:
         raise _field_error("recipients", f"At most {MAX_RECIPIENTS} recipients per send.",
                            code=NotificationsError.TOO_MANY_RECIPIENTS)
-    if not all(type(r) is int or (isinstance(r, str) and "@" in r and len(r) <= 254) for r in recipients):
-        raise _field_error("recipients", "Each recipient is a user id (integer) or an email address.")
+    if not all((type(r) is int and 0 < r <= MAX_BIGINT) or (isinstance(r, str) and "@" in r and len(r) <= 254)
+               for r in recipients):
+        raise _field_error("recipients", "Each recipient is a user id (a positive integer) or an email address.")
     return sorted({r for r in recipients if type(r) is int}), sorted({r.strip().lower() for r in recipients
                                                                       if isinstance(r, str)})
 

@@ -124,6 +124,13 @@ def test_a_user_token_names_the_organization_and_must_be_an_admin(org_with_membe
     assert_error(_send(auth_client(o.member), organization=o.org.pk, recipients=[o.owner.pk]), 403, "admin_required")
     assert_error(_send(auth_client(o.admin), organization=other_org.org.pk, recipients=[other_org.member.pk]),
                  404, "organization_not_found")
+    for organization in (2**63, 2**70):  # past bigint: a 400 naming the field, not a 500 from Postgres
+        error = assert_error(_send(auth_client(o.admin), organization=organization, recipients=[o.member.pk]),
+                             400, "validation_error")
+        assert "organization" in error["extra"]["fields"]
+        batch = auth_client(o.admin).post("/api/v1/send/batch", {"organization": organization, "sends": [
+            {"recipients": [o.member.pk], "kind": "welcome", "data": {"title": "Hi", "body": "x"}}]}, format="json")
+        assert "organization" in assert_error(batch, 400, "validation_error")["extra"]["fields"]
 
 
 def test_an_api_key_needs_the_send_scope(org_with_members, api_key_client):
@@ -155,7 +162,7 @@ def test_named_recipients_are_read_by_their_keys_not_by_scanning_the_users(org_w
         cursor.execute("""INSERT INTO organizations_membership (organization_id, user_id, role, created_at)
                           SELECT %s, id, 'member', now() FROM organizations_user WHERE username LIKE 'bulk%%'""",
                        [o.org.pk])
-        cursor.execute("SELECT id FROM organizations_user WHERE username LIKE 'bulk%%' ORDER BY id LIMIT 10")
+        cursor.execute("SELECT id FROM organizations_user WHERE username LIKE 'bulk%' ORDER BY id LIMIT 10")
         ids = [row[0] for row in cursor.fetchall()]
         params = {"org": o.org.pk, "ids": ids, "emails": [o.admin.email.lower()]}
         cursor.execute("EXPLAIN " + services._MEMBERS_NAMED_SQL, params)
@@ -171,6 +178,10 @@ def test_named_recipients_are_read_by_their_keys_not_by_scanning_the_users(org_w
     ({"recipients": "everyone"}, "recipients", "validation_error"),
     ({"recipients": {"topic": "admins"}}, "recipients", "validation_error"),
     ({"recipients": [True]}, "recipients", "validation_error"),
+    ({"recipients": [2**63]}, "recipients", "validation_error"),  # past bigint: was a 500 (DataError)
+    ({"recipients": [2**70, 1]}, "recipients", "validation_error"),
+    ({"recipients": [0]}, "recipients", "validation_error"),
+    ({"recipients": [-5]}, "recipients", "validation_error"),
     ({"kind": "Bad Kind!"}, "kind", "unknown_template"),
     ({"kind": "no-such-template"}, "kind", "unknown_template"),
     ({"channels": ["pigeon"]}, "channels", "unknown_channel"),

@@ -149,6 +149,7 @@ def test_a_user_token_names_the_organization_once(org_with_members, other_org, a
 @pytest.mark.parametrize(("bad", "field", "code"), [
     ({"recipients": []}, "recipients", "validation_error"),
     ({"recipients": {"topic": "admins"}}, "recipients", "validation_error"),
+    ({"recipients": [2**70]}, "recipients", "validation_error"),
     ({"kind": "no-such-template"}, "kind", "unknown_template"),
     ({"channels": ["pigeon"]}, "channels", "unknown_channel"),
     ({"channels": ["slack"]}, "channels", "channel_not_supported"),
