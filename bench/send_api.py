@@ -394,7 +394,10 @@ def profile_report(spies: dict) -> None:
     from bench.web_cost import summarize_profile
 
     for name, (spy, out) in spies.items():
-        spy.wait(timeout=60)
+        try:
+            spy.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            spy.kill()
         if not out.exists():
             print(f"-- py-spy, {name}: no profile written (exit {spy.returncode}; ptrace allowed?) --", flush=True)
             continue
@@ -743,7 +746,8 @@ def pg_cost(args, seeded) -> None:
 
 def wal_by_relation(start: str, end: str, n: int) -> list[str]:
     """The WAL between two positions by relation (record and full-page-image bytes per notification),
-    read with pg_walinspect (PostgreSQL 15+, superuser); [] where it cannot be read."""
+    read with pg_walinspect (PostgreSQL 15+, superuser): this database's relations, and records of
+    no relation (commits) by resource manager; a record counts for its first block's relation."""
     from django.db import DatabaseError, connection, transaction
 
     try:
@@ -753,9 +757,11 @@ def wal_by_relation(start: str, end: str, n: int) -> list[str]:
                 SELECT COALESCE(c.relname, r.rmgr) || ' ' || r.kind AS rel, sum(r.record_length) AS bytes,
                        sum(r.fpi_length) AS fpi, count(*) AS records
                 FROM (SELECT resource_manager AS rmgr, record_type AS kind, record_length, fpi_length,
-                             substring(block_ref from 'rel [0-9]+/[0-9]+/([0-9]+)')::oid AS node
+                             substring(block_ref from 'rel [0-9]+/[0-9]+/([0-9]+)')::oid AS node,
+                             substring(block_ref from 'rel [0-9]+/([0-9]+)/')::oid AS db
                       FROM pg_get_wal_records_info(%s, LEAST(%s::pg_lsn, pg_current_wal_flush_lsn()))) r
                 LEFT JOIN pg_class c ON c.relfilenode = r.node
+                WHERE r.db IS NULL OR r.db = (SELECT oid FROM pg_database WHERE datname = current_database())
                 GROUP BY 1 ORDER BY 2 DESC LIMIT 20""", [start, end])
             rows = cur.fetchall()
     except DatabaseError as exc:

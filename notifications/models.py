@@ -551,10 +551,11 @@ class SendDelivery(models.Model):
 
     # A send writes one row per recipient x channel (100,000 for a topic send): none of its foreign
     # keys is a database constraint. organization, user and entry are checked when the rows are
-    # written (members of the send's organization, its own entry); `send` is the row written in the
-    # same statement. A constraint would cost a lookup per row and, deferred as Django makes them, a
-    # FOR KEY SHARE check per row at COMMIT (~19 ms for a batch of 200 sends; migration 0021). A
-    # send's rows still go with it: on_delete=CASCADE is Django's collector, not the database's.
+    # written (members of the send's organization, its own entry); `send` is the row written just
+    # before them in the same transaction. A constraint would cost a lookup per row and, deferred as
+    # Django makes them, a FOR KEY SHARE check per row at COMMIT (~19 ms for a batch of 200 sends;
+    # migration 0021). A send's rows still go with it through the ORM: on_delete=CASCADE is Django's
+    # collector, not the database's (a raw DELETE of sends would leave their rows behind).
     id = models.BigAutoField(primary_key=True)
     # send and entry need no index of their own: senddelivery_unique and senddelivery_entry lead with them.
     # Nor organization and user: no query reads the rows by either alone (the partial indexes below

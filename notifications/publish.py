@@ -49,8 +49,8 @@ _DIGEST_DUE_SQL = """CASE WHEN d.frequency = 'hourly'
 # time in their zone), so every channel decides from that record, the same on every attempt.
 _APPEND_SQL = f"""
 WITH org AS (
-    UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = now()
-    WHERE id = %(org)s RETURNING id, last_event_seq
+    UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = clock_timestamp()
+    WHERE id = %(org)s RETURNING id, last_event_seq, last_event_at
 ), entry AS (
     INSERT INTO notifications_logentry
         (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
@@ -58,7 +58,7 @@ WITH org AS (
            COALESCE(%(audience)s::bigint[],
                     ARRAY(SELECT m.user_id FROM organizations_membership m WHERE m.organization_id = org.id
                           ORDER BY m.user_id)),
-           COALESCE(%(occurred_at)s, now())
+           COALESCE(%(occurred_at)s, org.last_event_at)
     FROM org
     RETURNING id, organization_id, seq, audience, occurred_at
 ), held AS (
@@ -122,13 +122,14 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
 # digest holds, and the organization's active streams, all in one statement. The entries come as one
 # JSON array of [payload, digest key, sorted audience]: one json.dumps, where arrays of parameters
 # cost the client-side binding an escape per element (most of the web's CPU of a batch, py-spy).
-# occurred_at is when this statement ran, not when its transaction began (now()): a send batch
-# prepares its rows inside the transaction first, and the drains' lag counts from occurred_at, so
-# that preparation would read as backlog and trip admission control.
+# occurred_at (and the organization's last_event_at) is the clock when the organization's row lock
+# was granted, not when the transaction began (now()): a send batch prepares its rows inside the
+# transaction first, and the drains' lag counts from occurred_at, so that preparation would read as
+# backlog and trip admission control. Taken under the lock, it grows with seq within an organization.
 _APPEND_MANY_SQL = f"""
 WITH org AS (
-    UPDATE organizations_organization SET last_event_seq = last_event_seq + %(n)s, last_event_at = now()
-    WHERE id = %(org)s RETURNING id, last_event_seq - %(n)s AS base
+    UPDATE organizations_organization SET last_event_seq = last_event_seq + %(n)s, last_event_at = clock_timestamp()
+    WHERE id = %(org)s RETURNING id, last_event_seq - %(n)s AS base, last_event_at AS at
 ), input AS (
     SELECT x.ord, x.e -> 0 AS payload, x.e ->> 1 AS digest_key,
            ARRAY(SELECT jsonb_array_elements_text(x.e -> 2)::bigint) AS audience
@@ -136,8 +137,7 @@ WITH org AS (
 ), entry AS (
     INSERT INTO notifications_logentry
         (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
-    SELECT org.id, org.base + i.ord, %(kind)s, i.payload, %(actor_id)s, %(actor_name)s, i.audience,
-           statement_timestamp()
+    SELECT org.id, org.base + i.ord, %(kind)s, i.payload, %(actor_id)s, %(actor_name)s, i.audience, org.at
     FROM org CROSS JOIN input i
     ORDER BY i.ord
     RETURNING id, organization_id, seq, audience, occurred_at

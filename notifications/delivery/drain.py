@@ -4,7 +4,7 @@ tasks (notifications.tasks.deliver_stream, drain_partition) only apply the answe
 `stream_drain` drains one stream; `partition_drain` drains every kicked local stream of one org
 partition (notifications.delivery.kicks: a dirty set per partition), stream by stream through the
 same fence, with one publish per batch of streams (Announcements: no run waits longer than
-DELIVERY_ANNOUNCE_HOLD_SECONDS after its commit for the others of its batch)."""
+about DELIVERY_ANNOUNCE_HOLD_SECONDS after its commit for the others of its batch)."""
 import logging
 import time
 from dataclasses import dataclass
@@ -38,23 +38,31 @@ PARTITION_STREAM_BUDGET_SECONDS = 0.5
 class Announcements:
     """The committed runs of a partition task not yet announced (the fence appends each after its
     commit). Announced together, one publish per channel, so many streams' small runs cost one Redis
-    round trip; but never held longer than `hold` seconds after the first of them committed: a
-    batch of streams with long runs (a send batch: several runs of 50 entries per stream) would
-    otherwise keep the first run's sockets waiting for the last stream's commit, and that wait is
-    the fan-out's lag (admission control's signal, notifications.delivery.lag)."""
+    round trip; but a run held should not wait longer than `hold` seconds after its commit: a batch
+    of streams with long runs (a send batch: several runs of 50 entries per stream) would otherwise
+    keep the first run's sockets waiting for the last stream's commit, and that wait is the
+    fan-out's lag (admission control's signal, notifications.delivery.lag). Before each step the
+    drain asks `before_step()`: the runs held go out now if they would pass the hold by the end of
+    the next step, taken to last as long as the previous one."""
 
-    def __init__(self, hold: float | None = None):
+    def __init__(self, hold: float | None = None, clock=time.monotonic):
         self.hold = settings.DELIVERY_ANNOUNCE_HOLD_SECONDS if hold is None else hold
+        self.clock = clock
         self.runs: list = []
         self.since = 0.0
+        self.last_step = 0.0
 
     def append(self, run) -> None:
         if not self.runs:
-            self.since = time.monotonic()
+            self.since = self.clock()
         self.runs.append(run)
 
-    def due(self) -> bool:
-        return bool(self.runs) and time.monotonic() - self.since >= self.hold
+    def before_step(self) -> None:
+        if self.runs and self.clock() + self.last_step - self.since >= self.hold:
+            self.flush()
+
+    def step_took(self, seconds: float) -> None:
+        self.last_step = seconds
 
     def flush(self) -> None:
         runs, self.runs = self.runs, []
@@ -72,10 +80,14 @@ def stream_drain(*, org_id: int, channel: str, destination: str = "", budget_sec
     deadline = time.monotonic() + budget_seconds
     total = 0
     while True:
+        pacing = isinstance(published, Announcements)
+        if pacing:
+            published.before_step()
+        started = time.monotonic()
         result = stream_deliver(org_id=org_id, channel=channel, destination=destination, published=published)
+        if pacing:
+            published.step_took(time.monotonic() - started)
         total += result.count
-        if isinstance(published, Announcements) and published.due():
-            published.flush()
         if result.kind == "delivered" and result.drained:
             # The flag was cleared (or the stream claimed) before the step read the log, so whatever
             # committed after that read has kicked again: looking once more (a lock, a read, a
@@ -219,8 +231,6 @@ def partition_drain(*, partition: int, budget_seconds: float | None = None, ling
                 again, delivered = _partition_stream(org_id, channel, destination, published)
                 done.append((member, score, again))
                 streams, count = streams + 1, count + delivered
-                if published.due():
-                    published.flush()
                 if time.monotonic() >= deadline:
                     break  # the rest stay dirty for the next task
         except BaseException:

@@ -332,43 +332,64 @@ def test_a_batch_publishes_once_but_counts_and_observes_every_run(one_partition,
 
 def test_no_run_waits_for_the_rest_of_its_batch_longer_than_the_hold(one_partition, published, monkeypatch,
                                                                      settings):
-    """Long runs (a send batch's): each run goes live once the hold has passed, not after the last
-    stream of the batch committed; commit order holds across the publishes."""
+    """Long runs (a send batch's): each run goes live before the next step starts, not with the next
+    run, nor after the last stream of the batch committed; commit order holds across the publishes."""
     settings.DELIVERY_ANNOUNCE_HOLD_SECONDS = 0.05
     settings.HERALD_CHANNELS = {**settings.HERALD_CHANNELS,
                                 "inapp": {**settings.HERALD_CHANNELS["inapp"], "OPTIONS": {"batch_max": 2}}}
     real = drain.stream_deliver
+    committed, announced = [], []
 
     def slow(**kwargs):
+        time.sleep(0.1)  # a long step: its work before the commit takes longer than the hold
         result = real(**kwargs)
-        time.sleep(0.06)  # a long run: longer than the hold
+        if result.count:
+            committed.append(time.monotonic())
         return result
 
     monkeypatch.setattr(drain, "stream_deliver", slow)
     a, b = _org(), _org()
-    _events(a, 4)
-    _events(b, 4)
+    _events(a, 6)
+    _events(b, 6)
+    original = drain._announce
+
+    def recording(runs):
+        original(runs)
+        announced.append((time.monotonic(), sum(len(outcome.messages) for _ch, outcome in runs)))
+
+    monkeypatch.setattr(drain, "_announce", recording)
 
     drain.partition_drain(partition=PARTITION)
 
     _inbox_in_order(a.organization)
     _inbox_in_order(b.organization)
-    assert published.calls == [2, 2, 2, 2]  # one publish per run, none held for the batch
-    assert [s for o, s in published if o == a.organization_id] == [1, 2, 3, 4]
-    assert [s for o, s in published if o == b.organization_id] == [1, 2, 3, 4]
+    assert published.calls == [2] * 6  # one publish per run, none held for the next run or stream
+    assert [s for o, s in published if o == a.organization_id] == [1, 2, 3, 4, 5, 6]
+    assert [s for o, s in published if o == b.organization_id] == [1, 2, 3, 4, 5, 6]
+    # Each run went live before the next one's step began (that step takes 0.1 s before it commits).
+    assert len(committed) == len(announced) == 6
+    assert all(at - done < 0.1 for done, (at, _n) in zip(committed, announced, strict=True))
 
 
-def test_announcements_hold_runs_until_the_hold_has_passed_and_flush_in_order(monkeypatch):
+def test_announcements_go_out_before_a_step_that_would_take_them_past_the_hold(monkeypatch):
     announced = []
     monkeypatch.setattr(drain, "_announce", lambda runs: announced.append(list(runs)))
-    pending = drain.Announcements(hold=0.05)
-    assert not pending.due()
+    now = [100.0]
+    pending = drain.Announcements(hold=0.1, clock=lambda: now[0])
+    pending.before_step()  # nothing held: no publish
     pending.append("r1")
+    pending.step_took(0.01)
+    pending.before_step()  # short steps: the runs wait for more
+    now[0] += 0.01
     pending.append("r2")
-    assert not pending.due()
-    time.sleep(0.06)
-    assert pending.due()
-    pending.flush()
-    assert announced == [["r1", "r2"]] and not pending.due()
-    pending.flush()  # nothing held: no publish
+    pending.before_step()
+    assert announced == []
+    now[0] += 0.085  # r1 committed 0.095 s ago: the next 0.01 s step would take it past the hold
+    pending.before_step()
     assert announced == [["r1", "r2"]]
+    pending.append("r3")
+    pending.step_took(0.5)  # a long step: what it committed goes out before the next one starts
+    pending.before_step()
+    assert announced == [["r1", "r2"], ["r3"]]
+    pending.flush()
+    assert announced == [["r1", "r2"], ["r3"]]
