@@ -55,10 +55,13 @@ class Statements:
     each connection as it connects)."""
 
     count = 0
+    seen: Counter | None = None  # --sql: statement text (literals folded) -> executions
 
     @classmethod
     def wrapper(cls, execute, sql, params, many, context):
         cls.count += 1
+        if cls.seen is not None:
+            cls.seen[re.sub(r"\s+", " ", str(sql)).strip()[:160]] += 1
         return execute(sql, params, many, context)
 
     @classmethod
@@ -292,6 +295,8 @@ def main() -> int:
     parser.add_argument("--http", action="store_true", help="over HTTP to the Procfile's web line")
     parser.add_argument("--clients", type=int, default=8, help="--http: keep-alive connections")
     parser.add_argument("--web-processes", type=int, default=1, help="--http: WEB_PROCESSES")
+    parser.add_argument("--sql", action="store_true",
+                        help="in process: list each endpoint's statements with their executions per request")
     args = parser.parse_args()
 
     db_url = setup_database(args, os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/herald"))
@@ -336,10 +341,13 @@ def main() -> int:
     for name in args.only or ENDPOINTS:
         asyncio.run(run(application, requests_for(name, seeded, args.warmup)))
         for _ in range(max(1, args.repeat)):
+            Statements.seen = Counter() if args.sql else None
             cpu, wall, statements, statuses = asyncio.run(run(application, requests_for(name, seeded, args.requests)))
             n = args.requests
             print(f"{name:<12} {1e3 * cpu / n:>10.2f} {1e3 * wall / n:>11.2f} {statements / n:>8.1f}  "
                   f"{dict(statuses)}", flush=True)
+            for sql, times in (Statements.seen or Counter()).most_common():
+                print(f"    {times / n:5.2f}  {sql}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits

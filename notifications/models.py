@@ -25,7 +25,7 @@ class LogEntry(models.Model):
     the change it reports (notifications.publish). `seq` is gapless per organization; every
     delivery stream reads the log in seq order. `audience` is who is notified."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="log_entries")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="log_entries")
     seq = models.BigIntegerField()
     kind = models.CharField(max_length=64)
     payload = models.JSONField(default=dict, blank=True)
@@ -100,7 +100,8 @@ class DeliveryStream(models.Model):
         SKIP = "skip", "Record and move on"
         HOLD = "hold", "Hold the stream"
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="delivery_streams")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE,
+                                     related_name="delivery_streams")
     channel = models.CharField(max_length=32)
     destination = models.CharField(max_length=120, blank=True, default="")
     # Per-recipient channels: the member the destination belongs to (their email, phone, one of
@@ -150,7 +151,7 @@ class Delivery(models.Model):
         DISCARDED = "discarded", "Discarded"
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
-    stream = models.ForeignKey(DeliveryStream, on_delete=models.CASCADE, related_name="deliveries")
+    stream = models.ForeignKey(DeliveryStream, db_index=False, on_delete=models.CASCADE, related_name="deliveries")
     channel = models.CharField(max_length=32)
     first_seq = models.BigIntegerField()
     last_seq = models.BigIntegerField()
@@ -250,7 +251,7 @@ class OrganizationPreference(models.Model):
     """An organization's default for one (channel, category), set by its owners and admins: what
     its members get unless they chose otherwise (notifications.policy resolves the order)."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="+")
     channel = models.CharField(max_length=32)
     category = models.CharField(max_length=32)
     enabled = models.BooleanField()
@@ -374,7 +375,7 @@ class DailySendCount(models.Model):
     """Messages sent to one user on one channel on one calendar day of the user's time zone: the
     per-recipient cap, counted durably (a Redis restart hands out nothing more)."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="+")
     channel = models.CharField(max_length=32)
     day = models.DateField()
     count = models.PositiveIntegerField(default=0)
@@ -391,7 +392,8 @@ class ChannelDestination(models.Model):
     (webhook endpoints, ...): the channel's stream destination is str(id). `secret_encrypted` is
     Fernet-encrypted (organizations.secrets); `options` are the channel's own."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="channel_destinations")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE,
+                                     related_name="channel_destinations")
     channel = models.CharField(max_length=32)
     address = models.CharField(max_length=2000)
     secret_encrypted = models.TextField(blank=True)
@@ -415,7 +417,8 @@ class NotificationTemplate(models.Model):
     per channel ({channel: {field: template text}}), rendered in a sandbox by
     notifications.templating with the declared `variables` only. Validated there on every save."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="notification_templates")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE,
+                                     related_name="notification_templates")
     kind = models.CharField(max_length=64)
     locale = models.CharField(max_length=16)
     category = models.CharField(max_length=32)
@@ -448,7 +451,7 @@ class Device(models.Model):
         IOS = "ios", "iOS"
         WEB = "web", "Web"
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="devices")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="devices")
     token = models.CharField(max_length=512)
     platform = models.CharField(max_length=16, choices=Platform.choices)
     name = models.CharField(max_length=100, blank=True)
@@ -483,7 +486,7 @@ class Send(models.Model):
         TRANSACTIONAL = "transactional", "Transactional"
         PROMOTIONAL = "promotional", "Promotional"
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="sends")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="sends")
     kind = models.CharField(max_length=100)  # the template key
     category = models.CharField(max_length=32, blank=True)
     data = models.JSONField(default=dict, blank=True)
@@ -610,7 +613,7 @@ class IdempotencyKey(models.Model):
     """An Idempotency-Key of an organization (Stripe's rules): written in the transaction of the
     request it answers, so it exists exactly when that request's effects do; replayed for 24 h."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="+")
     key = models.CharField(max_length=255)
     request_hash = models.CharField(max_length=64)  # sha256 of method, path and canonical body
     status_code = models.PositiveSmallIntegerField()
@@ -638,7 +641,7 @@ class DigestSetting(models.Model):
         DAILY = "daily", "Daily at a local time"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=100)  # a log kind ("tracker.event") or a send's template kind
     frequency = models.CharField(max_length=8, choices=Frequency.choices)
     daily_at = models.TimeField(null=True, blank=True)  # in the member's time zone
@@ -657,7 +660,7 @@ class DigestSetting(models.Model):
 
 class Digest(models.Model):
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, db_index=False, on_delete=models.CASCADE, related_name="+")
     kind = models.CharField(max_length=100)
     window_end = models.DateTimeField()
     entry = models.ForeignKey(LogEntry, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -676,7 +679,7 @@ class DigestItem(models.Model):
     id = models.BigAutoField(primary_key=True)
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
-    entry = models.ForeignKey(LogEntry, on_delete=models.CASCADE, related_name="+")
+    entry = models.ForeignKey(LogEntry, db_index=False, on_delete=models.CASCADE, related_name="+")
     seq = models.BigIntegerField()
     kind = models.CharField(max_length=100)
     due_at = models.DateTimeField()  # the end of the window it belongs to

@@ -108,8 +108,8 @@ class Membership(models.Model):
 
     ADMIN_ROLES = (Role.OWNER, Role.ADMIN)
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(User, db_index=False, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
     # Per organization (set by its admins, e.g. for payroll or tax regions); "" = not set.
     # Normalized by organizations.services.postal_code_normalize; the CHECK is the same rule.
@@ -271,7 +271,7 @@ class SecurityEvent(models.Model):
         MEMBERSHIP_REMOVED = "membership_removed", "Member removed"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
-    user = models.ForeignKey(User, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    user = models.ForeignKey(User, db_index=False, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     organization = models.ForeignKey(Organization, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     api_key = models.ForeignKey(ApiKey, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     ip = models.GenericIPAddressField(null=True, blank=True)

@@ -29,7 +29,7 @@ class ReportJob(models.Model):
     ACTIVE = (Status.QUEUED, Status.RUNNING)
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="report_jobs")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="report_jobs")
     # Exactly one of the two: a member (session or user token) or an org API key.
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True,
                                      related_name="report_jobs")

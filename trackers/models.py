@@ -15,7 +15,7 @@ SEARCH_CONFIG = "english"
 
 
 class Tracker(models.Model):
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="trackers")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="trackers")
     name = models.CharField(max_length=120)
     is_running = models.BooleanField(default=False)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -39,7 +39,8 @@ class Tracker(models.Model):
 
 
 class TimeEntry(models.Model):
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="time_entries")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE,
+                                     related_name="time_entries")
     tracker = models.ForeignKey(Tracker, on_delete=models.CASCADE, related_name="entries")
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                    related_name="+")
@@ -80,7 +81,7 @@ class Comment(models.Model):
     tracker = models.ForeignKey(Tracker, on_delete=models.CASCADE, related_name="comments")
     time_entry = models.ForeignKey(TimeEntry, on_delete=models.CASCADE, null=True, blank=True, related_name="comments")
     parent = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="replies")
-    root = models.ForeignKey("self", on_delete=models.CASCADE, null=True, blank=True, related_name="+")
+    root = models.ForeignKey("self", db_index=False, on_delete=models.CASCADE, null=True, blank=True, related_name="+")
     path = models.TextField(blank=True)
     depth = models.PositiveIntegerField(default=0)
     author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,

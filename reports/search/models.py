@@ -31,7 +31,7 @@ class SearchLog(models.Model):
 class SearchTop(models.Model):
     """One of an organization's most searched queries in the window of the last refresh."""
 
-    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, db_index=False, on_delete=models.CASCADE, related_name="+")
     rank = models.PositiveSmallIntegerField()
     query = models.CharField(max_length=QUERY_MAX_LENGTH)
     searches = models.PositiveIntegerField()
