@@ -129,8 +129,7 @@ else:
 DATABASES["default"].setdefault("OPTIONS", {}).update({
     "keepalives": 1, "keepalives_idle": env_int("DB_KEEPALIVES_IDLE", 30),
     "keepalives_interval": 10, "keepalives_count": 3,
-    "options": f"-c idle_in_transaction_session_timeout={env_int('DB_IDLE_IN_TRANSACTION_SECONDS', 60)}s"
-               + (f" -c plan_cache_mode={env('DB_PLAN_CACHE_MODE', '')}" if env('DB_PLAN_CACHE_MODE', '') else ""),
+    "options": f"-c idle_in_transaction_session_timeout={env_int('DB_IDLE_IN_TRANSACTION_SECONDS', 60)}s",
 })
 # Server-side parameter binding (psycopg's Cursor instead of its ClientCursor): the query and its
 # parameters travel apart, so psycopg can prepare a statement it sees DB_PREPARE_THRESHOLD times
