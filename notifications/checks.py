@@ -1,6 +1,8 @@
-"""System checks: the channel registry (settings.HERALD_CHANNELS) is loadable and consistent."""
+"""System checks: the channel registry (settings.HERALD_CHANNELS) is loadable and consistent; the
+database keeps its statistics (autovacuum on)."""
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Tags, Warning, register
+from django.db import connections
 from django.utils.module_loading import import_string
 
 from notifications.channels.base import Channel
@@ -44,3 +46,26 @@ def channels_check(app_configs=None, **kwargs) -> list[Error]:
                                     id="herald.E008"))
         errors += channel.check()
     return errors
+
+
+@register(Tags.database)
+def autovacuum_check(app_configs=None, databases=None, **kwargs) -> list[Warning]:
+    """Run with `migrate` (and `check --database default`). With autovacuum off nothing analyzes the
+    tables the pipeline grows, so the generic plans kept by prepared statements stay those made for
+    small tables (docs/operations.md, "Generic plans and statistics")."""
+    warnings: list[Warning] = []
+    for alias in databases or ():
+        connection = connections[alias]
+        if connection.vendor != "postgresql":
+            continue
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT current_setting('autovacuum')")
+            (autovacuum,) = cursor.fetchone()
+        if autovacuum != "on":
+            warnings.append(Warning(
+                f"Postgres autovacuum is off on database {alias!r}: table statistics go stale and prepared "
+                "statements keep plans made for small tables as the tables grow",
+                hint="Turn autovacuum on (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf()), or "
+                     "ANALYZE regularly; see docs/operations.md, 'Generic plans and statistics'.",
+                id="herald.W010"))
+    return warnings

@@ -73,3 +73,18 @@ def idempotency_lookup_sql() -> str:
     sql = idempotency.LOOKUP_SQL
     assert sql.count("%s") == 2
     return sql
+
+
+def test_the_database_check_warns_when_autovacuum_is_off():
+    from notifications.checks import autovacuum_check
+
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW autovacuum")
+        (setting,) = cursor.fetchone()
+    found = autovacuum_check(databases=["default"])
+    if setting == "on":
+        assert found == []
+    else:
+        assert [w.id for w in found] == ["herald.W010"]
+        assert "autovacuum is off" in found[0].msg
+    assert autovacuum_check(databases=None) == []  # plain `check` (no --database) reads no database
