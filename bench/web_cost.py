@@ -55,13 +55,13 @@ class Statements:
     each connection as it connects)."""
 
     count = 0
-    seen: Counter | None = None  # --sql: statement text (literals folded) -> executions
+    seen: Counter | None = None  # --sql: statement text (whitespace folded) -> executions
 
     @classmethod
     def wrapper(cls, execute, sql, params, many, context):
         cls.count += 1
         if cls.seen is not None:
-            cls.seen[re.sub(r"\s+", " ", str(sql)).strip()[:160]] += 1
+            cls.seen[re.sub(r"\s+", " ", str(sql)).strip()] += 1
         return execute(sql, params, many, context)
 
     @classmethod
@@ -347,7 +347,7 @@ def main() -> int:
             print(f"{name:<12} {1e3 * cpu / n:>10.2f} {1e3 * wall / n:>11.2f} {statements / n:>8.1f}  "
                   f"{dict(statuses)}", flush=True)
             for sql, times in (Statements.seen or Counter()).most_common():
-                print(f"    {times / n:5.2f}  {sql}")
+                print(f"    {times / n:5.2f}  {sql[:160]}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if spy is not None:
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits

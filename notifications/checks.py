@@ -2,7 +2,7 @@
 database keeps its statistics (autovacuum on)."""
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
-from django.db import connections
+from django.db import DatabaseError, connections
 from django.utils.module_loading import import_string
 
 from notifications.channels.base import Channel
@@ -58,12 +58,17 @@ def autovacuum_check(app_configs=None, databases=None, **kwargs) -> list[Warning
         connection = connections[alias]
         if connection.vendor != "postgresql":
             continue
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT current_setting('autovacuum')")
-            (autovacuum,) = cursor.fetchone()
-        if autovacuum != "on":
+        try:
+            with connection.cursor() as cursor:
+                # track_counts off stops autovacuum as well (it has no counts to act on).
+                cursor.execute("SELECT current_setting('autovacuum'), current_setting('track_counts')")
+                autovacuum, track_counts = cursor.fetchone()
+        except DatabaseError:
+            continue  # unreachable: migrate fails on its own with the reason; /readyz reports it
+        if autovacuum != "on" or track_counts != "on":
             warnings.append(Warning(
-                f"Postgres autovacuum is off on database {alias!r}: table statistics go stale and prepared "
+                f"Postgres autovacuum is off on database {alias!r} (autovacuum={autovacuum}, "
+                f"track_counts={track_counts}): table statistics go stale and prepared "
                 "statements keep plans made for small tables as the tables grow",
                 hint="Turn autovacuum on (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf()), or "
                      "ANALYZE regularly; see docs/operations.md, 'Generic plans and statistics'.",
