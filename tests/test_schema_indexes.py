@@ -12,6 +12,7 @@ import json
 import pytest
 from django.db import connection, transaction
 
+from notifications.checks import autovacuum_check
 from notifications.send import idempotency
 
 pytestmark = pytest.mark.django_db
@@ -71,7 +72,8 @@ def _generic_plan(sql: str, types: str, args: str) -> dict:
 def test_an_idempotency_lookup_prepared_on_an_empty_table_reads_its_key_not_the_organizations_keys():
     """The plan a pooled connection keeps after its first executions, made while the table had no
     rows (as on a new database): it must look the key up, whatever the table grows to."""
-    sql = idempotency_lookup_sql().replace("%s", "$1", 1).replace("%s", "$2", 1)
+    assert idempotency.LOOKUP_SQL.count("%s") == 2
+    sql = idempotency.LOOKUP_SQL.replace("%s", "$1", 1).replace("%s", "$2", 1)
     with transaction.atomic():
         plan = _generic_plan(sql, "smallint, text", "1, 'a-key'")  # psycopg sends a small int as smallint
     assert plan["Node Type"] == "Index Scan", plan
@@ -79,20 +81,12 @@ def test_an_idempotency_lookup_prepared_on_an_empty_table_reads_its_key_not_the_
     assert "key" in plan["Index Cond"], plan
 
 
-def idempotency_lookup_sql() -> str:
-    sql = idempotency.LOOKUP_SQL
-    assert sql.count("%s") == 2
-    return sql
-
-
 def test_the_database_check_warns_when_autovacuum_is_off():
-    from notifications.checks import autovacuum_check
-
     with connection.cursor() as cursor:
-        cursor.execute("SHOW autovacuum")
-        (setting,) = cursor.fetchone()
+        cursor.execute("SELECT current_setting('autovacuum'), current_setting('track_counts')")
+        settings = cursor.fetchone()
     found = autovacuum_check(databases=["default"])
-    if setting == "on":
+    if settings == ("on", "on"):
         assert found == []
     else:
         assert [w.id for w in found] == ["herald.W010"]
@@ -101,12 +95,15 @@ def test_the_database_check_warns_when_autovacuum_is_off():
 
 
 def test_the_autovacuum_check_skips_a_database_it_cannot_reach(monkeypatch):
-    from django.db import OperationalError
+    """A real connection attempt, to a port where nothing listens."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
 
-    from notifications.checks import autovacuum_check
+    from tests.support.stack import free_port
 
-    def unreachable():
-        raise OperationalError("connection refused")
-
-    monkeypatch.setattr(connection, "cursor", unreachable)
-    assert autovacuum_check(databases=["default"]) == []
+    unreachable = DatabaseWrapper({**connection.settings_dict, "HOST": "127.0.0.1", "PORT": free_port(),
+                                   "OPTIONS": {"connect_timeout": 2}}, alias="unreachable")
+    monkeypatch.setattr("notifications.checks.connections", {"unreachable": unreachable})
+    try:
+        assert autovacuum_check(databases=["unreachable"]) == []
+    finally:
+        unreachable.close()
