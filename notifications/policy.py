@@ -5,7 +5,7 @@ Precedence for one (member, organization, channel, category): a transactional ca
 on (locked); else the member's choice for that organization, else their global choice, else the
 organization's default, else the built-in default (BUILTIN_OFF: tracker-event emails are off,
 everything else is on). The same order is written once in Python (`resolve`) and once in SQL
-(`effective_sql`, set-based for fan-outs). Writes of preferences live in notifications.preferences.
+(`effective_sql`, per row of a fan-out's statement). Writes of preferences live in notifications.preferences.
 """
 import json
 from dataclasses import dataclass
@@ -56,21 +56,24 @@ def resolve(choices: Choices, organization_id: int | None, channel: str, categor
     return builtin_enabled(channel, category), "default"
 
 
-def effective_sql(*, user: str, org: str, channel: str, category: str, builtin: str,
-                  prefix: str = "pref") -> tuple[str, str]:
-    """SQL for the effective value, set-based: (LEFT JOINs to add to a FROM, boolean expression).
-    Arguments are SQL expressions of the query (columns or placeholders), never user input. Each
-    join finds at most one row (the tables' unique constraints)."""
-    joins = f"""
-    LEFT JOIN notifications_notificationpreference {prefix}_o ON {prefix}_o.user_id = {user}
-         AND {prefix}_o.organization_id = {org} AND {prefix}_o.channel = {channel} AND {prefix}_o.category = {category}
-    LEFT JOIN notifications_notificationpreference {prefix}_g ON {prefix}_g.user_id = {user}
-         AND {prefix}_g.organization_id IS NULL AND {prefix}_g.channel = {channel} AND {prefix}_g.category = {category}
-    LEFT JOIN notifications_organizationpreference {prefix}_d ON {prefix}_d.organization_id = {org}
-         AND {prefix}_d.channel = {channel} AND {prefix}_d.category = {category}
-    """
-    expr = f"COALESCE({prefix}_o.enabled, {prefix}_g.enabled, {prefix}_d.enabled, {builtin})"
-    return joins, expr
+def effective_sql(*, user: str, org: str, channel: str, category: str, builtin: str) -> str:
+    """SQL for the effective value of one row of a fan-out: a boolean expression. Arguments are SQL
+    expressions of the query (columns or placeholders), never user input.
+
+    Each level is a scalar subquery, not a LEFT JOIN: the tables' unique constraints let each find
+    at most one row, evaluated per row by one index probe (COALESCE stops at the first level set).
+    Left out of the join search, they keep the statement cheap to plan. The fan-outs' statements
+    take array parameters, for which Postgres keeps making a custom plan per execution (a generic
+    plan, costed for arrays of unknown length, looks dearer). Three LEFT JOINs made that plan the
+    largest part of the in-app fan-out's cost (docs/benchmarks.md, 2026-12-03 afternoon)."""
+    return f"""COALESCE(
+        (SELECT p.enabled FROM notifications_notificationpreference p WHERE p.user_id = {user}
+           AND p.organization_id = {org} AND p.channel = {channel} AND p.category = {category}),
+        (SELECT p.enabled FROM notifications_notificationpreference p WHERE p.user_id = {user}
+           AND p.organization_id IS NULL AND p.channel = {channel} AND p.category = {category}),
+        (SELECT p.enabled FROM notifications_organizationpreference p WHERE p.organization_id = {org}
+           AND p.channel = {channel} AND p.category = {category}),
+        {builtin})"""
 
 
 def entry_category(entry) -> str:

@@ -396,8 +396,8 @@ RETURNING id, created_at
 # which cannot be turned off: the row is queued and the send makes the stream (_streams_for_send).
 # A member who gets the send's kind as a digest has the entry held for it (publish records that):
 # `digested`, and their digest lists it.
-_PREF_JOINS, _PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
-                                             category="s.category", builtin="c.builtin")
+_PREF_ON = policy.effective_sql(user="r.user_id", org="%(org)s", channel="c.channel",
+                                category="s.category", builtin="c.builtin")
 _ROWS_SQL = f"""
 INSERT INTO notifications_senddelivery
     (send_id, organization_id, user_id, channel, locale, entry_id, state, due_at, created_at, updated_at,
@@ -425,7 +425,6 @@ FROM (
     JOIN (SELECT (e ->> 0)::int, e ->> 1, (e ->> 2)::boolean, e ->> 3, (e ->> 4)::boolean, (e ->> 5)::boolean
           FROM jsonb_array_elements(%(channels)s::jsonb) e)
          AS c(ord, channel, per_recipient, no_destination, builtin, on_demand) ON c.ord = r.ord
-    {_PREF_JOINS}
 ) x
 """
 
