@@ -4,14 +4,21 @@ arrays of unknown length, never looks cheaper. Planning is then paid per drain a
 grows with the relations in the join search (pg_stat_statements under bench/capacity.py: 2.5 ms of
 planning per in-app INSERT with the member and three preference tables joined, more than its
 execution). These tests hold the statements to their shape: the per-row lookups (member active,
-preferences, digests, streams) are subqueries probed per row, not relations of the join search."""
+preferences, digests, streams) are subqueries probed per row, not relations of the join search.
+
+Statements whose parameters need not change the plan are written so that Postgres takes a generic
+plan after psycopg prepared them (DB_PREPARE_THRESHOLD executions on a connection): the log append
+of publish() with an audience, and the members a send names by id."""
 import json
 
 import pytest
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 
+from notifications import publish
 from notifications.channels import inapp
 from notifications.send import services as send_services
+from organizations.models import Membership, User
 
 pytestmark = pytest.mark.django_db
 
@@ -63,3 +70,56 @@ def test_send_status_rows_probe_preferences_per_row():
     })
     assert not (_joined_relations(plan) & LOOKUP_TABLES)
     assert {"notifications_notificationpreference", "notifications_organizationpreference"} <= _subplan_relations(plan)
+
+
+def _plans(fragment: str) -> tuple[int, int]:
+    """(generic, custom) plans so far of this connection's prepared statement containing `fragment`."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE %s",
+                       [f"%{fragment}%"])
+        rows = cursor.fetchall()
+    assert len(rows) == 1, rows
+    return rows[0]
+
+
+def _threshold() -> int:
+    threshold = settings.DATABASES["default"].get("OPTIONS", {}).get("prepare_threshold")
+    if not threshold:
+        pytest.skip("statements are not prepared (DB_PREPARE_THRESHOLD empty)")
+    return threshold
+
+
+@pytest.fixture
+def populated(org_with_members):
+    """Tables with the statistics of a deployment: many members, analyzed (on an empty, never
+    analyzed table the planner guesses, and either plan looks alike)."""
+    users = User.objects.bulk_create([User(username=f"bulk{i}", email=f"bulk{i}@example.com") for i in range(600)])
+    Membership.objects.bulk_create([Membership(organization=org_with_members.org, user=u) for u in users])
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE organizations_user, organizations_membership")
+    return org_with_members
+
+
+def test_publish_with_an_audience_gets_a_generic_plan(populated):
+    org_with_members = populated
+    runs = _threshold() + 8
+    audience = [org_with_members.admin.pk, org_with_members.member.pk]
+    with transaction.atomic():
+        for _ in range(runs):
+            publish.publish(organization_id=org_with_members.org.id, kind="tracker.event", audience=audience,
+                            payload={"tracker_id": 1, "tracker_name": "Main", "action": "start"})
+    generic, custom = _plans("INSERT INTO notifications_logentry")
+    assert generic >= 3, (generic, custom)
+
+
+def test_members_named_by_id_get_a_generic_plan(populated):
+    org_with_members = populated
+    runs = _threshold() + 8
+    # Ten recipients, as the benchmark's sends: Postgres costs a generic plan's array as ten elements,
+    # so with far fewer a custom plan can look cheaper (this statement's is cheap to make: 0.13 ms).
+    ids = sorted(Membership.objects.filter(organization=org_with_members.org).values_list("user_id", flat=True))[:10]
+    for _ in range(runs):
+        rows = send_services._members_read(organization_id=org_with_members.org.id, everyone=False, ids=ids, emails=[])
+        assert [row[0] for row in rows] == ids
+    generic, custom = _plans("lower(u.email), u.time_zone")
+    assert generic >= 3, (generic, custom)
