@@ -6,7 +6,9 @@ that task drains every dirty stream of the partition (notifications.delivery.dra
 streams keep one drain queued per stream (a flag) and one delayed-retry chain per stream (a
 token); a local stream that finds its lock busy gets such a chain too.
 
-Drains are enqueued by task name (no import of the worker module), and routed by config.routing:
+Drains are enqueued by task name (no import of the worker module), with the message's argument
+reprs given (Celery's saferepr of them was a quarter of send_task's CPU in the web processes, which
+enqueue a provider drain per event; py-spy --gil under bench/capacity.py), and routed by config.routing:
 partition tasks and local streams to the organization's partition queue, provider channels to the
 provider queue. Which streams an organization has is read from Postgres (active streams), and
 whether a channel is local from the registry, so this module names no channel.
@@ -65,7 +67,7 @@ def drain_enqueue(*, org_id: int, channel: str, destination: str = "", retry: bo
         kwargs["destination"] = destination
     if retry:
         kwargs["retry"] = True
-    current_app.send_task(DRAIN_TASK, kwargs=kwargs, countdown=countdown)
+    current_app.send_task(DRAIN_TASK, kwargs=kwargs, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs))
 
 
 def stream_kick(*, org_id: int, channel: str, destination: str = "", force: bool = False) -> bool:
@@ -271,7 +273,8 @@ def _partition_kick_call(client, partition: int, members: list[str], *, force: b
 
 
 def partition_enqueue(*, partition: int, countdown: float | None = None) -> None:
-    current_app.send_task(PARTITION_TASK, kwargs={"partition": partition}, countdown=countdown)
+    kwargs = {"partition": partition}
+    current_app.send_task(PARTITION_TASK, kwargs=kwargs, countdown=countdown, argsrepr="()", kwargsrepr=repr(kwargs))
 
 
 def partition_kick(*, partition: int, members: list[str], force: bool = False,
