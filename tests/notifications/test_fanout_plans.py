@@ -33,24 +33,15 @@ def _plan(sql: str, params: dict) -> dict:
     return (json.loads(document) if isinstance(document, str) else document)[0]["Plan"]
 
 
-def _joined_relations(node: dict, *, in_subplan: bool = False, out: set | None = None) -> set[str]:
-    """Relations scanned by the statement's own join tree (not inside a SubPlan or InitPlan)."""
-    out = set() if out is None else out
+def _relations(node: dict, *, in_subplan: bool = False, out: tuple[set, set] | None = None) -> tuple[set, set]:
+    """(relations scanned by the statement's own join tree, relations scanned inside a SubPlan or
+    InitPlan)."""
+    out = (set(), set()) if out is None else out
     sub = in_subplan or node.get("Parent Relationship") in ("SubPlan", "InitPlan")
-    if not sub and "Relation Name" in node and node.get("Node Type") != "ModifyTable":
-        out.add(node["Relation Name"])
+    if "Relation Name" in node and node.get("Node Type") != "ModifyTable":
+        out[1 if sub else 0].add(node["Relation Name"])
     for child in node.get("Plans", []):
-        _joined_relations(child, in_subplan=sub, out=out)
-    return out
-
-
-def _subplan_relations(node: dict, *, in_subplan: bool = False, out: set | None = None) -> set[str]:
-    out = set() if out is None else out
-    sub = in_subplan or node.get("Parent Relationship") in ("SubPlan", "InitPlan")
-    if sub and "Relation Name" in node:
-        out.add(node["Relation Name"])
-    for child in node.get("Plans", []):
-        _subplan_relations(child, in_subplan=sub, out=out)
+        _relations(child, in_subplan=sub, out=out)
     return out
 
 
@@ -58,9 +49,10 @@ def test_inapp_fanout_joins_only_the_log_and_probes_members_and_preferences_per_
     plan = _plan(inapp._FANOUT_SQL, {"ids": [1, 2], "titles": ["a", "b"], "bodies": ["", ""],
                                      "categories": ["tracker", "tracker"], "locked": [False, False],
                                      "channel": "inapp"})
-    assert _joined_relations(plan) <= {"notifications_logentry", "notifications_digestitem"}
+    joined, probed = _relations(plan)
+    assert joined <= {"notifications_logentry", "notifications_digestitem"}
     assert {"organizations_user", "notifications_notificationpreference",
-            "notifications_organizationpreference"} <= _subplan_relations(plan)
+            "notifications_organizationpreference"} <= probed
 
 
 def test_send_status_rows_probe_preferences_per_row():
@@ -68,8 +60,9 @@ def test_send_status_rows_probe_preferences_per_row():
         "org": 1, "recipients": json.dumps([[0, 1, "en", None]]), "sends": json.dumps([[0, 1, 1, "product", False]]),
         "channels": json.dumps([[0, "inapp", False, "", True, False]]),
     })
-    assert not (_joined_relations(plan) & LOOKUP_TABLES)
-    assert {"notifications_notificationpreference", "notifications_organizationpreference"} <= _subplan_relations(plan)
+    joined, probed = _relations(plan)
+    assert not (joined & LOOKUP_TABLES)
+    assert {"notifications_notificationpreference", "notifications_organizationpreference"} <= probed
 
 
 def _plans(fragment: str) -> tuple[int, int]:

@@ -1,16 +1,36 @@
-"""The Celery messages of the kicks (notifications.delivery.kicks), as the broker gets them."""
+"""The Celery messages of the kicks (notifications.delivery.kicks), as the Redis broker holds them."""
+import json
+
+import redis
+from django.conf import settings
+
+from config.routing import partition_queue, route_task
 from notifications.delivery import kicks
 
+ORG, PARTITION = 987_654, 3
 
-def test_enqueued_drains_carry_their_arguments_for_monitoring(monkeypatch):
+
+def _taken(client: redis.Redis, queue: str, task: str) -> list[dict]:
+    """The messages of `task` on `queue` (Celery's Redis transport: a list named after the queue),
+    removed from it."""
+    found = []
+    for raw in client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == task:
+            client.lrem(queue, 1, raw)
+            found.append(message["headers"])
+    return found
+
+
+def test_enqueued_drains_carry_their_arguments_for_monitoring():
     """The reprs are given rather than made by Celery's saferepr (its CPU, per event, in the web):
     what `celery inspect` and the worker's log show of a drain is still its arguments."""
-    sent = []
-    monkeypatch.setattr("kombu.messaging.Producer.publish",
-                        lambda self, body, **kw: sent.append((kw["headers"]["task"], kw["headers"]["argsrepr"],
-                                                              kw["headers"]["kwargsrepr"], body[1])))
-    kicks.drain_enqueue(org_id=7, channel="slack", destination="C1", retry=True)
-    kicks.partition_enqueue(partition=3)
-    drain_kwargs = {"org_id": 7, "channel": "slack", "destination": "C1", "retry": True}
-    assert sent == [(kicks.DRAIN_TASK, "()", repr(drain_kwargs), drain_kwargs),
-                    (kicks.PARTITION_TASK, "()", repr({"partition": 3}), {"partition": 3})]
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    drain_kwargs = {"org_id": ORG, "channel": "slack", "destination": "C1", "retry": True}
+    drain_queue = route_task(kicks.DRAIN_TASK, (), drain_kwargs, {})["queue"]
+    kicks.drain_enqueue(org_id=ORG, channel="slack", destination="C1", retry=True)
+    kicks.partition_enqueue(partition=PARTITION)
+    drains = [h for h in _taken(client, drain_queue, kicks.DRAIN_TASK) if str(ORG) in h["kwargsrepr"]]
+    partitions = _taken(client, partition_queue(PARTITION), kicks.PARTITION_TASK)
+    assert [(h["argsrepr"], h["kwargsrepr"]) for h in drains] == [("()", repr(drain_kwargs))]
+    assert [(h["argsrepr"], h["kwargsrepr"]) for h in partitions] == [("()", repr({"partition": PARTITION}))]
