@@ -27,16 +27,19 @@ LAG = LagRecorder()  # this process's observations of how late the fan-out runs 
 # preferences, the organization's defaults, notifications.policy; and who does not have it held for
 # a digest), titles rendered by the entry's kind. Idempotent: a redelivered run inserts nothing twice.
 # Every lookup per row is a scalar subquery (one index probe), so the join search has three
-# relations: the statement is planned on every execution (policy.effective_sql says why), and with
-# the member and preference tables joined, planning cost more than the INSERT itself.
+# relations (policy.effective_sql says why: with the member and preference tables joined, planning
+# cost more than the INSERT itself). The entries come as arrays (`_FANOUT_SQL`), for which Postgres
+# makes a custom plan on every execution, or, for a run of one entry (the usual drain), as scalars
+# (`_FANOUT_ONE_SQL`): the same plan whatever the values, so Postgres keeps the generic one once
+# psycopg has prepared the statement, and stops planning it per drain (0.5 ms of planning against
+# 0.2 ms of execution per call, pg_stat_statements under bench/capacity.py, 2026-12-04).
 _PREF_ON = policy.effective_sql(user="a.user_id", org="l.organization_id", channel="%(channel)s::text",
                                 category="v.category", builtin="true")
-_FANOUT_SQL = f"""
+_FANOUT_TEMPLATE = f"""
 INSERT INTO notifications_notification
     (organization_id, recipient_id, entry_id, seq, kind, title, body, data, created_at, read_at)
 SELECT l.organization_id, a.user_id, l.id, l.seq, l.kind, v.title, v.body, l.payload, now(), NULL
-FROM unnest(%(ids)s::bigint[], %(titles)s::text[], %(bodies)s::text[], %(categories)s::text[], %(locked)s::boolean[])
-     AS v(entry_id, title, body, category, locked)
+FROM {{entries}} AS v(entry_id, title, body, category, locked)
 JOIN notifications_logentry l ON l.id = v.entry_id
 CROSS JOIN LATERAL unnest(l.audience) AS a(user_id)
 WHERE (SELECT u.is_active FROM organizations_user u WHERE u.id = a.user_id)
@@ -46,6 +49,11 @@ ORDER BY l.seq, a.user_id
 ON CONFLICT (recipient_id, entry_id) WHERE entry_id IS NOT NULL DO NOTHING
 RETURNING id, recipient_id, seq
 """
+_FANOUT_SQL = _FANOUT_TEMPLATE.format(entries="unnest(%(ids)s::bigint[], %(titles)s::text[], %(bodies)s::text[], "
+                                              "%(categories)s::text[], %(locked)s::boolean[])")
+_FANOUT_ONE_SQL = _FANOUT_TEMPLATE.format(entries="(SELECT %(id)s::bigint, %(title)s::text, %(body)s::text, "
+                                                  "%(category)s::text, %(locked)s::boolean)")
+_FANOUT_COLUMNS = {"ids": "id", "titles": "title", "bodies": "body", "categories": "category", "locked": "locked"}
 
 # Entries of tracked kinds (API sends): the rows still `queued` for this channel are claimed
 # (-> sent) in the same statement that writes their inbox rows, so a cancelled, suppressed or
@@ -121,9 +129,11 @@ class InAppChannel(Channel):
             for tracked, columns in segments:  # in seq order, so inbox ids follow the log
                 if tracked:
                     cursor.execute(_TRACKED_SQL, {**columns, "channel": self.name})
+                elif len(columns["ids"]) == 1:
+                    cursor.execute(_FANOUT_ONE_SQL, {one: columns[name][0] for name, one in _FANOUT_COLUMNS.items()}
+                                   | {"channel": self.name})
                 else:
-                    cursor.execute(_FANOUT_SQL, {name: columns[name] for name in
-                                                 ("ids", "titles", "bodies", "categories", "locked")}
+                    cursor.execute(_FANOUT_SQL, {name: columns[name] for name in _FANOUT_COLUMNS}
                                    | {"channel": self.name})
                 rows += cursor.fetchall()
         by_seq: dict[int, dict[str, int]] = {}

@@ -17,6 +17,7 @@ from django.db import connection, transaction
 
 from notifications import publish
 from notifications.channels import inapp
+from notifications.models import Notification
 from notifications.send import services as send_services
 from organizations.models import Membership, User
 
@@ -116,3 +117,41 @@ def test_members_named_by_id_get_a_generic_plan(populated):
         assert [row[0] for row in rows] == ids
     generic, custom = _plans("lower(u.email), u.time_zone")
     assert generic >= 3, (generic, custom)
+
+
+def test_inapp_fanout_of_one_entry_gets_a_generic_plan(populated):
+    """A drain of one entry (the usual run under load) passes it as scalars: Postgres keeps the
+    generic plan and stops planning the INSERT per drain (0.5 ms of planning per call, 2026-12-04)."""
+    org_with_members = populated
+    runs = _threshold() + 8
+    audience = [org_with_members.admin.pk, org_with_members.member.pk]
+    channel = inapp.InAppChannel("inapp", {})
+    with transaction.atomic():
+        for _ in range(runs):
+            entry = publish.publish(organization_id=org_with_members.org.id, kind="tracker.event", audience=audience,
+                                    payload={"tracker_id": 1, "tracker_name": "Main", "action": "start"})
+            published = channel.apply(organization_id=org_with_members.org.id, entries=[entry])
+            assert published.rows == 2
+            assert set(published.messages[0][1]["notifications"]) == {str(pk) for pk in audience}
+    generic, custom = _plans("::boolean) AS v(entry_id")
+    assert generic >= 3, (generic, custom)
+
+
+def test_inapp_fanout_of_one_entry_and_of_several_write_the_same_rows(org_with_members):
+    audience = [org_with_members.admin.pk, org_with_members.member.pk, org_with_members.owner.pk]
+    channel = inapp.InAppChannel("inapp", {})
+    with transaction.atomic():
+        entries = [publish.publish(organization_id=org_with_members.org.id, kind="tracker.event", audience=audience,
+                                   payload={"tracker_id": 1, "tracker_name": "Main", "action": action})
+                   for action in ("start", "stop", "start")]
+        one = channel.apply(organization_id=org_with_members.org.id, entries=entries[:1])
+        several = channel.apply(organization_id=org_with_members.org.id, entries=entries[1:])
+        again = channel.apply(organization_id=org_with_members.org.id, entries=entries[:1])  # idempotent
+    assert (one.rows, several.rows, again.rows) == (3, 6, 0)
+    rows = Notification.objects.filter(entry_id__in=[e.id for e in entries]).values_list(
+        "entry_id", "recipient_id", "seq", "title")
+    titles = {message["event_id"]: message["title"] for _, message in one.messages + several.messages}
+    assert sorted(rows) == sorted((e.id, pk, e.seq, titles[e.id]) for e in entries for pk in audience)
+    assert {message["notifications"][str(audience[0])] for _, message in several.messages} == set(
+        Notification.objects.filter(entry_id__in=[e.id for e in entries[1:]], recipient_id=audience[0])
+        .values_list("id", flat=True))
