@@ -27,6 +27,7 @@ from notifications.delivery.streams import stream_ensure
 from notifications.delivery.kicks import streams_kick_all
 from notifications.email import profile_updated_email_queue
 from notifications.send.schedule import member_schedules_move
+from organizations.models import Organization
 
 logger = logging.getLogger("herald.delivery")
 
@@ -56,13 +57,13 @@ _AUDIENCE_MEMBERS = ("ARRAY(SELECT m.user_id FROM organizations_membership m WHE
                      "ORDER BY m.user_id)")
 _APPEND_TEMPLATE = f"""
 WITH org AS (
-    UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, last_event_at = clock_timestamp()
-    WHERE id = %(org)s RETURNING id, last_event_seq, last_event_at
+    UPDATE organizations_organization SET last_event_seq = last_event_seq + 1, {Organization.LAST_EVENT_AT_SQL}
+    WHERE id = %(org)s RETURNING id, last_event_seq, clock_timestamp() AS at
 ), entry AS (
     INSERT INTO notifications_logentry
         (organization_id, seq, kind, payload, actor_id, actor_name, audience, occurred_at)
     SELECT org.id, org.last_event_seq, %(kind)s, %(payload)s::jsonb, %(actor_id)s, %(actor_name)s, {{audience}},
-           COALESCE(%(occurred_at)s, org.last_event_at)
+           COALESCE(%(occurred_at)s, org.at)
     FROM org
     RETURNING id, organization_id, seq, audience, occurred_at
 ), held AS (
@@ -128,14 +129,14 @@ def publish(*, organization_id: int, kind: str, payload: dict, actor=None,
 # digest holds, and the organization's active streams, all in one statement. The entries come as one
 # JSON array of [payload, digest key, sorted audience]: one json.dumps, where arrays of parameters
 # cost the client-side binding an escape per element (most of the web's CPU of a batch, py-spy).
-# occurred_at (and the organization's last_event_at) is the clock when the organization's row lock
-# was granted, not when the transaction began (now()): a send batch prepares its rows inside the
-# transaction first, and the drains' lag counts from occurred_at, so that preparation would read as
-# backlog and trip admission control. Taken under the lock, it grows with seq within an organization.
+# occurred_at is the clock when the organization's row lock was granted, not when the transaction
+# began (now()): a send batch prepares its rows inside the transaction first, and the drains' lag
+# counts from occurred_at, so that preparation would read as backlog and trip admission control.
+# Taken under the lock, it grows with seq within an organization.
 _APPEND_MANY_SQL = f"""
 WITH org AS (
-    UPDATE organizations_organization SET last_event_seq = last_event_seq + %(n)s, last_event_at = clock_timestamp()
-    WHERE id = %(org)s RETURNING id, last_event_seq - %(n)s AS base, last_event_at AS at
+    UPDATE organizations_organization SET last_event_seq = last_event_seq + %(n)s, {Organization.LAST_EVENT_AT_SQL}
+    WHERE id = %(org)s RETURNING id, last_event_seq - %(n)s AS base, clock_timestamp() AS at
 ), input AS (
     SELECT x.ord, x.e -> 0 AS payload, x.e ->> 1 AS digest_key,
            ARRAY(SELECT jsonb_array_elements_text(x.e -> 2)::bigint) AS audience

@@ -540,22 +540,6 @@ def api_key_authenticate(*, key: str) -> ApiKeyPrincipal:
     return ApiKeyPrincipal(api_key=api_key)
 
 
-def organization_next_seq(*, organization_id: int, count: int = 1) -> int:
-    """Reserve `count` sequence numbers; returns the last. Must run inside the caller's transaction:
-    the row lock taken by the UPDATE serializes writers per organization and a rollback returns
-    the numbers, so the sequence stays gapless."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE organizations_organization SET last_event_seq = last_event_seq + %s, last_event_at = now() "
-            "WHERE id = %s RETURNING last_event_seq",
-            [count, organization_id],
-        )
-        row = cursor.fetchone()
-    if row is None:
-        raise NotFound("Organization not found.", code="organization_not_found")
-    return row[0]
-
-
 # --- Bulk postal codes ---------------------------------------------------------------------------
 
 BULK_MAX_ROWS = 100_000

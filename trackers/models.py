@@ -19,8 +19,10 @@ class Tracker(models.Model):
     name = models.CharField(max_length=120)
     is_running = models.BooleanField(default=False)
     started_at = models.DateTimeField(null=True, blank=True)
+    # No index on started_by: every start and stop changes it, and an indexed column would make that
+    # UPDATE write every index of the table (no HOT update; migration 0007 says more).
     started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
-                                   related_name="+")
+                                   related_name="+", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

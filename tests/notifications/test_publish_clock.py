@@ -1,9 +1,10 @@
-"""The log's clock (notifications.publish): an entry's occurred_at, and its organization's
-last_event_at, are read when the organization's row lock is granted, so within one organization
-they grow with seq even when a later writer's statement started first and waited for the lock
-(real Postgres, two connections, commits included)."""
+"""The log's clock (notifications.publish): an entry's occurred_at is read when the organization's
+row lock is granted, so within one organization it grows with seq even when a later writer's
+statement started first and waited for the lock (real Postgres, two connections, commits
+included)."""
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 from django.db import connection, connections, transaction
@@ -47,4 +48,6 @@ def test_a_writer_that_waited_for_the_lock_gets_a_later_time_with_its_later_seq(
     assert entries[0].payload == {"n": "first"}
     times = [e.occurred_at for e in entries]
     assert times == sorted(times) and times[0] < times[-1]
-    assert Organization.objects.get(pk=org.pk).last_event_at == times[-1]
+    # last_event_at moves at most once a minute (Organization.LAST_EVENT_AT_SQL): the first entry set it
+    last_event_at = Organization.objects.get(pk=org.pk).last_event_at
+    assert times[0] - timedelta(seconds=1) < last_event_at <= times[0]
