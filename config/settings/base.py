@@ -266,6 +266,9 @@ SPECTACULAR_SETTINGS = {
 
 # --- Celery -------------------------------------------------------------------------
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL)
+# kombu's Redis transport with one client per channel for its synchronous commands (config/broker.py:
+# a quarter of send_task's CPU was building a redis.Redis per command); other broker schemes keep kombu's.
+CELERY_BROKER_TRANSPORT = "config.broker:Transport" if CELERY_BROKER_URL.startswith("redis://") else None
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_SERIALIZER = "json"
