@@ -32,13 +32,13 @@ def _updates(table: str) -> tuple[int, int]:
 def test_tracker_events_update_the_tracker_and_its_organization_in_place(org_with_members):
     tracker = Tracker.objects.get(organization=org_with_members.org)
     with transaction.atomic():
-        before = _updates("trackers_tracker"), _updates("organizations_organization")
+        tracker_before, org_before = _updates("trackers_tracker"), _updates("organizations_organization")
         for i in range(EVENTS):
             change = services.tracker_start if i % 2 == 0 else services.tracker_stop
             change(tracker_id=tracker.id, actor=org_with_members.member)
-        after = _updates("trackers_tracker"), _updates("organizations_organization")
-    (tracker_updates, tracker_hot), (org_updates, org_hot) = (
-        tuple(a - b for a, b in zip(after[i], before[i], strict=True)) for i in range(2))
+        tracker_after, org_after = _updates("trackers_tracker"), _updates("organizations_organization")
+    tracker_updates, tracker_hot = (a - b for a, b in zip(tracker_after, tracker_before, strict=True))
+    org_updates, org_hot = (a - b for a, b in zip(org_after, org_before, strict=True))
     assert tracker_updates == EVENTS and tracker_hot == EVENTS
     # the organization's first append of the test sets last_event_at (an indexed column): not HOT
     assert org_updates == EVENTS and org_hot >= EVENTS - 1
